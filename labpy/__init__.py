@@ -1,0 +1,17 @@
+"""labpy — the LLM Learning Lab's helper package. Pages use it as `import labpy as lab`.
+
+    runs = lab.results("induction")          # stored runs at the largest scale present
+    lab.predict(id, statement, check=...)    # before the results
+    lab.verdicts(results)                    # after them
+"""
+
+__version__ = "0.1.0"
+
+from . import plots  # noqa: F401  (registers the offline Altair renderer)
+from .experiments import results
+from .notebook import predict, provenance_badge, table, verdicts
+from .questions import questions_log, show_questions
+from .store import RunStore
+
+__all__ = ["plots", "predict", "provenance_badge", "questions_log", "results", "RunStore", "show_questions",
+           "table", "verdicts"]

@@ -1,0 +1,1 @@
+"""Looking inside models: capture of activations, head scores, ablations."""

@@ -1,0 +1,68 @@
+"""Head scores (previous-token, induction) and head ablation.
+
+Scores follow Olsson et al. / ARENA: the mean attention weight a head puts on the position a mechanism would
+use. On `[r_1..r_L, r_1..r_L]`, an induction head at a second-copy position i attends to i - L + 1 (the token
+after the earlier occurrence of the current token); a previous-token head attends to i - 1.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from .capture import attention_patterns
+
+
+def previous_token_scores(patterns: torch.Tensor) -> torch.Tensor:
+    """(n_layers, B, H, T, T) -> (n_layers, H): mean attention from position t to t-1, over t >= 1."""
+    return patterns.diagonal(offset=-1, dim1=-2, dim2=-1).mean(dim=(1, -1))
+
+
+def induction_scores(patterns: torch.Tensor, half: int) -> torch.Tensor:
+    """(n_layers, B, H, 2L, 2L) on repeated random tokens with L = `half` -> (n_layers, H).
+
+    Mean over second-copy queries i in [L, 2L) of the attention to key i - L + 1.
+    """
+    return patterns.diagonal(offset=-(half - 1), dim1=-2, dim2=-1)[..., 1:].mean(dim=(1, -1))
+
+
+def head_scores_table(model: TransformerBridge, tokens: torch.Tensor, half: int) -> pd.DataFrame:
+    """One row per head: layer, head, previous-token score, induction score."""
+    patterns = attention_patterns(model, tokens)
+    prev, ind = previous_token_scores(patterns), induction_scores(patterns, half)
+    rows = [
+        {"layer": layer, "head": head, "label": f"L{layer}H{head}",
+         "previous_token": prev[layer, head].item(), "induction": ind[layer, head].item()}
+        for layer in range(prev.shape[0]) for head in range(prev.shape[1])
+    ]
+    return pd.DataFrame(rows)
+
+
+def ablate_head_hook(head: int):
+    """A forward hook for `blocks.{layer}.attn.hook_z` that zeroes one head's output (B, T, H, d_head)."""
+
+    def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
+        z = z.clone()
+        z[:, :, head] = 0.0
+        return z
+
+    return hook
+
+
+@torch.no_grad()
+def patterns_with_head_ablated(model: TransformerBridge, tokens: torch.Tensor, layer: int, head: int) -> torch.Tensor:
+    """Attention patterns (n_layers, B, H, T, T) when head (layer, head) writes nothing to the residual stream."""
+    n_layers = model.cfg.n_layers
+    captured: dict[int, torch.Tensor] = {}
+
+    def keep(layer_index: int):
+        def hook(pattern: torch.Tensor, hook=None) -> torch.Tensor:
+            captured[layer_index] = pattern.detach()
+            return pattern
+        return hook
+
+    hooks = [(f"blocks.{layer}.attn.hook_z", ablate_head_hook(head))]
+    hooks += [(f"blocks.{i}.attn.hook_pattern", keep(i)) for i in range(n_layers)]
+    model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return torch.stack([captured[i] for i in range(n_layers)])

@@ -1,0 +1,238 @@
+"""Execute `.qmd` pages the way Quarto's Jupyter engine does, without Quarto (tests, CI, the build script).
+
+Rules followed (see Quarto's `src/resources/jupyter/notebook.py`): only ```{python} fences are code cells;
+`#|` options merge project `execute:` -> front matter `execute:` -> cell; `eval: false` cells never run,
+`error: true` cells may raise; a fresh kernel per page with the page's folder as working directory; inline
+`` `{python} expr` `` evaluated after the cells in the same kernel. Pages run with the run store read-only, so
+a page that needs a missing run fails instead of training. Optionally exports an HTML preview (nbconvert).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jupytext
+import nbformat
+import yaml
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from .paths import project_root
+from .store import READONLY_ENV
+
+INLINE = re.compile(r"`\{python\}\s+([^`]+?)`")
+OPTION_LINE = re.compile(r"^#\|\s?(.*)$")
+PREVIEW_DIR = "_preview"
+SKIP_DIRS = {"_site", "_freeze", PREVIEW_DIR, ".venv", ".quarto", "runs", "node_modules"}
+
+
+@dataclass
+class PageRun:
+    path: Path
+    seconds: float
+    notebook: nbformat.NotebookNode
+    inline_values: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def list_pages(root: Path | None = None) -> list[Path]:
+    root = root or project_root()
+    pages = []
+    for path in sorted(root.rglob("*.qmd")):
+        if not SKIP_DIRS.intersection(path.relative_to(root).parts):
+            pages.append(path)
+    return pages
+
+
+def project_execute_options(root: Path) -> dict[str, Any]:
+    config = yaml.safe_load((root / "_quarto.yml").read_text()) or {}
+    return dict(config.get("execute") or {})
+
+
+def split_options(source: str) -> tuple[dict[str, Any], str]:
+    """Split leading `#|` YAML option lines from a cell's code."""
+    lines = source.splitlines()
+    option_lines = []
+    while lines and (match := OPTION_LINE.match(lines[0])):
+        option_lines.append(match.group(1))
+        lines.pop(0)
+    options = yaml.safe_load("\n".join(option_lines)) if option_lines else {}
+    return (options or {}), "\n".join(lines)
+
+
+def parse_page(path: Path, root: Path | None = None) -> tuple[dict[str, Any], nbformat.NotebookNode]:
+    """Front matter and a notebook whose code cells carry merged options as metadata and nbclient tags."""
+    root = root or project_root()
+    text = path.read_text()
+    nb = jupytext.reads(text, fmt="Rmd")
+    front: dict[str, Any] = {}
+    if nb.cells and nb.cells[0].cell_type == "raw" and nb.cells[0].source.startswith("---"):
+        front = yaml.safe_load(nb.cells[0].source.strip().strip("-")) or {}
+    defaults = {**project_execute_options(root), **dict(front.get("execute") or {})}
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        options, code = split_options(cell.source)
+        merged = {**defaults, **options}
+        cell.source = code
+        cell.metadata["quarto"] = merged
+        tags = cell.metadata.setdefault("tags", [])
+        if merged.get("eval") is False:
+            tags.append("skip-execution")
+        if merged.get("error") is True:
+            tags.append("raises-exception")
+        if merged.get("include") is False:
+            tags.append("remove_cell")
+        if merged.get("echo") is False:
+            tags.append("remove_input")
+        if merged.get("output") is False:
+            tags.append("remove_output")
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["front_matter"] = front
+    return front, nb
+
+
+def inline_expressions(nb: nbformat.NotebookNode) -> list[str]:
+    exprs: list[str] = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            exprs += [e for e in INLINE.findall(cell.source) if e not in exprs]
+    return exprs
+
+
+def _inline_cell(exprs: list[str]) -> nbformat.NotebookNode:
+    """A last cell that evaluates each inline expression like Quarto does (strings shown without quotes)."""
+    code = (
+        "import json as _lab_json\n"
+        f"_lab_exprs = {exprs!r}\n"
+        "print('LAB-INLINE' + _lab_json.dumps({e: str(eval(e)) for e in _lab_exprs}))"
+    )
+    return nbformat.v4.new_code_cell(code, metadata={"tags": ["lab-inline"]})
+
+
+@contextmanager
+def _page_environment(root: Path, read_only: bool):
+    saved = {k: os.environ.get(k) for k in (READONLY_ENV, "LAB_ROOT", "PYDEVD_DISABLE_FILE_VALIDATION")}
+    os.environ["LAB_ROOT"] = str(root)
+    os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+    if read_only:
+        os.environ[READONLY_ENV] = "1"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def execute_page(path: Path, root: Path | None = None, read_only: bool = True, timeout: int = 1800) -> PageRun:
+    """Run one page in a fresh kernel; never raises for page errors, reports them in `PageRun.error`."""
+    root = root or project_root()
+    path = Path(path).resolve()
+    _, nb = parse_page(path, root)
+    exprs = inline_expressions(nb)
+    if exprs:
+        nb.cells.append(_inline_cell(exprs))
+    client = NotebookClient(nb, kernel_name="python3", timeout=timeout, allow_errors=False,
+                            resources={"metadata": {"path": str(path.parent)}})
+    start, error, values = time.perf_counter(), None, {}
+    with _page_environment(root, read_only):
+        try:
+            client.execute()
+        except CellExecutionError as err:
+            error = str(err)
+        except Exception as err:  # kernel death, timeouts: still a page failure to report, not a crash
+            error = f"{type(err).__name__}: {err}"
+    seconds = time.perf_counter() - start
+    if exprs and error is None:
+        out = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", []) if o.get("name") == "stdout")
+        values = json.loads(out.split("LAB-INLINE", 1)[1])
+    if exprs:
+        nb.cells.pop()
+    return PageRun(path, seconds, nb, values, error)
+
+
+FENCED_DIV_OPEN = re.compile(r"^:::+\s*\{[^}]*\}\s*$", re.M)
+FENCED_DIV_CLOSE = re.compile(r"^\s*:::+\s*$", re.M)
+TABLE_CAPTION = re.compile(r"^: (.*?)\s*\{[^}]*\}\s*$", re.M)
+
+
+def pandoc_to_plain_markdown(text: str) -> str:
+    """Quarto's Pandoc syntax (callout fenced divs, table captions) as plain Markdown nbconvert can show."""
+    text = FENCED_DIV_OPEN.sub("\n<hr>\n", text)
+    text = FENCED_DIV_CLOSE.sub("\n<hr>\n", text)
+    return TABLE_CAPTION.sub(lambda m: f"*{m.group(1)}*", text)
+
+
+def export_preview(run: PageRun, root: Path | None = None, out_dir: Path | None = None) -> Path:
+    """Write the executed page as HTML under `_preview/`, mirroring the site's layout so relative links work."""
+    from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
+
+    root = root or project_root()
+    out_dir = out_dir or root / PREVIEW_DIR
+    nb = nbformat.from_dict(json.loads(json.dumps(run.notebook)))
+    front = nb.metadata.get("front_matter", {})
+    cells = []
+    for cell in nb.cells:
+        if cell.cell_type == "raw":
+            continue
+        if cell.cell_type == "markdown":
+            cell.source = INLINE.sub(lambda m: run.inline_values.get(m.group(1), m.group(0)), cell.source)
+            cell.source = pandoc_to_plain_markdown(cell.source)
+        cells.append(cell)
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            if "text/markdown" in output.get("data", {}):
+                output["data"]["text/markdown"] = pandoc_to_plain_markdown(output["data"]["text/markdown"])
+    header = f"# {front.get('title', run.path.stem)}"
+    if front.get("subtitle"):
+        header += f"\n\n*{front['subtitle']}*"
+    nb.cells = [nbformat.v4.new_markdown_cell(header), *cells]
+    exporter = HTMLExporter(template_name="lab")
+    remover = TagRemovePreprocessor(remove_cell_tags={"remove_cell"}, remove_input_tags={"remove_input"},
+                                    remove_all_outputs_tags={"remove_output"}, enabled=True)
+    exporter.register_preprocessor(remover, enabled=True)
+    html, _ = exporter.from_notebook_node(nb)
+    html = re.sub(r'href="([^"#:]+)\.qmd(#[^"]*)?"', lambda m: f'href="{m.group(1)}.html{m.group(2) or ""}"', html)
+    target = out_dir / run.path.relative_to(root).with_suffix(".html")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(html)
+    shutil.copytree(root / "assets", out_dir / "assets", dirs_exist_ok=True)
+    return target
+
+
+def execute_all_pages(preview: bool = False, pattern: str | None = None, root: Path | None = None) -> list[str]:
+    """Execute every page, print a line each with its time, write `_preview/page_times.json`; return failures."""
+    root = root or project_root()
+    failures, times = [], {}
+    for page in list_pages(root):
+        rel = page.relative_to(root).as_posix()
+        if pattern and pattern not in rel:
+            continue
+        run = execute_page(page, root)
+        times[rel] = round(run.seconds, 2)
+        print(f"{'ok  ' if run.ok else 'FAIL'} {run.seconds:6.1f} s  {rel}", flush=True)
+        if not run.ok:
+            failures.append(rel)
+            print(run.error[-3000:])
+        elif preview:
+            export_preview(run, root)
+    out = root / PREVIEW_DIR
+    out.mkdir(exist_ok=True)
+    (out / "page_times.json").write_text(json.dumps(times, indent=1))
+    return failures

@@ -1,0 +1,107 @@
+"""Altair chart builders for every page, and a renderer whose charts display with no network.
+
+Altair's default HTML pulls Vega from a CDN when the page is viewed, so offline readers see blank charts. The
+`lab` renderer instead loads the Vega libraries vendored in `assets/vega/` (see scripts/vendor_vega.sh) by a
+path relative to the page — valid in Quarto's `_site/` and in the `_preview/` export, which keep the project's
+layout. The scripts are emitted once per page (one kernel per page) and loaded with AMD's `define` hidden,
+because require.js on a page (nbconvert's template, Quarto widget pages) otherwise swallows the UMD globals.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+
+import altair as alt
+import pandas as pd
+import vl_convert as vlc
+
+from .paths import project_root, relative_to_cwd
+
+VEGA_FILES = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
+_counter = itertools.count()
+_scripts_emitted = False
+
+
+def _script_tags() -> str:
+    base = relative_to_cwd(project_root() / "assets" / "vega")
+    tags = "".join(f'<script src="{base}/{name}"></script>' for name in VEGA_FILES)
+    return ("<script>window.__labDefine = window.define; window.define = undefined;</script>" + tags
+            + "<script>window.define = window.__labDefine;</script>")
+
+
+def lab_renderer(spec: dict, **_: object) -> dict[str, str]:
+    """Altair renderer: a div and a `vegaEmbed` call, SVG output, no actions menu, no CDN."""
+    global _scripts_emitted
+    div_id = f"lab-chart-{next(_counter)}"
+    head = "" if _scripts_emitted else _script_tags()
+    _scripts_emitted = True
+    html = (f'{head}<div id="{div_id}" class="lab-chart"></div>'
+            f'<script>vegaEmbed("#{div_id}", {json.dumps(spec)}, {{"renderer": "svg", "actions": false}})'
+            f'.catch(e => {{document.getElementById("{div_id}").innerText = "chart error: " + e;}});</script>')
+    return {"text/html": html}
+
+
+alt.renderers.register("lab", lab_renderer)
+alt.renderers.enable("lab")
+
+
+def to_svg(chart: alt.TopLevelMixin) -> str:
+    """Static SVG of a chart (vl-convert, offline): for tests and for looking at a chart outside a browser."""
+    return vlc.vegalite_to_svg(chart.to_json(), vl_version=alt.SCHEMA_VERSION.split(".")[0] + "_" +
+                               alt.SCHEMA_VERSION.split(".")[1])
+
+
+def line_chart(data: pd.DataFrame, x: str, y: str, color: str | None = None, title: str = "",
+               x_title: str | None = None, y_title: str | None = None, log_x: bool = False,
+               log_y: bool = False, width: int = 520, height: int = 260) -> alt.Chart:
+    """Curves over steps (or any x), one line per `color` group, with a tooltip on every point."""
+    x_enc = alt.X(f"{x}:Q", title=x_title or x, scale=alt.Scale(type="log" if log_x else "linear"))
+    y_enc = alt.Y(f"{y}:Q", title=y_title or y, scale=alt.Scale(type="log" if log_y else "linear", zero=False))
+    enc = {"x": x_enc, "y": y_enc, "tooltip": [x, alt.Tooltip(f"{y}:Q", format=".4g")]}
+    if color:
+        enc["color"] = alt.Color(f"{color}:N", title=color)
+        enc["tooltip"] = [color, *enc["tooltip"]]
+    return alt.Chart(data, title=title).mark_line().encode(**enc).properties(width=width, height=height)
+
+
+def vertical_rules(steps: Sequence[float], labels: Sequence[str], x: str = "step") -> alt.LayerChart:
+    """Dashed markers at chosen x positions (e.g. the start and end of a phase change), with labels."""
+    frame = pd.DataFrame({x: list(steps), "marker": list(labels)})
+    rule = alt.Chart(frame).mark_rule(strokeDash=[4, 4], color="gray").encode(x=f"{x}:Q", tooltip=["marker", x])
+    text = alt.Chart(frame).mark_text(align="left", dx=3, dy=-4, color="gray", baseline="top").encode(
+        x=f"{x}:Q", y=alt.value(0), text="marker")
+    return rule + text
+
+
+def heatmap(data: pd.DataFrame, x: str, y: str, value: str, title: str = "", x_title: str | None = None,
+            y_title: str | None = None, size: int = 320, scheme: str = "blues",
+            domain: tuple[float, float] | None = None) -> alt.Chart:
+    """A matrix as colored cells (attention patterns, score grids); axes keep the data's order."""
+    scale = alt.Scale(scheme=scheme, domain=list(domain)) if domain else alt.Scale(scheme=scheme)
+    return alt.Chart(data, title=title).mark_rect().encode(
+        x=alt.X(f"{x}:O", title=x_title or x, sort=None),
+        y=alt.Y(f"{y}:O", title=y_title or y, sort=None),
+        color=alt.Color(f"{value}:Q", title=value, scale=scale),
+        tooltip=[x, y, alt.Tooltip(f"{value}:Q", format=".3f")],
+    ).properties(width=size, height=size)
+
+
+def bar_chart(data: pd.DataFrame, x: str, y: str, color: str | None = None, title: str = "",
+              x_title: str | None = None, y_title: str | None = None, width: int = 420, height: int = 240) -> alt.Chart:
+    enc = {"x": alt.X(f"{x}:N", title=x_title or x, sort=None), "y": alt.Y(f"{y}:Q", title=y_title or y),
+           "tooltip": [x, alt.Tooltip(f"{y}:Q", format=".4g")]}
+    if color:
+        enc["color"] = alt.Color(f"{color}:N", title=color)
+    return alt.Chart(data, title=title).mark_bar().encode(**enc).properties(width=width, height=height)
+
+
+def thin(frame: pd.DataFrame, max_points: int = 600, by: str | None = None) -> pd.DataFrame:
+    """Keep at most `max_points` evenly spaced rows (per `by` group): charts embed their data in the page."""
+    def pick(group: pd.DataFrame) -> pd.DataFrame:
+        stride = max(1, -(-len(group) // max_points))
+        return group.iloc[::stride]
+    if by is None:
+        return pick(frame)
+    return pd.concat([pick(g) for _, g in frame.groupby(by, sort=False)], ignore_index=True)

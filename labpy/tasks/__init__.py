@@ -1,0 +1,1 @@
+"""Data with known answers, generated on the fly from a seed."""

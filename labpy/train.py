@@ -1,0 +1,196 @@
+"""One training loop for every experiment.
+
+Why one loop: every run records the same things (loss, learning rate, gradient norm, update/weight ratio,
+Adam's moments, eval metrics), saves checkpoints at chosen steps, and resumes after a kill — so curves from
+different experiments are comparable and no experiment re-implements bookkeeping.
+
+Determinism: the caller seeds the model's initialisation; batches come from `batch_fn(step)`, a pure function
+of the step (seed it with `step_generator`). There is no data-loader state, so a resumed run replays exactly
+the batches an uninterrupted one would have seen, and reaches bit-identical weights on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+Batch = Any
+RESUME_FILE = "resume.pt"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    steps: int
+    lr: float
+    warmup_steps: int = 0
+    schedule: str = "constant"  # "constant" or "cosine" (after warm-up)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0
+    eval_every: int = 100
+    checkpoint_steps: tuple[int, ...] = ()
+    resume_every: int = 500
+    seed: int = 0
+    threads: int = 1  # one torch thread: faster for small models on shared 2-core machines
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid choices: constant, cosine")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+def lr_at(spec: TrainSpec, step: int) -> float:
+    """Learning rate for the update taken at `step` (0-based): linear warm-up, then constant or cosine."""
+    if spec.warmup_steps and step < spec.warmup_steps:
+        return spec.lr * (step + 1) / spec.warmup_steps
+    if spec.schedule == "cosine":
+        span = max(1, spec.steps - spec.warmup_steps)
+        progress = (step - spec.warmup_steps) / span
+        return spec.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return spec.lr
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A generator determined by (seed, step): the data of a step never depends on what ran before it."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+@dataclass
+class TrainLog:
+    steps: pd.DataFrame                      # one row per step: step, loss, lr, grad_norm
+    evals: pd.DataFrame                      # one row per eval step: step, eval metrics, optimizer statistics
+    checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+def optimizer_statistics(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Global Adam moment magnitudes: mean |m| (momentum) and mean sqrt(v) (the per-parameter step scale)."""
+    m_abs, v_sqrt, count = 0.0, 0.0, 0
+    for p in model.parameters():
+        state = optimizer.state.get(p)
+        if not state or "exp_avg" not in state:
+            continue
+        m_abs += state["exp_avg"].abs().sum().item()
+        v_sqrt += state["exp_avg_sq"].sqrt().sum().item()
+        count += p.numel()
+    if not count:
+        return {}
+    return {"adam_m_abs_mean": m_abs / count, "adam_sqrt_v_mean": v_sqrt / count}
+
+
+def train(
+    model: torch.nn.Module,
+    batch_fn: Callable[[int], Batch],
+    loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
+    spec: TrainSpec,
+    eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+    work_dir: Path | None = None,
+    progress: bool | None = None,
+    desc: str = "train",
+    parameters: Iterable[torch.nn.Parameter] | None = None,
+) -> TrainLog:
+    """Train `model` in place for `spec.steps` steps with AdamW; resume from `work_dir` if a run was cut off.
+
+    `progress=None` shows a bar only on a terminal, so pages (whose stderr is not a terminal) stay clean.
+    `parameters` restricts training to a subset (e.g. LoRA adapters); default: all that require grad.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
+    try:
+        return _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, parameters)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, parameters) -> TrainLog:
+    params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    step_rows: list[dict[str, float]] = []
+    eval_rows: list[dict[str, float]] = []
+    checkpoints: dict[int, dict[str, torch.Tensor]] = {}
+    start = 0
+
+    resume_path = Path(work_dir) / RESUME_FILE if work_dir else None
+    if resume_path and resume_path.is_file():
+        state = torch.load(resume_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step_rows, eval_rows, checkpoints, start = state["steps"], state["evals"], state["checkpoints"], state["step"]
+
+    def evaluate(step: int, extra: dict[str, float]) -> None:
+        row: dict[str, float] = {"step": step, **extra}
+        if eval_fn is not None:
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                row.update(eval_fn(model))
+            model.train(was_training)
+        eval_rows.append(row)
+
+    def snapshot(step: int) -> None:
+        if step in spec.checkpoint_steps:
+            checkpoints[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    if start == 0:
+        snapshot(0)
+        evaluate(0, {})
+
+    model.train()
+    bar = tqdm(total=spec.steps, initial=start, desc=desc, disable=_progress_disabled(progress),
+               file=sys.stderr, dynamic_ncols=True)
+    for step in range(start, spec.steps):
+        lr = lr_at(spec, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = batch_fn(step)
+        loss = loss_fn(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = spec.grad_clip if spec.grad_clip is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+        done = step + 1
+        measure = done % spec.eval_every == 0 or done == spec.steps
+        before = [p.detach().clone() for p in params] if measure else None
+        optimizer.step()
+        loss_value = loss.item()
+        step_rows.append({"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm})
+        if not math.isfinite(loss_value):
+            bar.close()
+            raise FloatingPointError(f"loss became {loss_value} at step {done} (lr={lr:g}); lower the learning rate")
+        if measure:
+            update_sq = sum(((p.detach() - b) ** 2).sum().item() for p, b in zip(params, before))
+            weight_sq = sum((b ** 2).sum().item() for b in before)
+            evaluate(done, {"update_to_weight": math.sqrt(update_sq / max(weight_sq, 1e-30)),
+                            **optimizer_statistics(model, optimizer)})
+        snapshot(done)
+        bar.update(1)
+        if done % 50 == 0:
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+        if resume_path and (done % spec.resume_every == 0) and done < spec.steps:
+            _save_resume(resume_path, model, optimizer, step_rows, eval_rows, checkpoints, done)
+    bar.close()
+    return TrainLog(pd.DataFrame(step_rows), pd.DataFrame(eval_rows), checkpoints)
+
+
+def _progress_disabled(progress: bool | None) -> bool | None:
+    if progress is None:
+        return None if sys.stderr.isatty() else True
+    return not progress
+
+
+def _save_resume(path: Path, model, optimizer, step_rows, eval_rows, checkpoints, step: int) -> None:
+    """Write the resume state aside and rename it, so a kill during the write keeps the previous state."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "steps": step_rows,
+                "evals": eval_rows, "checkpoints": checkpoints, "step": step}, tmp)
+    os.replace(tmp, path)
