@@ -21,7 +21,8 @@ def device_description() -> str:
         return f"cuda: {torch.cuda.get_device_name(0)}"
     import os
 
-    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s))"
+    threads = torch.get_num_threads()
+    return f"cpu ({os.cpu_count()} cores, {threads} torch thread{'s' if threads > 1 else ''})"
 
 
 def package_versions() -> dict[str, str]:
@@ -49,7 +50,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def collect(seed: int | None, wall_time_s: float, started: dt.datetime, scale: str) -> dict[str, Any]:
+def collect(seed: int | None, wall_time_s: float, started: dt.datetime, scale: str, commit: str) -> dict[str, Any]:
+    """`commit` is taken when the run starts: edits made while it trains do not describe the code that ran."""
     return {
         "device": device_description(),
         "scale": scale,
@@ -57,7 +59,7 @@ def collect(seed: int | None, wall_time_s: float, started: dt.datetime, scale: s
         "wall_time_s": round(wall_time_s, 2),
         "started_utc": started.isoformat(timespec="seconds"),
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
         "versions": package_versions(),

@@ -169,20 +169,30 @@ class RunStore:
         self.check_writable(f"store {experiment}/{key}")
         final = self.entry_path(experiment, key)
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-        (tmp / "tables").mkdir(parents=True)
-        (tmp / "checkpoints").mkdir()
-        for name, frame in result.tables.items():
-            frame.to_csv(tmp / "tables" / f"{name}.csv", index=False, float_format="%.6g")
-        for name, state in result.checkpoints.items():
-            save_file(_storable(state, result.half_precision_checkpoints), tmp / "checkpoints" / f"{name}.safetensors")
-        (tmp / "summary.json").write_text(json.dumps(result.summary, indent=1, sort_keys=True, default=float))
-        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=1, sort_keys=True))
-        (tmp / "meta.json").write_text(json.dumps({**meta, "experiment": experiment, "key": key}, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
+        try:
+            self._write_entry(tmp, meta | {"experiment": experiment, "key": key}, result, provenance)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = final.parent / f".old-{key}-{uuid.uuid4().hex[:8]}"
+        if final.exists():          # --force: move the old entry aside first, so one is always complete
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(self.work_dir(experiment, key), ignore_errors=True)
         return RunEntry(final)
+
+    @staticmethod
+    def _write_entry(folder: Path, meta: dict[str, Any], result: RunResult, provenance: dict[str, Any]) -> None:
+        (folder / "tables").mkdir(parents=True)
+        (folder / "checkpoints").mkdir()
+        for name, frame in result.tables.items():
+            frame.to_csv(folder / "tables" / f"{name}.csv", index=False, float_format="%.6g")
+        for name, state in result.checkpoints.items():
+            save_file(_storable(state, result.half_precision_checkpoints), folder / "checkpoints" / f"{name}.safetensors")
+        (folder / "summary.json").write_text(json.dumps(result.summary, indent=1, sort_keys=True, default=float))
+        (folder / "provenance.json").write_text(json.dumps(provenance, indent=1, sort_keys=True))
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks a complete entry
 
     def total_size_bytes(self) -> int:
         return sum(e.size_bytes() for e in self.entries())

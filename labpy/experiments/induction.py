@@ -85,7 +85,8 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
 
     spec = TrainSpec(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps,
                      weight_decay=config.weight_decay, eval_every=config.eval_every,
-                     checkpoint_steps=config.checkpoint_steps(), seed=config.seed)
+                     checkpoint_steps=config.checkpoint_steps(), seed=config.seed,
+                     resume_every=min(500, max(20, config.steps // 5)))
     log = train(model, batch_fn, loss_fn, spec, eval_fn=eval_fn, work_dir=ctx.work_dir, progress=ctx.progress,
                 desc=f"induction {ctx.label}")
     final = log.evals.iloc[-1]
@@ -166,6 +167,13 @@ def phase_change(evals: pd.DataFrame, column: str = "loss_repeat") -> dict[str, 
             "end_step": end, "width_steps": end - start, "total_steps": float(steps[-1])}
 
 
+def first_crossing(scores: pd.DataFrame, column: str, threshold: float = 0.4) -> float:
+    """First checkpoint step at which the best head's `column` score exceeds `threshold` (NaN if never)."""
+    best = scores.groupby("step")[column].max()
+    above = best[best > threshold]
+    return float(above.index[0]) if len(above) else float("nan")
+
+
 def ablation_table(entry: RunEntry) -> pd.DataFrame:
     """Induction score of the strongest layer-1 induction head: intact, and with each layer-0 head zero-ablated."""
     config = InductionConfig(**entry.config)
@@ -208,3 +216,38 @@ def loss_by_earlier_occurrence(entry: RunEntry) -> pd.DataFrame:
     for name, mask in (("seen earlier in the context", seen & ~repeat), ("not seen before", ~seen & ~repeat)):
         rows.append({"target": name, "loss": losses[mask].mean().item(), "count": int(mask.sum())})
     return pd.DataFrame(rows)
+
+
+def measurements(two: RunEntry, one: RunEntry, scores: pd.DataFrame | None = None,
+                 scores_one: pd.DataFrame | None = None, ablation: pd.DataFrame | None = None) -> dict:
+    """Every number the predictions and paper claims are checked against (pass what a page already computed)."""
+    scores = head_scores_over_training(two) if scores is None else scores
+    scores_one = head_scores_over_training(one) if scores_one is None else scores_one
+    ablation = ablation_table(two) if ablation is None else ablation
+    evals, evals_one = two.table("evals"), one.table("evals")
+    drop = phase_change(evals)
+    final = scores[scores.step == scores.step.max()]
+    induction_head = final[final.layer == 1].sort_values("induction").iloc[-1]
+    prev_head = final[final.layer == 0].sort_values("previous_token").iloc[-1]
+    intact = float(ablation.induction_score.iloc[0])
+    ablated = float(ablation[ablation.ablated == prev_head["label"]].induction_score.iloc[0])
+    others = ablation[~ablation.ablated.isin(["none", prev_head["label"]])].induction_score
+    return {
+        **drop,
+        "width_fraction": drop["width_steps"] / drop["total_steps"],
+        "best_induction": float(induction_head["induction"]),
+        "induction_head": induction_head["label"],
+        "previous_token_head": prev_head["label"],
+        "best_previous_token": float(prev_head["previous_token"]),
+        "prev_cross_step": first_crossing(scores[scores.layer == 0], "previous_token"),
+        "induction_cross_step": first_crossing(scores[scores.layer == 1], "induction"),
+        "induction_intact": intact,
+        "induction_ablated": ablated,
+        "ablated_fraction_left": ablated / intact,
+        "other_ablations_min": float(others.min()),
+        "one_layer_best_induction": float(scores_one.induction.max()),
+        "one_layer_gap": float(evals_one.loss_first_copy.iloc[-1] - evals_one.loss_repeat.iloc[-1]),
+        "one_layer_repeat_loss": float(evals_one.loss_repeat.iloc[-1]),
+        "first_copy_loss": float(evals.loss_first_copy.iloc[-1]),
+        "repeat_loss": float(evals.loss_repeat.iloc[-1]),
+    }

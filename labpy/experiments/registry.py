@@ -19,6 +19,7 @@ import torch
 
 from ..errors import MissingRunError, UnknownChoiceError
 from ..provenance import collect as collect_provenance
+from ..provenance import git_commit
 from ..store import RunEntry, RunResult, RunStore, entry_key
 
 SCALES = ("smoke", "cpu", "gpu")  # smallest to largest
@@ -82,7 +83,7 @@ def get_experiment(name: str) -> Experiment:
 
 
 def _load_builtin() -> None:
-    from . import induction  # noqa: F401  (registers itself)
+    from . import benchmarks, induction  # noqa: F401  (each registers itself)
 
 
 def with_overrides(config: Any, overrides: Mapping[str, str]) -> Any:
@@ -124,12 +125,12 @@ def run_config(experiment: Experiment, scale: str, label: str, config: Any, stor
     store.check_writable(f"train {experiment.name}/{key} (run `{experiment.command(scale)}` where it may write)")
     work_dir = store.work_dir(experiment.name, key)
     work_dir.mkdir(parents=True, exist_ok=True)
-    started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    started, t0, commit = dt.datetime.now(dt.timezone.utc), time.perf_counter(), git_commit()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(experiment.torch_threads)  # small models: one thread beats two on shared cores
     try:
         result = experiment.run(config, RunContext(work_dir=work_dir, progress=progress, label=label))
-        provenance = collect_provenance(result.seed, time.perf_counter() - t0, started, scale)
+        provenance = collect_provenance(result.seed, time.perf_counter() - t0, started, scale, commit)
     finally:
         torch.set_num_threads(previous_threads)
     meta = {"label": label, "scale": scale, "version": experiment.version, "title": experiment.title,
