@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from IPython.display import Markdown
+from IPython.display import Markdown, display
 
 from .experiments.registry import StoredRuns
 
@@ -34,12 +34,15 @@ _PREDICTIONS: dict[str, Prediction] = {}
 
 
 def predict(id: str, statement: str, check: Callable[[Mapping[str, Any]], bool],
-            measure: Callable[[Mapping[str, Any]], Any] | None = None) -> Markdown:
-    """Register a prediction (shown as a callout); `check(results) -> bool` decides it later."""
+            measure: Callable[[Mapping[str, Any]], Any] | None = None) -> None:
+    """Register a prediction and display it as a callout; `check(results) -> bool` decides it later.
+
+    It displays itself (rather than returning the callout) so that every prediction of a cell shows.
+    """
     if not callable(check):
         raise TypeError(f"prediction {id!r}: check must be a function of the results dict, got {check!r}")
     _PREDICTIONS[id] = Prediction(id, statement, check, measure)
-    return Markdown(f"::: {{.callout-tip appearance=\"simple\"}}\n**Prediction `{id}`** — {statement}\n:::\n")
+    display(Markdown(f"::: {{.callout-tip appearance=\"simple\"}}\n**Prediction `{id}`** — {statement}\n:::\n"))
 
 
 def predictions() -> list[Prediction]:

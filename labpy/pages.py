@@ -169,12 +169,14 @@ def execute_page(path: Path, root: Path | None = None, read_only: bool = True, t
 FENCED_DIV_OPEN = re.compile(r"^:::+\s*\{[^}]*\}\s*$", re.M)
 FENCED_DIV_CLOSE = re.compile(r"^\s*:::+\s*$", re.M)
 TABLE_CAPTION = re.compile(r"^: (.*?)\s*\{[^}]*\}\s*$", re.M)
+HEADING_ID = re.compile(r"^(#+ .*?)\s*\{#([\w-]+)\}\s*$", re.M)
 
 
 def pandoc_to_plain_markdown(text: str) -> str:
     """Quarto's Pandoc syntax (callout fenced divs, table captions) as plain Markdown nbconvert can show."""
     text = FENCED_DIV_OPEN.sub("\n<hr>\n", text)
     text = FENCED_DIV_CLOSE.sub("\n<hr>\n", text)
+    text = HEADING_ID.sub(lambda m: f'<a id="{m.group(2)}"></a>\n\n{m.group(1)}', text)
     return TABLE_CAPTION.sub(lambda m: f"*{m.group(1)}*", text)
 
 

@@ -36,14 +36,14 @@ def package_versions() -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """The commit of the lab's code, with '+dirty' when uncommitted changes were present (honest provenance)."""
+    """The commit of the lab's code, with '+dirty' when tracked code had uncommitted changes (honest provenance)."""
     root = project_root()
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "labpy"], cwd=root, capture_output=True, text=True, check=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "labpy"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
