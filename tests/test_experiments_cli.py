@@ -112,6 +112,7 @@ def test_killed_run_leaves_no_entry_and_resumes_to_the_same_result(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a.table("steps").loss.tolist() == b.table("steps").loss.tolist()
     assert not (tmp_path / "killed" / ".work" / "induction" / a.key).exists(), "resume state left behind"
+    assert a.provenance["resumed"] is True and b.provenance["resumed"] is False
 
 
 def test_benchmarks_smoke_measures_ratios(tmp_store):

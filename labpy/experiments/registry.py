@@ -126,11 +126,13 @@ def run_config(experiment: Experiment, scale: str, label: str, config: Any, stor
     work_dir = store.work_dir(experiment.name, key)
     work_dir.mkdir(parents=True, exist_ok=True)
     started, t0, commit = dt.datetime.now(dt.timezone.utc), time.perf_counter(), git_commit()
+    resumed = any(work_dir.iterdir())  # an interrupted run left state: wall time covers only the rest
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(experiment.torch_threads)  # small models: one thread beats two on shared cores
     try:
         result = experiment.run(config, RunContext(work_dir=work_dir, progress=progress, label=label))
         provenance = collect_provenance(result.seed, time.perf_counter() - t0, started, scale, commit)
+        provenance["resumed"] = resumed
     finally:
         torch.set_num_threads(previous_threads)
     meta = {"label": label, "scale": scale, "version": experiment.version, "title": experiment.title,
