@@ -55,6 +55,8 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(f"run store: {store.root}  ({store.total_size_bytes() / 2**20:.1f} MiB committed size)")
     print(f"{'experiment':<14}{'scale':<7}{'config':<12}{'status':<9}{'size':>10}  {'wall time':>10}  key")
     for r in rows:
+        if r["scale"] == "smoke" and not r["stored"]:
+            continue  # smoke runs live in the tests' temporary stores, never in the committed one
         status = "stored" if r["stored"] else "missing"
         size = f"{r['size_kb']:.0f} KB" if r["stored"] else "-"
         wall = f"{r['wall_time_s']:.0f} s" if r["wall_time_s"] is not None else "-"

@@ -77,8 +77,7 @@ def show_questions(*ids: str) -> Markdown:
 def questions_log() -> Markdown:
     """The whole log, grouped by track, each question with an anchor, its sub-questions and evidence links."""
     questions = load_questions()
-    counts = {s: sum(q.status == s for q in questions.values()) for s in STATUSES}
-    out = [" · ".join(f"**{s}** {n}" for s, n in counts.items()), ""]
+    out = [" · ".join(f"**{s}** {n}" for s, n in status_counts(questions).items()), ""]
     for track in dict.fromkeys(q.track for q in questions.values()):
         out.append(f"## {track}\n")
         for q in (q for q in questions.values() if q.track == track):
@@ -92,6 +91,6 @@ def questions_log() -> Markdown:
     return Markdown("\n".join(out))
 
 
-def status_counts() -> dict[str, int]:
-    questions = load_questions()
+def status_counts(questions: dict[str, Question] | None = None) -> dict[str, int]:
+    questions = load_questions() if questions is None else questions
     return {s: sum(q.status == s for q in questions.values()) for s in STATUSES}
