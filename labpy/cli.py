@@ -85,7 +85,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_pages(args: argparse.Namespace) -> None:
     from .pages import execute_all_pages
 
-    failures = execute_all_pages(preview=args.preview, pattern=args.only)
+    runs = execute_all_pages(preview=args.preview, pattern=args.only)
+    failures = [run.path.name for run in runs if not run.ok]
     if failures:
         raise LabError(f"{len(failures)} page(s) failed: {', '.join(failures)}")
 

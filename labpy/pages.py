@@ -218,23 +218,24 @@ def export_preview(run: PageRun, root: Path | None = None, out_dir: Path | None 
     return target
 
 
-def execute_all_pages(preview: bool = False, pattern: str | None = None, root: Path | None = None) -> list[str]:
-    """Execute every page, print a line each with its time, write `_preview/page_times.json`; return failures."""
+def execute_all_pages(preview: bool = False, pattern: str | None = None, root: Path | None = None,
+                      exclude: tuple[str, ...] = ()) -> list[PageRun]:
+    """Execute every page (a line each, with its time, on the terminal), write `_preview/page_times.json`."""
     root = root or project_root()
-    failures, times = [], {}
+    runs, times = [], {}
     for page in list_pages(root):
         rel = page.relative_to(root).as_posix()
-        if pattern and pattern not in rel:
+        if (pattern and pattern not in rel) or rel in exclude:
             continue
         run = execute_page(page, root)
+        runs.append(run)
         times[rel] = round(run.seconds, 2)
         print(f"{'ok  ' if run.ok else 'FAIL'} {run.seconds:6.1f} s  {rel}", flush=True)
         if not run.ok:
-            failures.append(rel)
             print(run.error[-3000:])
         elif preview:
             export_preview(run, root)
     out = root / PREVIEW_DIR
     out.mkdir(exist_ok=True)
     (out / "page_times.json").write_text(json.dumps(times, indent=1))
-    return failures
+    return runs

@@ -90,18 +90,13 @@ def capture_ratio(config: BenchmarkConfig) -> pd.DataFrame:
 
 
 def page_times() -> pd.DataFrame:
-    from ..pages import execute_page, list_pages
+    from ..pages import execute_all_pages
     from ..paths import project_root
 
     root = project_root()
-    rows = []
-    for page in list_pages(root):
-        rel = page.relative_to(root).as_posix()
-        if rel == PAGE_OF_RESULTS:
-            continue
-        result = execute_page(page, root, read_only=True)
-        rows.append({"page": rel, "seconds": result.seconds, "ok": result.ok})
-    return pd.DataFrame(rows)
+    runs = execute_all_pages(root=root, exclude=(PAGE_OF_RESULTS,))
+    return pd.DataFrame([{"page": r.path.relative_to(root).as_posix(), "seconds": r.seconds, "ok": r.ok}
+                         for r in runs])
 
 
 def run(config: BenchmarkConfig, ctx: RunContext) -> RunResult:

@@ -218,6 +218,19 @@ def loss_by_earlier_occurrence(entry: RunEntry) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def head_summary(scores: pd.DataFrame) -> dict:
+    """The strongest induction (last layer) and previous-token (layer 0) heads at the end, and when each kind
+    first passed 0.4: the facts the page's prose, the predictions and the paper claims all use."""
+    final = scores[scores.step == scores.step.max()]
+    last = int(scores.layer.max())
+    return {
+        "induction_head": final[final.layer == last].sort_values("induction").iloc[-1],
+        "prev_head": final[final.layer == 0].sort_values("previous_token").iloc[-1],
+        "prev_cross_step": first_crossing(scores[scores.layer == 0], "previous_token"),
+        "induction_cross_step": first_crossing(scores[scores.layer == last], "induction"),
+    }
+
+
 def measurements(two: RunEntry, one: RunEntry, scores: pd.DataFrame | None = None,
                  scores_one: pd.DataFrame | None = None, ablation: pd.DataFrame | None = None) -> dict:
     """Every number the predictions and paper claims are checked against (pass what a page already computed)."""
@@ -226,9 +239,8 @@ def measurements(two: RunEntry, one: RunEntry, scores: pd.DataFrame | None = Non
     ablation = ablation_table(two) if ablation is None else ablation
     evals, evals_one = two.table("evals"), one.table("evals")
     drop = phase_change(evals)
-    final = scores[scores.step == scores.step.max()]
-    induction_head = final[final.layer == 1].sort_values("induction").iloc[-1]
-    prev_head = final[final.layer == 0].sort_values("previous_token").iloc[-1]
+    heads = head_summary(scores)
+    induction_head, prev_head = heads["induction_head"], heads["prev_head"]
     intact = float(ablation.induction_score.iloc[0])
     ablated = float(ablation[ablation.ablated == prev_head["label"]].induction_score.iloc[0])
     others = ablation[~ablation.ablated.isin(["none", prev_head["label"]])].induction_score
@@ -239,8 +251,8 @@ def measurements(two: RunEntry, one: RunEntry, scores: pd.DataFrame | None = Non
         "induction_head": induction_head["label"],
         "previous_token_head": prev_head["label"],
         "best_previous_token": float(prev_head["previous_token"]),
-        "prev_cross_step": first_crossing(scores[scores.layer == 0], "previous_token"),
-        "induction_cross_step": first_crossing(scores[scores.layer == 1], "induction"),
+        "prev_cross_step": heads["prev_cross_step"],
+        "induction_cross_step": heads["induction_cross_step"],
         "induction_intact": intact,
         "induction_ablated": ablated,
         "ablated_fraction_left": ablated / intact,

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import MissingRunError, UnknownChoiceError
 from ..provenance import collect as collect_provenance
 from ..provenance import git_commit
@@ -45,7 +43,6 @@ class Experiment:
     scales: Mapping[str, Mapping[str, Any]]         # scale -> {label: config instance}
     run: Callable[[Any, RunContext], RunResult]
     description: str = ""
-    torch_threads: int = 1
 
     def configs(self, scale: str) -> Mapping[str, Any]:
         if scale not in self.scales:
@@ -127,14 +124,9 @@ def run_config(experiment: Experiment, scale: str, label: str, config: Any, stor
     work_dir.mkdir(parents=True, exist_ok=True)
     started, t0, commit = dt.datetime.now(dt.timezone.utc), time.perf_counter(), git_commit()
     resumed = any(work_dir.iterdir())  # an interrupted run left state: wall time covers only the rest
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(experiment.torch_threads)  # small models: one thread beats two on shared cores
-    try:
-        result = experiment.run(config, RunContext(work_dir=work_dir, progress=progress, label=label))
-        provenance = collect_provenance(result.seed, time.perf_counter() - t0, started, scale, commit)
-        provenance["resumed"] = resumed
-    finally:
-        torch.set_num_threads(previous_threads)
+    result = experiment.run(config, RunContext(work_dir=work_dir, progress=progress, label=label))
+    provenance = collect_provenance(result.seed, time.perf_counter() - t0, started, scale, commit)
+    provenance["resumed"] = resumed
     meta = {"label": label, "scale": scale, "version": experiment.version, "title": experiment.title,
             "config": dataclasses.asdict(config)}
     return store.put(experiment.name, key, meta, result, provenance)
