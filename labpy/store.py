@@ -60,6 +60,7 @@ class RunResult:
     checkpoints: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     seed: int | None = None
     half_precision_checkpoints: bool = True
+    files: dict[str, bytes] = field(default_factory=dict)   # small artifacts a page or loader needs (a tokenizer)
 
 
 class RunEntry:
@@ -112,6 +113,13 @@ class RunEntry:
             raise MissingRunError(f"run {self.experiment}/{self.key} has no table {name!r}; it has: "
                                   f"{', '.join(self.table_names()) or '(none)'}")
         return pd.read_csv(path)
+
+    def file(self, name: str) -> Path:
+        """The path of a stored artifact (see `RunResult.files`)."""
+        path = self.path / "files" / name
+        if not path.is_file():
+            raise MissingRunError(f"run {self.experiment}/{self.key} has no file {name!r}")
+        return path
 
     def checkpoint_names(self) -> list[str]:
         return sorted(p.stem for p in (self.path / "checkpoints").glob("*.safetensors"))
@@ -190,6 +198,10 @@ class RunStore:
             frame.to_csv(folder / "tables" / f"{name}.csv", index=False, float_format="%.6g")
         for name, state in result.checkpoints.items():
             save_file(_storable(state, result.half_precision_checkpoints), folder / "checkpoints" / f"{name}.safetensors")
+        if result.files:
+            (folder / "files").mkdir()
+            for name, data in result.files.items():
+                (folder / "files" / name).write_bytes(data)
         (folder / "summary.json").write_text(json.dumps(result.summary, indent=1, sort_keys=True, default=float))
         (folder / "provenance.json").write_text(json.dumps(provenance, indent=1, sort_keys=True))
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks a complete entry

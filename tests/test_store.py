@@ -85,3 +85,10 @@ def test_committed_store_entries_are_complete(root):
         assert entry.provenance["device"] and entry.provenance["git_commit"]
         assert entry.table_names()
     assert store.total_size_bytes() < 40 * 2**20, "the committed store is over its budget (tens of MB)"
+
+
+def test_files_round_trip_and_missing_file_is_named(tmp_store):
+    entry = tmp_store.put("exp", "k-1", {"label": "k"}, RunResult(files={"tok.json": b'{"a": 1}'}), {})
+    assert entry.file("tok.json").read_bytes() == b'{"a": 1}'
+    with pytest.raises(MissingRunError, match="no file 'other.json'"):
+        entry.file("other.json")

@@ -80,7 +80,15 @@ def get_experiment(name: str) -> Experiment:
 
 
 def _load_builtin() -> None:
-    from . import benchmarks, induction  # noqa: F401  (each registers itself)
+    """Import every module of `labpy.experiments`; each registers its experiments on import."""
+    import importlib
+    import pkgutil
+
+    from .. import experiments as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name != "registry":
+            importlib.import_module(f"{package.__name__}.{module.name}")
 
 
 def with_overrides(config: Any, overrides: Mapping[str, str]) -> Any:
