@@ -1,0 +1,140 @@
+"""A new domain for fine-tuning the lab LM: Python standard-library source code, read from this interpreter.
+
+Why source code: the lab LM is pretrained on English prose that ships with Python (pydoc topics, docstrings),
+so code is a shift it can learn quickly and measurably, and the original domain stays available to measure
+forgetting. Docstrings are stripped (they are prose, and may be in the pretraining corpus); comments stay.
+
+Determinism: the candidates are the top-level `*.py` modules of the stdlib folder, in name order. Each file
+goes to `heldout` or `train` by a hash of its *name* alone, so the split never depends on which other files
+exist, and train and held-out never share a file. Each split is then filled in name order up to a character
+budget. The text depends on the Python version (recorded by `corpus_info`).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import sys
+import sysconfig
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UnknownChoiceError
+
+SPLITS = ("train", "heldout")
+FILE_SEPARATOR = "\n\n"
+
+
+def stdlib_dir() -> Path:
+    """The running interpreter's standard-library folder (e.g. `.../lib/python3.11`)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def candidate_files(root: Path | None = None, min_chars: int = 2_000, max_chars: int = 40_000) -> list[Path]:
+    """Top-level stdlib modules of a moderate size, in name order.
+
+    Tiny files are mostly re-export stubs; huge ones (`_pydecimal.py`) would dominate a small corpus.
+    """
+    root = root or stdlib_dir()
+    files = sorted(p for p in root.glob("*.py") if not p.name.startswith("test"))
+    return [p for p in files if min_chars <= p.stat().st_size <= max_chars]
+
+
+def split_of(name: str, heldout_fraction: float) -> str:
+    """`heldout` or `train` for a file name, from its SHA-256: stable across machines and file sets."""
+    bucket = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) / 16**8   # uniform in [0, 1)
+    return "heldout" if bucket < heldout_fraction else "train"
+
+
+def strip_docstrings(source: str) -> str:
+    """Remove module, class and function docstrings (their whole lines); keep code and comments as written."""
+    tree = ast.parse(source)
+    drop: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str) and len(node.body) > 1):
+                drop.update(range(first.lineno, first.end_lineno + 1))   # 1-based line numbers
+    lines = source.splitlines()
+    return "\n".join(line for i, line in enumerate(lines, start=1) if i not in drop)
+
+
+@dataclass(frozen=True)
+class SourceCorpus:
+    """The chosen files of one split and their text (files joined by a blank line)."""
+
+    split: str
+    files: tuple[str, ...]
+    text: str
+
+
+def source_corpus(split: str, max_chars: int = 400_000, heldout_fraction: float = 0.2,
+                  docstrings: bool = False, root: Path | None = None) -> SourceCorpus:
+    """The `train` or `heldout` source corpus: files of that split, in name order, until `max_chars`."""
+    if split not in SPLITS:
+        raise UnknownChoiceError("split", split, SPLITS, "for the stdlib source corpus")
+    if not 0 < heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}; e.g. 0.2")
+    chosen, parts, total = [], [], 0
+    for path in candidate_files(root):
+        if split_of(path.name, heldout_fraction) != split:
+            continue
+        text = path.read_text(encoding="utf-8")
+        if not docstrings:
+            text = strip_docstrings(text)
+        if total + len(text) > max_chars:
+            continue                                 # try smaller files further on: fill the budget
+        chosen.append(path.name)
+        parts.append(text)
+        total += len(text) + len(FILE_SEPARATOR)
+    if not chosen:
+        raise ValueError(f"no stdlib source files fit split {split!r} with max_chars={max_chars} in "
+                         f"{root or stdlib_dir()}; raise max_chars")
+    return SourceCorpus(split, tuple(chosen), FILE_SEPARATOR.join(parts))
+
+
+def corpus_info(corpora: Sequence[SourceCorpus]) -> dict[str, object]:
+    """What a run records about its data: Python version, files and characters per split."""
+    info: dict[str, object] = {"python": sys.version.split()[0], "stdlib": str(stdlib_dir())}
+    for c in corpora:
+        info[f"{c.split}_files"] = len(c.files)
+        info[f"{c.split}_chars"] = len(c.text)
+    return info
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """Token ids (N,) of `text` with the lab LM's tokenizer, no special tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def eval_windows(ids: torch.Tensor, n_windows: int, seq_len: int) -> torch.Tensor:
+    """Fixed, evenly spaced, non-overlapping windows (n, seq_len + 1) of a held-out stream: the eval set."""
+    span = seq_len + 1
+    available = ids.numel() // span
+    if available < 1:
+        raise ValueError(f"a held-out stream of {ids.numel()} tokens holds no window of {span}; "
+                         f"lower seq_len or raise max_chars")
+    n = min(n_windows, available)
+    chunks = torch.linspace(0, available - 1, n).round().long()           # distinct chunk indices
+    return torch.stack([ids[c * span:(c + 1) * span] for c in chunks.tolist()])
+
+
+def window_batch_fn(ids: torch.Tensor, batch_size: int, seq_len: int, seed: int):
+    """`batch_fn(step) -> (batch_size, seq_len + 1)`: random windows of `ids`, a pure function of (seed, step)."""
+    from ..train import step_generator
+
+    high = ids.numel() - seq_len - 1
+    if high < 1:
+        raise ValueError(f"a stream of {ids.numel()} tokens is too short for seq_len={seq_len}")
+    offsets = torch.arange(seq_len + 1)
+
+    def batch_fn(step: int) -> torch.Tensor:
+        starts = torch.randint(0, high, (batch_size,), generator=step_generator(seed, step))
+        return ids[starts[:, None] + offsets]                             # (B, T+1)
+
+    return batch_fn
