@@ -1,0 +1,182 @@
+"""Load a causal language model — the lab LM, a local HF checkpoint, or a hub id — optionally 4/8-bit.
+
+One entry point for every Track A page and experiment:
+
+    model, tokenizer = load_lm("lab-lm")                   # the stored lab LM (cpu scale)
+    model, tokenizer = load_lm("lab-lm:smoke", quant="4bit")
+    model, tokenizer = load_lm("/path/to/checkpoint", quant="8bit")
+    model, tokenizer = load_lm("Qwen/Qwen2.5-7B", quant="4bit", dtype=torch.bfloat16, device_map="auto")
+
+Why the care with hub ids: the lab runs offline. A hub id touches the network only when the user named one,
+only when no cached copy exists, and only after a quick reachability check — so an offline machine gets a
+clear error naming the fix within seconds instead of a long retry loop inside `huggingface_hub`.
+
+Quantization goes through `transformers.BitsAndBytesConfig` (bitsandbytes runs 4- and 8-bit on the CPU too).
+A 4-bit model that will be trained must be freshly loaded and go through `labpy.models.lora.add_lora`
+(see the eval-then-train trap there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from ..errors import LabError, UnknownChoiceError
+
+QUANT_CHOICES = (None, "8bit", "4bit")
+LAB_LM = "lab-lm"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+REACH_TIMEOUT_S = 3.0
+
+
+class ModelUnavailableError(LabError, OSError):
+    """A model that cannot be loaded here: no such local checkpoint, or a hub id with no cached copy offline."""
+
+
+def quantization_config(quant: str | None, compute_dtype: torch.dtype = torch.float32):
+    """The `BitsAndBytesConfig` for `quant`: None (full precision), "8bit" (LLM.int8) or "4bit" (nf4 with
+    double quantization: the quantization constants are themselves quantized, ~0.37 bits/param saved)."""
+    if quant not in QUANT_CHOICES:
+        raise UnknownChoiceError("quant", quant, [str(q) for q in QUANT_CHOICES],
+                                 "(None for full precision, '8bit' or '4bit')")
+    if quant is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quant == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def resolve(name_or_path: str) -> tuple[str, Path | None]:
+    """Classify a model name: ("lab", dir) for the lab LM, ("local", dir) for a checkpoint folder, ("hub", None)."""
+    name = str(name_or_path)
+    if name == LAB_LM or name.startswith(LAB_LM + ":"):
+        from .lab_lm import lab_lm_dir   # lazily: the lab LM module trains/materialises the stored model
+
+        scale = name.partition(":")[2] or None
+        return "lab", Path(lab_lm_dir(scale))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelUnavailableError(
+                f"{path} is a folder but not a Hugging Face checkpoint (no config.json); pass a folder written "
+                f"by `model.save_pretrained(...)`")
+        return "local", path
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+    if looks_like_path or path.exists() or not _HUB_ID.match(name):
+        raise ModelUnavailableError(
+            f"no model folder at {name!r}; pass an existing `save_pretrained` folder, 'lab-lm', or a hub id "
+            f"like 'Qwen/Qwen2.5-7B'")
+    return "hub", None
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hub_reachable(timeout: float = REACH_TIMEOUT_S) -> bool:
+    """A TCP connect to the hub endpoint, a few seconds at most: cheaper than letting downloads retry."""
+    from huggingface_hub import constants
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _hub_source(repo_id: str) -> dict[str, Any]:
+    """Keyword arguments for `from_pretrained` of a hub id: the cache when it holds the model, else a download
+    (only when the hub is reachable). Raises `ModelUnavailableError` naming the fixes otherwise."""
+    if _hub_cached(repo_id):
+        return {"local_files_only": True}
+    if not _hub_offline() and _hub_reachable():
+        return {}
+    why = "HF_HUB_OFFLINE is set" if _hub_offline() else "the Hugging Face hub cannot be reached"
+    from huggingface_hub import constants
+
+    raise ModelUnavailableError(
+        f"cannot load hub model {repo_id!r}: {why} and there is no cached copy in {constants.HF_HUB_CACHE}. "
+        f"Fix: go online once (unset HF_HUB_OFFLINE) so it downloads into the cache; or run "
+        f"`huggingface-cli download {repo_id}` on a connected machine and point HF_HOME at that cache; "
+        f"or pass the path of a local `save_pretrained` folder instead of the hub id")
+
+
+class _DropInt8CastNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "MatMul8bitLt: inputs will be cast" not in record.getMessage()
+
+
+def _silence_int8_cast_note() -> None:
+    """bitsandbytes logs that it casts fp32 activations to fp16 for int8 matmuls on every call: known, expected."""
+    log = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _DropInt8CastNote) for f in log.filters):
+        log.addFilter(_DropInt8CastNote())
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No 'Loading weights' progress bar inside pages and tests; restores the previous setting."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_lm(name_or_path: str, quant: str | None = None, *, dtype: torch.dtype = torch.float32,
+            attn_implementation: str = "eager", device_map: Any = None,
+            compute_dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer; `quant` None | "8bit" | "4bit" (bitsandbytes).
+
+    `dtype` is the dtype of the unquantized parts (embeddings, norms, head) and, unless `compute_dtype` says
+    otherwise, the 4-bit compute dtype. `attn_implementation="eager"` so attention weights can be returned.
+    The tokenizer is None when a local checkpoint ships none (e.g. a test's random-weight model).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    bnb = quantization_config(quant, compute_dtype or dtype)   # validates `quant` before anything loads
+    kind, path = resolve(name_or_path)
+    source: dict[str, Any] = _hub_source(str(name_or_path)) if kind == "hub" else {"local_files_only": True}
+    where = str(path) if path is not None else str(name_or_path)
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation, **source}
+    if bnb is not None:
+        kwargs["quantization_config"] = bnb
+        if quant == "8bit":
+            _silence_int8_cast_note()
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    with _quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        has_tokenizer = kind == "hub" or any((path / f).is_file() for f in _TOKENIZER_FILES)
+        tokenizer = AutoTokenizer.from_pretrained(where, **source) if has_tokenizer else None
+    model.eval()
+    return model, tokenizer
+
+
+def quantized_linear_types(model: torch.nn.Module) -> set[str]:
+    """Class names of the bitsandbytes linear layers in `model` (empty for a full-precision model)."""
+    return {type(m).__name__ for m in model.modules() if type(m).__module__.startswith("bitsandbytes")}
