@@ -40,6 +40,7 @@ class TrainSpec:
     checkpoint_steps: tuple[int, ...] = ()
     resume_every: int = 500
     seed: int = 0
+    measure_steps: tuple[int, ...] = ()  # extra steps (besides every eval_every) to evaluate and measure, e.g. early ones
     threads: int = 1  # one torch thread: faster for small models on shared 2-core machines
 
     def __post_init__(self) -> None:
@@ -70,6 +71,68 @@ class TrainLog:
     steps: pd.DataFrame                      # one row per step: step, loss, lr, grad_norm
     evals: pd.DataFrame                      # one row per eval step: step, eval metrics, optimizer statistics
     checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    param_stats: pd.DataFrame = field(default_factory=pd.DataFrame)   # per measured step and parameter tensor
+    custom_stats: pd.DataFrame = field(default_factory=pd.DataFrame)  # rows returned by `stats_fn`
+
+
+@dataclass(frozen=True)
+class StatsContext:
+    """What a `stats_fn` sees at a measured step, right after the optimizer's update."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int                                 # updates taken so far
+    lr: float                                 # learning rate of the update just taken
+    names: dict[int, str]                     # id(parameter) -> its name in the model
+
+
+def adam_moments(optimizer: torch.optim.Optimizer, p: torch.nn.Parameter) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Bias-corrected Adam moments (m_hat, v_hat) of one parameter, shaped like it; None before its first step.
+
+    m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t): what Adam actually divides, so that
+    lr * m_hat / (sqrt(v_hat) + eps) is exactly its update (AdamW adds the decoupled weight decay apart).
+    """
+    state = optimizer.state.get(p)
+    if not state or "exp_avg" not in state:
+        return None
+    group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
+    beta1, beta2 = group["betas"]
+    t = float(state["step"])
+    m_hat = state["exp_avg"] / (1 - beta1 ** t)
+    v_hat = state["exp_avg_sq"] / (1 - beta2 ** t)
+    return m_hat, v_hat
+
+
+def adam_eps(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["eps"])
+
+
+def parameter_statistics(named: list[tuple[str, torch.nn.Parameter]], optimizer: torch.optim.Optimizer,
+                         before: list[torch.Tensor], lr: float) -> list[dict[str, float | str]]:
+    """Per parameter tensor: weight, gradient and update sizes, Adam's moments and its effective step size.
+
+    `before` holds the weights before the update just taken. RMS values are root-mean-squares over the
+    tensor's entries; `step_*` is lr * |m_hat| / (sqrt(v_hat) + eps), Adam's per-entry step, and `snr` the
+    same without lr: near 1 where gradients agree step after step, near 0 where they are noise.
+    """
+    eps, rows = adam_eps(optimizer), []
+    for (name, p), b in zip(named, before):
+        moments = adam_moments(optimizer, p)
+        if moments is None:
+            continue
+        m_hat, v_hat = moments
+        w_rms = b.pow(2).mean().sqrt().item()
+        update_rms = (p.detach() - b).pow(2).mean().sqrt().item()
+        ratio = m_hat.abs() / (v_hat.sqrt() + eps)            # Adam's normalised step, per entry
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        rows.append({
+            "name": name, "numel": p.numel(), "weight_rms": w_rms, "grad_rms": grad.pow(2).mean().sqrt().item(),
+            "update_rms": update_rms, "update_to_weight": update_rms / w_rms if w_rms > 1e-12 else float("nan"),
+            "m_abs_mean": m_hat.abs().mean().item(), "sqrt_v_mean": v_hat.sqrt().mean().item(),
+            "snr": ratio.mean().item(), "step_mean": lr * ratio.mean().item(),
+            "step_median": lr * ratio.flatten().median().item(),
+        })
+    return rows
 
 
 def optimizer_statistics(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -97,22 +160,33 @@ def train(
     progress: bool | None = None,
     desc: str = "train",
     parameters: Iterable[torch.nn.Parameter] | None = None,
+    param_stats: bool = False,
+    stats_fn: Callable[[StatsContext], list[dict[str, Any]]] | None = None,
 ) -> TrainLog:
     """Train `model` in place for `spec.steps` steps with AdamW; resume from `work_dir` if a run was cut off.
 
     `progress=None` shows a bar only on a terminal, so pages (whose stderr is not a terminal) stay clean.
     `parameters` restricts training to a subset (e.g. LoRA adapters); default: all that require grad.
+    At each measured step (every `eval_every`, the last, and `spec.measure_steps`), `param_stats=True` records
+    `parameter_statistics` per parameter tensor, and `stats_fn(StatsContext)` may return rows of its own
+    (e.g. per embedding row); both land in the log, with a `step` column, and survive a resume.
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
     try:
-        return _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, parameters)
+        return _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, parameters,
+                      param_stats, stats_fn)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, parameters) -> TrainLog:
+def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, parameters, param_stats,
+           stats_fn) -> TrainLog:
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
+    names = {id(p): n for n, p in model.named_parameters()}
+    named = [(names.get(id(p), f"param_{i}"), p) for i, p in enumerate(params)]
+    param_rows: list[dict[str, Any]] = []
+    custom_rows: list[dict[str, Any]] = []
     optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
     step_rows: list[dict[str, float]] = []
     eval_rows: list[dict[str, float]] = []
@@ -125,6 +199,7 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step_rows, eval_rows, checkpoints, start = state["steps"], state["evals"], state["checkpoints"], state["step"]
+        param_rows, custom_rows = state.get("param_stats", []), state.get("custom_stats", [])
 
     def evaluate(step: int, extra: dict[str, float]) -> None:
         row: dict[str, float] = {"step": step, **extra}
@@ -158,7 +233,7 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
         clip = spec.grad_clip if spec.grad_clip is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
         done = step + 1
-        measure = done % spec.eval_every == 0 or done == spec.steps
+        measure = done % spec.eval_every == 0 or done == spec.steps or done in spec.measure_steps
         before = [p.detach().clone() for p in params] if measure else None
         optimizer.step()
         loss_value = loss.item()
@@ -171,14 +246,21 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
             weight_sq = sum((b ** 2).sum().item() for b in before)
             evaluate(done, {"update_to_weight": math.sqrt(update_sq / max(weight_sq, 1e-30)),
                             **optimizer_statistics(model, optimizer)})
+            if param_stats:
+                param_rows.extend({"step": done, **r} for r in parameter_statistics(named, optimizer, before, lr))
+            if stats_fn is not None:
+                context = StatsContext(model, optimizer, done, lr, names)
+                custom_rows.extend({"step": done, **r} for r in stats_fn(context))
         snapshot(done)
         bar.update(1)
         if done % 50 == 0:
             bar.set_postfix(loss=f"{loss_value:.3f}")
         if resume_path and (done % spec.resume_every == 0) and done < spec.steps:
-            _save_resume(resume_path, model, optimizer, step_rows, eval_rows, checkpoints, done)
+            _save_resume(resume_path, model, optimizer, step_rows, eval_rows, checkpoints, done,
+                         param_stats=param_rows, custom_stats=custom_rows)
     bar.close()
-    return TrainLog(pd.DataFrame(step_rows), pd.DataFrame(eval_rows), checkpoints)
+    return TrainLog(pd.DataFrame(step_rows), pd.DataFrame(eval_rows), checkpoints, pd.DataFrame(param_rows),
+                    pd.DataFrame(custom_rows))
 
 
 def _progress_disabled(progress: bool | None) -> bool | None:
@@ -187,10 +269,10 @@ def _progress_disabled(progress: bool | None) -> bool | None:
     return not progress
 
 
-def _save_resume(path: Path, model, optimizer, step_rows, eval_rows, checkpoints, step: int) -> None:
+def _save_resume(path: Path, model, optimizer, step_rows, eval_rows, checkpoints, step: int, **extra) -> None:
     """Write the resume state aside and rename it, so a kill during the write keeps the previous state."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "steps": step_rows,
-                "evals": eval_rows, "checkpoints": checkpoints, "step": step}, tmp)
+                "evals": eval_rows, "checkpoints": checkpoints, "step": step, **extra}, tmp)
     os.replace(tmp, path)

@@ -1,0 +1,237 @@
+"""The lab language model: a small Qwen2 trained from scratch on Python's own documentation.
+
+Run: train a byte-level BPE on `pydoc_data.topics` + stdlib docstrings, then a Qwen2 (GQA, RoPE, RMSNorm,
+gated MLP, tied embeddings) with labpy's training loop. Every eval it scores fixed held-out and training
+windows (so the train/held-out gap is measured on equal footing, not from the noisy running loss) and splits
+the held-out loss by token frequency and kind. It records Adam's moments per parameter tensor and, at a few
+steps, per embedding row (the optimizer-state page). Stored: fp16 weights (`final`), the tokenizer, the HF
+config, reference n-gram entropies. It is the base model of the fine-tuning pages (`lab_lm_dir`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from ..models.lab_lm import (CHECKPOINT, TOKENIZER_FILE, build_lab_lm, lab_lm_config, lm_loss, load_lab_lm,
+                             per_token_loss, storable_state)
+from ..store import RunEntry, RunResult
+from ..tasks.corpus import (EOS, VAL_FRACTION, encode, eval_windows, kinds_in_context, lm_batch_fn,
+                            ngram_cross_entropy, ngram_entropy, pydoc_text, split_ids, stdlib_docstrings,
+                            token_kinds, train_tokenizer)
+from ..train import StatsContext, TrainSpec, adam_eps, adam_moments, train
+from .registry import Experiment, RunContext, register
+
+FREQUENCY_BANDS = ((0, 100, "top 100"), (100, 500, "rank 100-499"), (500, None, "rank 500+"))
+
+
+@dataclass(frozen=True)
+class LabLMConfig:
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    intermediate_size: int = 384
+    docstrings: bool = True          # add stdlib docstrings to the pydoc topics (4x the text)
+    seq_len: int = 128
+    batch_size: int = 16
+    steps: int = 1500
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    eval_every: int = 50
+    eval_tokens: int = 16384         # targets scored per eval set (held-out, training sample)
+    early_steps: tuple[int, ...] = (1, 2, 3, 5, 10, 20, 30, 40)      # extra evals, for a log-step axis
+    token_stats_steps: tuple[int, ...] = (1, 10, 100, 500, 1500)    # per-embedding-row Adam statistics
+    seed: int = 0
+
+    def hf_config(self):
+        return lab_lm_config(self.vocab_size, hidden_size=self.hidden_size, num_hidden_layers=self.n_layers,
+                             num_attention_heads=self.n_heads, num_key_value_heads=self.n_kv_heads,
+                             intermediate_size=self.intermediate_size)
+
+
+@dataclass
+class Corpus:
+    tokenizer: object
+    train: torch.Tensor          # (N_train,) token ids
+    val: torch.Tensor            # (N_val,) held-out ids, same mixture of texts as train
+    val_pydoc: torch.Tensor      # the held-out ids that come from pydoc topics (A3's "original domain")
+    n_pydoc: int                 # tokens of pydoc text
+
+
+def build_corpus(config: LabLMConfig) -> Corpus:
+    """Tokenizer and splits. Pydoc comes first, so its held-out blocks equal `split_ids(encode(pydoc))[1]`."""
+    pydoc = pydoc_text()
+    docs = stdlib_docstrings() if config.docstrings else ""
+    tokenizer = train_tokenizer(pydoc + ("\n\n" + docs if docs else ""), config.vocab_size)
+    pydoc_ids = encode(tokenizer, pydoc)
+    parts = [pydoc_ids]
+    if docs:
+        parts += [torch.tensor([tokenizer.convert_tokens_to_ids(EOS)]), encode(tokenizer, docs)]
+    train_ids, val_ids = split_ids(torch.cat(parts), VAL_FRACTION)
+    return Corpus(tokenizer, train_ids, val_ids, split_ids(pydoc_ids, VAL_FRACTION)[1], len(pydoc_ids))
+
+
+def slug(name: str) -> str:
+    """A column-name form of a band or kind: 'rank 100-499' -> 'rank_100_499'."""
+    return name.replace(" ", "_").replace("-", "_").replace("+", "plus")
+
+
+def frequency_band(ranks: torch.Tensor) -> list[str]:
+    out = []
+    for r in ranks.tolist():
+        out.append(next(name for lo, hi, name in FREQUENCY_BANDS if r >= lo and (hi is None or r < hi)))
+    return out
+
+
+def token_table(corpus: Corpus) -> pd.DataFrame:
+    """Every token id: its text, kind, count in the training split and frequency rank (0 = most frequent)."""
+    v = len(corpus.tokenizer)
+    counts = torch.bincount(corpus.train, minlength=v)
+    rank = torch.empty(v, dtype=torch.long)
+    rank[counts.argsort(descending=True, stable=True)] = torch.arange(v)
+    pieces = corpus.tokenizer.convert_ids_to_tokens(list(range(v)))
+    return pd.DataFrame({"token": range(v), "piece": pieces, "kind": token_kinds(corpus.tokenizer),
+                         "count": counts.tolist(), "rank": rank.tolist(), "band": frequency_band(rank)})
+
+
+def embedding_row_stats(embedding_name: str, steps: tuple[int, ...]):
+    """A `stats_fn`: per embedding row (= per token, tied with the unembedding) at `steps`, Adam's |m_hat|,
+    sqrt(v_hat) and effective step lr * |m_hat| / (sqrt(v_hat) + eps), each averaged over the row."""
+    wanted = set(steps)
+
+    def stats(ctx: StatsContext) -> list[dict]:
+        if ctx.step not in wanted:
+            return []
+        p = next(q for q in ctx.model.parameters() if ctx.names[id(q)] == embedding_name)
+        moments = adam_moments(ctx.optimizer, p)
+        if moments is None:
+            return []
+        m_hat, v_hat = moments                                                          # (V, d)
+        step = ctx.lr * m_hat.abs() / (v_hat.sqrt() + adam_eps(ctx.optimizer))         # (V, d)
+        frame = pd.DataFrame({"token": range(p.shape[0]), "m_abs": m_hat.abs().mean(1).tolist(),
+                              "sqrt_v": v_hat.sqrt().mean(1).tolist(), "step_size": step.mean(1).tolist()})
+        return frame.to_dict("records")
+
+    return stats
+
+
+def run(config: LabLMConfig, ctx: RunContext) -> RunResult:
+    corpus = build_corpus(config)
+    tokens = token_table(corpus)
+    hf_config = config.hf_config()
+    model = build_lab_lm(hf_config, config.seed)
+    windows = {"val": eval_windows(corpus.val, config.seq_len, config.eval_tokens),
+               "train": eval_windows(corpus.train, config.seq_len, config.eval_tokens),
+               "val_pydoc": eval_windows(corpus.val_pydoc, config.seq_len, config.eval_tokens // 2)}
+    val_targets = windows["val"][:, 1:]                                                 # (N, T)
+    band_of = dict(zip(tokens.token, tokens.band))
+    groups = {f"val_band_{slug(band)}": torch.tensor([band_of[t] == band for t in val_targets.flatten().tolist()])
+              for _, _, band in FREQUENCY_BANDS}
+    kinds = kinds_in_context(windows["val"].flatten(), corpus.tokenizer)
+    kinds = [k for i, k in enumerate(kinds) if i % windows["val"].shape[1] != 0]         # targets only
+    for kind in sorted(set(kinds)):
+        groups[f"val_kind_{slug(kind)}"] = torch.tensor([k == kind for k in kinds])
+
+    def eval_fn(model) -> dict[str, float]:
+        out = {}
+        for name, w in windows.items():
+            losses = torch.cat([per_token_loss(model, w[i:i + 32]) for i in range(0, len(w), 32)])  # (N, T)
+            out[f"{name}_loss"] = losses.mean().item()
+            if name == "val":
+                flat = losses.flatten()
+                out.update({f"{g}_loss": flat[mask].mean().item() for g, mask in groups.items() if mask.any()})
+        return out
+
+    stats_fn = embedding_row_stats("model.embed_tokens.weight", config.token_stats_steps)
+    spec = TrainSpec(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps, schedule=config.schedule,
+                     weight_decay=config.weight_decay, eval_every=config.eval_every, seed=config.seed,
+                     measure_steps=tuple(sorted({*config.early_steps, *config.token_stats_steps})),
+                     resume_every=min(250, max(10, config.steps // 5)))
+    batch_fn = lm_batch_fn(corpus.train, config.batch_size, config.seq_len, config.seed)
+    log = train(model, batch_fn, lm_loss, spec, eval_fn=eval_fn, work_dir=ctx.work_dir, progress=ctx.progress,
+                desc=f"lab_lm {ctx.label}", param_stats=True, stats_fn=stats_fn)
+
+    v = config.vocab_size
+    final = log.evals.iloc[-1]
+    summary = {
+        "hf_config": hf_config.to_dict(),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "n_train_tokens": len(corpus.train), "n_val_tokens": len(corpus.val), "n_pydoc_tokens": corpus.n_pydoc,
+        "n_val_pydoc_tokens": len(corpus.val_pydoc),
+        "tokens_seen": config.steps * config.batch_size * config.seq_len,
+        "epochs": config.steps * config.batch_size * config.seq_len / len(corpus.train),
+        "chars_per_token": (len(pydoc_text()) + (len(stdlib_docstrings()) + 2 if config.docstrings else 0))
+                           / (len(corpus.train) + len(corpus.val)),
+        "uniform_loss": math.log(v),
+        "unigram_entropy": ngram_entropy(corpus.train, 1), "bigram_entropy": ngram_entropy(corpus.train, 2),
+        "unigram_heldout": ngram_cross_entropy(corpus.train, corpus.val, 1, v),
+        "bigram_heldout": ngram_cross_entropy(corpus.train, corpus.val, 2, v),
+        "final_train_loss": float(final.train_loss), "final_val_loss": float(final.val_loss),
+        "final_val_pydoc_loss": float(final.val_pydoc_loss),
+    }
+    return RunResult(tables={"steps": log.steps, "evals": log.evals, "param_stats": log.param_stats,
+                             "token_stats": log.custom_stats, "tokens": tokens},
+                     summary=summary, checkpoints={CHECKPOINT: storable_state(model)},
+                     files={TOKENIZER_FILE: corpus.tokenizer.backend_tokenizer.to_str().encode()},
+                     seed=config.seed)
+
+
+SMOKE = LabLMConfig(vocab_size=512, hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=64,
+                    docstrings=False, seq_len=32, batch_size=8, steps=30, lr=3e-3, warmup_steps=5, eval_every=10,
+                    eval_tokens=1024, early_steps=(1, 5), token_stats_steps=(1, 30))
+
+register(Experiment(
+    name="lab_lm",
+    title="The lab language model: a small Qwen2 trained from scratch on Python's documentation",
+    track="Training dynamics",
+    page="experiments/loss-curves.qmd",
+    version=1,
+    config_type=LabLMConfig,
+    scales={"smoke": {"base": SMOKE}, "cpu": {"base": LabLMConfig()}},
+    run=run,
+    description="Byte-level BPE + Qwen2 (GQA) on pydoc topics and stdlib docstrings; base model for fine-tuning.",
+))
+
+
+# ---- analysis used by the pages (cheap: one forward pass over held-out text) ----
+
+def stored_corpus(entry: RunEntry) -> Corpus:
+    """The run's corpus rebuilt with its stored tokenizer (the same ids as in training)."""
+    config = LabLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.config.items()})
+    _, tokenizer = load_lab_lm(entry)
+    pydoc = pydoc_text()
+    pydoc_ids = encode(tokenizer, pydoc)
+    parts = [pydoc_ids]
+    if config.docstrings:
+        parts += [torch.tensor([tokenizer.convert_tokens_to_ids(EOS)]), encode(tokenizer, stdlib_docstrings())]
+    train_ids, val_ids = split_ids(torch.cat(parts), VAL_FRACTION)
+    return Corpus(tokenizer, train_ids, val_ids, split_ids(pydoc_ids, VAL_FRACTION)[1], len(pydoc_ids))
+
+
+@torch.no_grad()
+def per_token_frame(entry: RunEntry, max_tokens: int = 16384, pydoc_only: bool = True) -> pd.DataFrame:
+    """Loss of every held-out target under the final model, with the target's text, kind in context,
+    training count and frequency band. Pydoc held-out only by default (no docstring extraction: fast)."""
+    model, tokenizer = load_lab_lm(entry)
+    config = entry.config
+    pydoc_ids = encode(tokenizer, pydoc_text())
+    held = split_ids(pydoc_ids, VAL_FRACTION)[1] if pydoc_only else stored_corpus(entry).val
+    windows = eval_windows(held, config["seq_len"], max_tokens)                          # (N, T+1)
+    losses = torch.cat([per_token_loss(model, windows[i:i + 32]) for i in range(0, len(windows), 32)])
+    kinds = kinds_in_context(windows.flatten(), tokenizer)
+    t1 = windows.shape[1]
+    tokens = entry.table("tokens").set_index("token")
+    targets = windows[:, 1:].flatten()
+    frame = pd.DataFrame({"target": targets.tolist(), "loss": losses.flatten().tolist(),
+                          "kind": [k for i, k in enumerate(kinds) if i % t1 != 0]})
+    frame["count"] = tokens["count"].reindex(frame.target).to_numpy()
+    frame["band"] = tokens["band"].reindex(frame.target).to_numpy()
+    frame["piece"] = tokens["piece"].reindex(frame.target).to_numpy()
+    return frame
