@@ -1,0 +1,146 @@
+"""Learning-rate sweep: a small lab LM trained from scratch at many learning rates, several seeds each.
+
+Run (one store entry per learning rate, each holding every seed): the same data order and, per seed, the same
+initial weights at every learning rate, so the learning rate is the only thing that changes. A short budget
+(warm-up, then cosine) on a smaller config than the lab LM keeps the whole sweep within minutes. Extra entries
+repeat the highest learning rates without warm-up. A run whose loss turns non-finite is recorded as diverged
+at that step (not an error). Analysis: final held-out loss against learning rate, where training diverges.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pandas as pd
+import torch
+
+from ..models.lab_lm import build_lab_lm, lab_lm_config, lm_loss, mean_loss
+from ..store import RunResult
+from ..tasks.corpus import (EOS, VAL_FRACTION, encode, eval_windows, lm_batch_fn, pydoc_text, split_ids,
+                            stdlib_docstrings, train_tokenizer)
+from ..train import TrainSpec, train
+from .registry import Experiment, RunContext, register
+
+SWEEP_LRS = (1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)
+NO_WARMUP_LRS = (2e-3, 5e-3, 1e-2, 2e-2)
+CURVE_EVERY = 5   # keep every 5th training-loss row: the store holds curves, not every step
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    lr: float = 1e-3
+    seeds: tuple[int, ...] = (0, 1, 2)
+    vocab_size: int = 1024
+    hidden_size: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    intermediate_size: int = 192
+    docstrings: bool = True
+    seq_len: int = 64
+    batch_size: int = 16
+    steps: int = 200
+    warmup_steps: int = 20
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    eval_every: int = 50
+    eval_tokens: int = 8192
+
+
+@lru_cache(maxsize=2)
+def _corpus(vocab_size: int, docstrings: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) ids; cached, since every learning rate of a sweep shares them."""
+    pydoc = pydoc_text()
+    docs = stdlib_docstrings() if docstrings else ""
+    tokenizer = train_tokenizer(pydoc + ("\n\n" + docs if docs else ""), vocab_size)
+    parts = [encode(tokenizer, pydoc)]
+    if docs:
+        parts += [torch.tensor([tokenizer.convert_tokens_to_ids(EOS)]), encode(tokenizer, docs)]
+    return split_ids(torch.cat(parts), VAL_FRACTION)
+
+
+def run(config: SweepConfig, ctx: RunContext) -> RunResult:
+    train_ids, val_ids = _corpus(config.vocab_size, config.docstrings)
+    val = eval_windows(val_ids, config.seq_len, config.eval_tokens)
+    hf_config = lab_lm_config(config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.n_layers,
+                              num_attention_heads=config.n_heads, num_key_value_heads=config.n_kv_heads,
+                              intermediate_size=config.intermediate_size)
+    curves, evals, rows = [], [], []
+    for seed in config.seeds:
+        model = build_lab_lm(hf_config, seed)
+        spec = TrainSpec(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps,
+                         schedule=config.schedule, weight_decay=config.weight_decay, eval_every=config.eval_every,
+                         seed=seed, resume_every=10**9)
+        batch_fn = lm_batch_fn(train_ids, config.batch_size, config.seq_len, seed)
+        diverged_at = math.nan
+        try:
+            log = train(model, batch_fn, lm_loss, spec, eval_fn=lambda m: {"val_loss": mean_loss(m, val)},
+                        progress=ctx.progress, desc=f"lr_sweep {ctx.label} seed {seed}")
+            steps, seed_evals = log.steps, log.evals
+        except FloatingPointError as err:  # non-finite loss: the run diverged; keep what it did
+            diverged_at = float(str(err).split(" at step ")[1].split(" ")[0])
+            steps, seed_evals = pd.DataFrame(columns=["step", "loss", "lr", "grad_norm"]), pd.DataFrame()
+        curves.append(steps[steps.step % CURVE_EVERY == 0].assign(seed=seed))
+        if len(seed_evals):
+            evals.append(seed_evals[["step", "val_loss", "update_to_weight"]].assign(seed=seed))
+        final_val = float(seed_evals.val_loss.iloc[-1]) if len(seed_evals) else math.nan
+        losses = steps.loss.astype(float)
+        rows.append({"seed": seed, "final_val_loss": final_val,
+                     "final_train_loss": float(losses.tail(10).mean()) if len(losses) else math.nan,
+                     "initial_loss": float(losses.iloc[0]) if len(losses) else math.nan,
+                     "max_loss_after_warmup": float(losses.iloc[config.warmup_steps:].max()) if len(losses) else math.nan,
+                     "max_grad_norm": float(steps.grad_norm.max()) if len(steps) else math.nan,
+                     "nonfinite_at_step": diverged_at})
+    per_seed = pd.DataFrame(rows)
+    summary = {"lr": config.lr, "warmup_steps": config.warmup_steps, "n_params": sum(p.numel() for p in model.parameters()),
+               "uniform_loss": math.log(config.vocab_size), "mean_final_val_loss": float(per_seed.final_val_loss.mean()),
+               "tokens_seen": config.steps * config.batch_size * config.seq_len}
+    return RunResult(tables={"seeds": per_seed, "curves": pd.concat(curves, ignore_index=True),
+                             "evals": pd.concat(evals, ignore_index=True) if evals else pd.DataFrame()},
+                     summary=summary, seed=config.seeds[0])
+
+
+def label(lr: float, warmup: bool = True) -> str:
+    return f"{'' if warmup else 'nowarm_'}lr_{lr:.0e}"
+
+
+def _scale(**common) -> dict[str, SweepConfig]:
+    configs = {label(lr): SweepConfig(lr=lr, **common) for lr in SWEEP_LRS}
+    configs |= {label(lr, warmup=False): SweepConfig(lr=lr, **{**common, "warmup_steps": 0}) for lr in NO_WARMUP_LRS}
+    return configs
+
+
+SMOKE = dict(seeds=(0, 1), vocab_size=300, hidden_size=16, n_layers=1, intermediate_size=32, docstrings=False,
+             seq_len=16, batch_size=4, steps=12, warmup_steps=3, eval_every=6, eval_tokens=256)
+
+register(Experiment(
+    name="lr_sweep",
+    title="Learning-rate sweep of a small lab LM trained from scratch",
+    track="Training dynamics",
+    page="experiments/learning-rate.qmd",
+    version=1,
+    config_type=SweepConfig,
+    scales={"smoke": {k: v for k, v in _scale(**SMOKE).items() if k in (label(1e-3), label(5e-2), label(1e-2, False))},
+            "cpu": _scale()},
+    run=run,
+    description="Final held-out loss against learning rate (1e-5 to 5e-2), 3 seeds, with and without warm-up.",
+))
+
+
+# ---- analysis used by the page ----
+
+def sweep_table(runs) -> pd.DataFrame:
+    """One row per (learning rate, warm-up, seed): final losses and divergence markers."""
+    frames = []
+    for lab, entry in runs.entries.items():
+        frames.append(entry.table("seeds").assign(label=lab, lr=entry.config["lr"],
+                                                  warmup=entry.config["warmup_steps"] > 0))
+    return pd.concat(frames, ignore_index=True)
+
+
+def curves_table(runs) -> pd.DataFrame:
+    frames = [entry.table("curves").assign(label=lab, lr=entry.config["lr"], warmup=entry.config["warmup_steps"] > 0)
+              for lab, entry in runs.entries.items()]
+    return pd.concat(frames, ignore_index=True)
