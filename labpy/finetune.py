@@ -4,58 +4,32 @@ Why a helper: every fine-tuning experiment (LoRA rank, forgetting, batch size ×
 thing — train on a new domain while measuring the held-out loss on the new *and* the original domain at every
 eval step — so "learning" and "forgetting" come out of one run, on the same curves, with the same loss.
 
-Batches are (B, T+1) token ids: position t predicts token t+1. Eval sets are fixed (N, T+1) windows.
+Batches are (B, T+1) token ids: position t predicts token t+1 (the lab LM's `lm_loss`); eval sets are fixed
+(N, T+1) windows. Every example has T targets, so a batch's mean loss is also the mean of per-example losses
+(what the gradient-noise estimates in `experiments/batch_lr.py` assume).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from .models.lab_lm import lm_loss, mean_loss
 from .train import TrainLog, TrainSpec, train
-
-
-def lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of a (B, T+1) batch: every example has T targets, so this is also the
-    mean over examples of per-example mean losses (what the gradient-noise estimates assume)."""
-    logits = model(input_ids=batch[:, :-1]).logits                       # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
-
-
-@torch.no_grad()
-def eval_loss(model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 16) -> float:
-    """Mean next-token loss over fixed windows (N, T+1), in chunks of `batch_size` (all chunks weigh per token)."""
-    total, count = 0.0, 0
-    for chunk in windows.split(batch_size):
-        logits = model(input_ids=chunk[:, :-1]).logits                   # (b, T, V)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), chunk[:, 1:].flatten(), reduction="sum").item()
-        count += chunk[:, 1:].numel()
-    return total / count
-
-
-def _linear4bit_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:                                                  # pragma: no cover - bnb is a dependency
-        return []
-    return [m for m in model.modules() if isinstance(m, Linear4bit)]
 
 
 def make_eval_fn(eval_sets: Mapping[str, torch.Tensor], batch_size: int = 16
                  ) -> Callable[[torch.nn.Module], dict[str, float]]:
-    """`eval_fn(model) -> {"loss_<name>": ...}` for `labpy.train.train`.
+    """`eval_fn(model) -> {"loss_<name>": ...}` for `labpy.train.train` (which calls it in eval mode, no grad).
 
-    4-bit layers stay in training mode during the eval: bitsandbytes repacks a 4-bit weight in place on a
-    CPU forward in eval mode (see stack-facts), after which that object cannot train. Their output is the
-    same in either mode, and eval runs under `no_grad`, so nothing else changes.
+    A 4-bit base is safe to evaluate between steps once `labpy.models.lora.add_lora` has switched off
+    bitsandbytes' in-place CPU repacking (the eval-then-train trap).
     """
     def eval_fn(model: torch.nn.Module) -> dict[str, float]:
-        for module in _linear4bit_modules(model):
-            module.training = True
-        return {f"loss_{name}": eval_loss(model, windows, batch_size) for name, windows in eval_sets.items()}
+        return {f"loss_{name}": mean_loss(model, windows, batch_size) for name, windows in eval_sets.items()}
 
     return eval_fn
 
@@ -131,4 +105,99 @@ def unflatten_factors(state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, 
     for key, tensor in state.items():
         name, part = key.rsplit(".", 1)
         out.setdefault(name, {})[part] = tensor
+    return out
+
+
+# ---- one fine-tuning run of the lab LM on the source-code domain (shared by the fine-tuning experiments) ----
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """A fine-tuning run of a base LM on stdlib source code, with held-out source and pydoc losses tracked."""
+
+    base: str = "lab-lm:cpu"       # anything `labpy.models.lm.load_lm` accepts
+    rank: int = 8                  # LoRA rank; 0 means full fine-tuning (every parameter trains)
+    alpha: float = 0.0             # LoRA alpha; 0 means alpha = rank (scale alpha/r = 1 at every rank)
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lr: float = 1e-3
+    steps: int = 300
+    batch_size: int = 8
+    seq_len: int = 128
+    warmup_steps: int = 20
+    schedule: str = "constant"
+    replay_rows: int = 0           # rows of each batch taken from the pydoc training split (replay)
+    eval_every: int = 25
+    eval_windows: int = 64         # held-out windows per domain
+    source_chars: int = 400_000
+    seed: int = 0                  # LoRA initialisation and batch order
+
+
+@dataclass
+class FinetuneOutcome:
+    model: torch.nn.Module
+    log: TrainLog
+    base_weights: dict[str, torch.Tensor]     # the targets' weights before training (full fine-tuning only)
+    info: dict[str, object]
+
+
+def target_weights(model: torch.nn.Module, targets: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Copies of the weight matrices of the target linear layers, keyed by module name."""
+    return {_base_name(name): module.weight.detach().float().clone() for name, module in model.named_modules()
+            if name.rsplit(".", 1)[-1] in targets and isinstance(module, torch.nn.Linear)}
+
+
+def make_trainable(model: torch.nn.Module, rank: int, alpha: float = 0.0,
+                   targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"), seed: int = 0) -> torch.nn.Module:
+    """LoRA adapters of `rank` (alpha 0 means alpha = rank), or every parameter unfrozen for rank 0."""
+    from .models.lora import add_lora
+
+    if rank < 0:
+        raise ValueError(f"rank must be >= 0 (0 = full fine-tuning), got {rank}")
+    if rank == 0:
+        return model.requires_grad_(True)
+    torch.manual_seed(seed)                                               # LoRA A's random init
+    return add_lora(model, rank, alpha or None, targets=targets)
+
+
+def load_base(name: str) -> tuple[torch.nn.Module, object]:
+    """The base model (fp32, sdpa attention: faster, and no attention maps are needed) and its tokenizer."""
+    from .models.lm import load_lm
+
+    return load_lm(name, attn_implementation="sdpa")
+
+
+def prepare_model(config: FinetuneConfig) -> tuple[torch.nn.Module, object]:
+    """The base model ready to train: LoRA adapters (rank > 0) or every parameter unfrozen (rank 0)."""
+    model, tokenizer = load_base(config.base)
+    return make_trainable(model, config.rank, config.alpha, config.targets, config.seed), tokenizer
+
+
+def run_finetune(config: FinetuneConfig, work_dir: Path | None = None, progress: bool | None = None,
+                 desc: str = "finetune") -> FinetuneOutcome:
+    """Load the base, build the data, fine-tune; the caller stores what its page needs."""
+    from .tasks.corpus import lm_batch_fn
+    from .tasks.source_code import finetune_data
+
+    model, tokenizer = prepare_model(config)
+    data = finetune_data(tokenizer, config.seq_len, config.eval_windows, config.source_chars)
+    batch_fn = lm_batch_fn(data.source_train, config.batch_size, config.seq_len, config.seed)
+    if config.replay_rows:
+        replay = lm_batch_fn(data.pydoc_train, config.batch_size, config.seq_len, config.seed + 7919)
+        batch_fn = mixed_batch_fn(batch_fn, replay, config.replay_rows)
+    base = target_weights(model, config.targets) if config.rank == 0 else {}
+    spec = TrainSpec(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps, schedule=config.schedule,
+                     eval_every=config.eval_every, seed=config.seed, resume_every=max(50, config.steps // 4))
+    log = finetune(model, batch_fn, spec, data.eval_sets, work_dir=work_dir, progress=progress, desc=desc)
+    info = {**data.info, "trainable_params": trainable_count(model),
+            "total_params": sum(p.numel() for p in model.parameters())}
+    return FinetuneOutcome(model, log, base, info)
+
+
+def loss_summary(log: TrainLog, names: Sequence[str] = ("source", "pydoc")) -> dict[str, float]:
+    """Base and final held-out loss per domain, and their change (negative: learned; positive: forgot)."""
+    first, last = log.evals.iloc[0], log.evals.iloc[-1]
+    out: dict[str, float] = {"final_train_loss": float(log.steps.loss.iloc[-1])}
+    for name in names:
+        out[f"base_{name}"] = float(first[f"loss_{name}"])
+        out[f"final_{name}"] = float(last[f"loss_{name}"])
+        out[f"delta_{name}"] = out[f"final_{name}"] - out[f"base_{name}"]
     return out

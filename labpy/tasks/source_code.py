@@ -106,14 +106,9 @@ def corpus_info(corpora: Sequence[SourceCorpus]) -> dict[str, object]:
     return info
 
 
-def tokenize(tokenizer, text: str) -> torch.Tensor:
-    """Token ids (N,) of `text` with the lab LM's tokenizer, no special tokens."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def eval_windows(ids: torch.Tensor, n_windows: int, seq_len: int) -> torch.Tensor:
-    """Fixed, evenly spaced, non-overlapping windows (n, seq_len + 1) of a held-out stream: the eval set."""
+def spaced_windows(ids: torch.Tensor, n_windows: int, seq_len: int) -> torch.Tensor:
+    """Fixed, non-overlapping windows (n, seq_len + 1) spread evenly over a held-out stream: an eval set that
+    samples every file of the split (`corpus.eval_windows` takes them from the start)."""
     span = seq_len + 1
     available = ids.numel() // span
     if available < 1:
@@ -124,17 +119,31 @@ def eval_windows(ids: torch.Tensor, n_windows: int, seq_len: int) -> torch.Tenso
     return torch.stack([ids[c * span:(c + 1) * span] for c in chunks.tolist()])
 
 
-def window_batch_fn(ids: torch.Tensor, batch_size: int, seq_len: int, seed: int):
-    """`batch_fn(step) -> (batch_size, seq_len + 1)`: random windows of `ids`, a pure function of (seed, step)."""
-    from ..train import step_generator
+@dataclass(frozen=True)
+class FinetuneData:
+    """Token streams and eval windows of a fine-tuning run: new domain (source) and original domain (pydoc)."""
 
-    high = ids.numel() - seq_len - 1
-    if high < 1:
-        raise ValueError(f"a stream of {ids.numel()} tokens is too short for seq_len={seq_len}")
-    offsets = torch.arange(seq_len + 1)
+    source_train: torch.Tensor                 # (N,) token ids of the train files
+    pydoc_train: torch.Tensor                  # (M,) the lab LM's own training split of the pydoc topics (replay)
+    eval_sets: dict[str, torch.Tensor]         # {"source": (n, T+1), "pydoc": (n, T+1)} held-out windows
+    info: dict[str, object]
 
-    def batch_fn(step: int) -> torch.Tensor:
-        starts = torch.randint(0, high, (batch_size,), generator=step_generator(seed, step))
-        return ids[starts[:, None] + offsets]                             # (B, T+1)
 
-    return batch_fn
+def finetune_data(tokenizer, seq_len: int, n_eval_windows: int, source_chars: int = 400_000,
+                  heldout_chars: int = 240_000) -> FinetuneData:
+    """Tokenize both domains with the lab LM's tokenizer.
+
+    The pydoc held-out windows come from the lab LM's own held-out split (`corpus.split_ids` with its
+    `VAL_FRACTION`), so the "original-domain loss" is on text the base model never trained on.
+    """
+    from .corpus import VAL_FRACTION, encode, pydoc_text, split_ids
+
+    train, heldout = source_corpus("train", source_chars), source_corpus("heldout", heldout_chars)
+    source_train, source_heldout = encode(tokenizer, train.text), encode(tokenizer, heldout.text)
+    pydoc_train, pydoc_heldout = split_ids(encode(tokenizer, pydoc_text()), VAL_FRACTION)
+    eval_sets = {"source": spaced_windows(source_heldout, n_eval_windows, seq_len),
+                 "pydoc": spaced_windows(pydoc_heldout, n_eval_windows, seq_len)}
+    info = {**corpus_info([train, heldout]), "source_train_tokens": source_train.numel(),
+            "source_heldout_tokens": source_heldout.numel(), "pydoc_train_tokens": pydoc_train.numel(),
+            "pydoc_heldout_tokens": pydoc_heldout.numel(), "chars_per_token_source": len(train.text) / source_train.numel()}
+    return FinetuneData(source_train, pydoc_train, eval_sets, info)

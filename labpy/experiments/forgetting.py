@@ -1,0 +1,96 @@
+"""Catastrophic forgetting: how much original-domain (pydoc) loss fine-tuning on source code costs, and what helps.
+
+Run: the same fine-tuning as `lora_rank` (same data, batches, steps, schedule), varied along the axes that
+forgetting may depend on — learning rate (LoRA rank 8 and full fine-tuning), steps (one long run) and replay
+(a share of every batch drawn from the base model's own pydoc training text). Rank is the `lora_rank`
+experiment's axis; the page reads both. Stored: curves and summaries only (no weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from ..finetune import FinetuneConfig, loss_summary, run_finetune
+from ..store import RunResult
+from .lora_rank import CPU_BASE, SMOKE_BASE
+from .registry import Experiment, RunContext, StoredRuns, register
+
+LORA_LRS = (1e-5, 2e-4, 5e-3, 2e-2)       # with lora_rank's r8 (lr 1e-3), the old plan's 1e-5, 2e-4, 1e-3, 5e-3
+FULL_LRS = (1e-5, 2e-4, 1e-3)              # full fine-tuning at the old plan's LRs that do not diverge
+REPLAY_ROWS = (2, 4)                       # of a batch of 8: 25% and 50% replay
+
+
+def run(config: FinetuneConfig, ctx: RunContext) -> RunResult:
+    outcome = run_finetune(config, ctx.work_dir, ctx.progress, desc=f"forgetting {ctx.label}")
+    summary = {**loss_summary(outcome.log), **outcome.info}
+    return RunResult(tables={"steps": outcome.log.steps, "evals": outcome.log.evals}, summary=summary,
+                     seed=config.seed)
+
+
+def forgetting_configs(base: FinetuneConfig, lora_lrs=LORA_LRS, full_lrs=FULL_LRS, replay_rows=REPLAY_ROWS,
+                       replay_lr: float = 5e-3, long_steps: int = 1600) -> dict[str, FinetuneConfig]:
+    rep = dataclasses.replace
+    configs = {f"lora_lr{lr:g}": rep(base, lr=lr) for lr in lora_lrs}
+    configs |= {f"full_lr{lr:g}": rep(base, rank=0, lr=lr) for lr in full_lrs}
+    configs |= {f"replay{r}_lr{replay_lr:g}": rep(base, lr=replay_lr, replay_rows=r) for r in replay_rows}
+    configs["long_lr1e-3"] = rep(base, steps=long_steps, eval_every=max(base.eval_every, long_steps // 32))
+    return configs
+
+
+register(Experiment(
+    name="forgetting",
+    title="Catastrophic forgetting of pydoc while fine-tuning the lab LM on source code",
+    track="Training dynamics",
+    page="experiments/forgetting.qmd",
+    version=1,
+    config_type=FinetuneConfig,
+    scales={"smoke": forgetting_configs(SMOKE_BASE, lora_lrs=(1e-4,), full_lrs=(1e-4,), replay_rows=(2,),
+                                        replay_lr=3e-3, long_steps=32),
+            "cpu": forgetting_configs(CPU_BASE)},
+    run=run,
+    description="Original-domain loss before/after fine-tuning vs LR, rank, steps; replay as a mitigation.",
+))
+
+
+# ---- analysis used by the page ----
+
+def family(label: str, config: dict) -> str:
+    if config["replay_rows"]:
+        return "LoRA r8 + replay"
+    if config["rank"] == 0:
+        return "full fine-tuning"
+    if config["steps"] != CPU_BASE.steps and label.startswith("long"):
+        return "LoRA r8, long"
+    return f"LoRA r{config['rank']}"
+
+
+def tradeoff_table(*runs: StoredRuns) -> pd.DataFrame:
+    """One row per run (of any of `runs`): new-domain gain and original-domain forgetting, in nats.
+
+    gain = base − final source loss (> 0: learned); forgetting = final − base pydoc loss (> 0: forgot).
+    """
+    rows = []
+    for stored in runs:
+        for label, entry in stored.entries.items():
+            c, s = entry.config, entry.summary
+            rows.append({"experiment": stored.experiment.name, "run": label, "family": family(label, c),
+                         "rank": c["rank"], "lr": c["lr"], "steps": c["steps"], "replay_rows": c["replay_rows"],
+                         "batch_size": c["batch_size"], "gain": -s["delta_source"], "forgetting": s["delta_pydoc"],
+                         "final_source": s["final_source"], "final_pydoc": s["final_pydoc"],
+                         "base_pydoc": s["base_pydoc"], "base_source": s["base_source"]})
+    return pd.DataFrame(rows)
+
+
+def curves(*runs: StoredRuns) -> pd.DataFrame:
+    """Held-out loss change from the base, per domain, over steps, for every run (long format)."""
+    frames = []
+    for stored in runs:
+        for label, entry in stored.entries.items():
+            e = entry.table("evals")
+            for domain in ("source", "pydoc"):
+                frames.append(pd.DataFrame({"run": label, "step": e.step, "domain": domain,
+                                            "loss": e[f"loss_{domain}"],
+                                            "change": e[f"loss_{domain}"] - e[f"loss_{domain}"].iloc[0]}))
+    return pd.concat(frames, ignore_index=True)
