@@ -6,6 +6,10 @@ import datetime as dt
 import importlib.metadata
 import platform
 import subprocess
+import sys
+import types
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,18 +39,42 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def git_commit() -> str:
-    """The commit of the lab's code, with '+dirty' when tracked code had uncommitted changes (honest provenance)."""
+def code_files(entry_point: Callable) -> list[Path]:
+    """The labpy source files an experiment's run function depends on: its module, every labpy module reachable
+    from it through imported names, and their packages' `__init__`s. Provenance checks these, not the whole
+    package, so work in progress elsewhere in labpy does not mark a run dirty — and code it does use does."""
+    seen: set[str] = set()
+    todo = [entry_point.__module__]
+    while todo:
+        name = todo.pop()
+        if name in seen or not name.startswith("labpy") or name not in sys.modules:
+            continue
+        seen.add(name)
+        todo += [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]  # parent packages
+        for value in vars(sys.modules[name]).values():
+            owner = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+            if isinstance(value, types.ModuleType) and owner.startswith(name + "."):
+                continue  # a package lists its imported submodules as attributes; that is not a dependency
+            if isinstance(owner, str) and owner.startswith("labpy"):
+                todo.append(owner)
+    return sorted(Path(f) for n in seen if (f := getattr(sys.modules[n], "__file__", None)))
+
+
+def git_commit(files: Iterable[Path] | None = None) -> str:
+    """The commit of the lab's code, with '+dirty' when the code that runs (`files`, default all of labpy) has
+    uncommitted changes or is not in git at all (honest provenance)."""
     root = project_root()
+    paths = [str(Path(f).resolve().relative_to(root.resolve())) for f in files] if files is not None else ["labpy"]
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "labpy"], cwd=root, capture_output=True, text=True, check=True
+            ["git", "status", "--porcelain", "--untracked-files=all", "--", *paths], cwd=root, capture_output=True,
+            text=True, check=True
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, ValueError, subprocess.CalledProcessError):
         return "unknown"
 
 

@@ -190,3 +190,23 @@ def test_kl_bits_by_hand():
     assert kl_bits(torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0])).item() == math.inf  # q misses p's support
     assert kl_bits(torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.5])).item() == pytest.approx(1.0)
     assert hmm.kl_bits is kl_bits
+
+
+def test_hmm_quantized_rows_sum_to_one_on_the_grid_and_stay_close():
+    p = hmm.dirichlet_rows((500, 5, 5), step_generator(0, 9))
+    q = hmm.quantize_rows(p, 100)
+    assert torch.allclose(q.sum(-1), torch.ones(500, 5, dtype=q.dtype))
+    assert torch.allclose(q * 100, (q * 100).round())           # multiples of 0.01
+    assert (q - p).abs().max() <= 0.01 + 1e-12                   # largest remainder moves each entry < 1 step
+
+
+def test_hmm_encoding_lays_out_header_then_observations():
+    task = hmm.HMMTask(n_states=2, n_symbols=3, length=4, grid=10)
+    batch = hmm.sample(task, 3, step_generator(1, 1))
+    tokens = hmm.encode(task, batch)
+    assert tokens.shape == (3, hmm.header_length(task) + 4) and hmm.header_length(task) == 4 + 6
+    assert torch.equal(tokens[:, :4], (batch.transition.reshape(3, 4) * 10).round().long())
+    assert torch.equal(tokens[:, 10:], batch.observations + 11)
+    assert tokens.max() < hmm.vocab_size(task) == 14
+    with pytest.raises(ValueError, match="grid=None"):
+        hmm.encode(hmm.HMMTask(), batch)

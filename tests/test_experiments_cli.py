@@ -121,3 +121,11 @@ def test_benchmarks_smoke_measures_ratios(tmp_store):
     assert 0.2 < summary["loop_throughput_ratio"] < 5 and 0.2 < summary["capture_time_ratio"] < 10
     loops = entry.table("training_loops")
     assert set(loops.loop) == {"bare PyTorch", "labpy.train"} and len(loops) == 4
+
+
+def test_provenance_checks_the_code_a_run_uses_and_only_that():
+    from labpy.experiments.registry import get_experiment
+    from labpy.provenance import code_files
+    names = {f"{f.parent.name}/{f.name}" for f in code_files(get_experiment("induction").run)}
+    assert {"experiments/induction.py", "labpy/train.py", "interp/heads.py", "labpy/store.py"} <= names
+    assert "experiments/wind_tunnels.py" not in names and "experiments/benchmarks.py" not in names

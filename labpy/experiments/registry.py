@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import MissingRunError, UnknownChoiceError
 from ..provenance import collect as collect_provenance
-from ..provenance import git_commit
+from ..provenance import code_files, git_commit
 from ..store import RunEntry, RunResult, RunStore, entry_key
 
 SCALES = ("smoke", "cpu", "gpu")  # smallest to largest
@@ -130,7 +130,7 @@ def run_config(experiment: Experiment, scale: str, label: str, config: Any, stor
     store.check_writable(f"train {experiment.name}/{key} (run `{experiment.command(scale)}` where it may write)")
     work_dir = store.work_dir(experiment.name, key)
     work_dir.mkdir(parents=True, exist_ok=True)
-    started, t0, commit = dt.datetime.now(dt.timezone.utc), time.perf_counter(), git_commit()
+    started, t0, commit = dt.datetime.now(dt.timezone.utc), time.perf_counter(), git_commit(code_files(experiment.run))
     resumed = any(work_dir.iterdir())  # an interrupted run left state: wall time covers only the rest
     result = experiment.run(config, RunContext(work_dir=work_dir, progress=progress, label=label))
     provenance = collect_provenance(result.seed, time.perf_counter() - t0, started, scale, commit)

@@ -26,6 +26,7 @@ class ToyTransformerConfig:
     attn_only: bool = True
     d_mlp: int | None = None  # only when attn_only is False
     normalization: str | None = "LN"  # "LN", "RMS" or None
+    d_vocab_out: int | None = None  # output classes when they differ from the input ids (a task head)
 
 
 def build_toy_transformer(config: ToyTransformerConfig, seed: int) -> TransformerBridge:
@@ -35,7 +36,7 @@ def build_toy_transformer(config: ToyTransformerConfig, seed: int) -> Transforme
         n_layers=config.n_layers, d_model=config.d_model, n_heads=config.n_heads, d_head=config.d_head,
         d_vocab=config.d_vocab, n_ctx=config.n_ctx, attn_only=config.attn_only,
         act_fn=None if config.attn_only else "gelu", normalization_type=config.normalization,
-        seed=seed, **mlp,
+        d_vocab_out=config.d_vocab_out or config.d_vocab, seed=seed, **mlp,
     )
     torch.manual_seed(seed)
     return TransformerBridge.boot_native(bridge_config)

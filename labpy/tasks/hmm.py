@@ -23,6 +23,7 @@ class HMMTask:
     n_states: int = 5   # S
     n_symbols: int = 5  # O
     length: int = 10    # K observations per sequence
+    grid: int | None = None  # round T and E to multiples of 1/grid (what a token header can show); None: exact
 
     def __post_init__(self) -> None:
         for name, value, low in (("n_states", self.n_states, 2), ("n_symbols", self.n_symbols, 2),
@@ -48,6 +49,21 @@ def dirichlet_rows(shape: tuple[int, ...], generator: torch.Generator) -> torch.
     return x / x.sum(dim=-1, keepdim=True)
 
 
+def quantize_rows(probs: torch.Tensor, grid: int) -> torch.Tensor:
+    """Round each row to multiples of 1/grid that still sum to exactly 1 (largest-remainder rounding).
+
+    The model reads T and E as tokens, so it can only know them to 1/grid. Generating the data and computing
+    the exact posterior from the *rounded* matrices keeps the posterior exact for what the model is shown.
+    """
+    scaled = probs * grid                                           # (..., D)
+    units = scaled.floor()
+    short = (grid - units.sum(dim=-1, keepdim=True)).long()         # (..., 1) units still to hand out
+    order = (scaled - units).argsort(dim=-1, descending=True)       # largest remainders first
+    rank = order.argsort(dim=-1)                                    # rank of each entry's remainder
+    units = units + (rank < short).to(units.dtype)
+    return units / grid
+
+
 def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One category per row of probs (B, D) -> (B,) long."""
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
@@ -57,6 +73,8 @@ def sample(task: HMMTask, n: int, generator: torch.Generator) -> HMMBatch:
     S, O, K = task.n_states, task.n_symbols, task.length
     T = dirichlet_rows((n, S, S), generator)                        # (B, S, S)
     E = dirichlet_rows((n, S, O), generator)                        # (B, S, O)
+    if task.grid:
+        T, E = quantize_rows(T, task.grid), quantize_rows(E, task.grid)
     rows = torch.arange(n)
     states = torch.empty(n, K, dtype=torch.long)                    # (B, K)
     obs = torch.empty(n, K, dtype=torch.long)                       # (B, K)
@@ -89,3 +107,25 @@ def filtering_posterior(transition: torch.Tensor, emission: torch.Tensor, observ
         alpha = alpha / alpha.sum(dim=1, keepdim=True)
         out[:, t] = alpha
     return out
+
+
+def header_length(task: HMMTask) -> int:
+    """Tokens before the first observation: every entry of T, then every entry of E, row by row."""
+    return task.n_states * task.n_states + task.n_states * task.n_symbols
+
+
+def vocab_size(task: HMMTask) -> int:
+    """Probability tokens 0..grid (the value k means k/grid), then one token per observation symbol."""
+    if not task.grid:
+        raise ValueError("a token header needs a grid; got grid=None. Use HMMTask(grid=100) (steps of 0.01).")
+    return task.grid + 1 + task.n_symbols
+
+
+def encode(task: HMMTask, batch: HMMBatch) -> torch.Tensor:
+    """Token ids (B, header + K): [T row by row, E row by row, o_1, ..., o_K]; positions tell entries apart."""
+    if not task.grid:
+        raise ValueError("encode needs a grid; got grid=None. Use HMMTask(grid=100) (steps of 0.01).")
+    B = batch.observations.shape[0]
+    header = torch.cat([batch.transition.reshape(B, -1), batch.emission.reshape(B, -1)], dim=1)  # (B, H)
+    header_ids = (header * task.grid).round().long()                # (B, H) in 0..grid
+    return torch.cat([header_ids, batch.observations + task.grid + 1], dim=1)

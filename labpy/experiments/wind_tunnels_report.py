@@ -1,0 +1,201 @@
+"""What the wind-tunnel pages compute from the store: headline errors over seeds, geometry, ablations, dissociation.
+
+Both `experiments/bayesian-wind-tunnels.qmd` and `papers/bayesian-geometry.qmd` read these, so a number the
+paper page quotes is the number the experiment page shows. Everything here is analysis of stored runs (seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..interp import bayes_geometry as geo
+from ..tasks.posterior_math import entropy_bits
+from .registry import StoredRuns, results
+from .wind_tunnels import TunnelBatch, WindTunnelConfig, checkpoint_step, eval_batch, load_model
+
+ANALYSIS_SEQUENCES = 500   # sequences for geometry and ablations: seconds on a CPU, spread well under 1e-3 bits
+
+
+def _errors_from_logits(logits: torch.Tensor, batch: TunnelBatch) -> dict[str, float]:
+    q = F.softmax(logits[:, batch.positions].double(), dim=-1)                      # (B, P, C)
+    p = batch.posterior.double()
+    hq, hp = entropy_bits(q), entropy_bits(p)                                        # (B, P)
+    kl = (torch.special.xlogy(p, p) - torch.special.xlogy(p, q)).sum(-1) / geo.LN2  # (B, P)
+    return {"entropy_mae": float((hq.mean(0) - hp.mean(0)).abs().mean()), "kl": float(kl.mean())}
+
+
+@dataclass
+class WindTunnelReport:
+    runs: StoredRuns
+
+    @property
+    def scale(self) -> str:
+        return self.runs.scale
+
+    def entry(self, task: str, model: str, seed: int = 0):
+        return self.runs[f"{task}-{model}-s{seed}"]
+
+    @cached_property
+    def seeds(self) -> list[int]:
+        return sorted({int(label.rsplit("-s", 1)[1]) for label in self.runs.entries})
+
+    # --- headline errors --------------------------------------------------------------------------------------
+    @cached_property
+    def headline(self) -> pd.DataFrame:
+        """One row per run: task, model, seed, parameters, entropy MAE, KL, wall time."""
+        rows = []
+        for label, entry in self.runs.entries.items():
+            task, model, seed = label.rsplit("-", 2)
+            rows.append({"task": task, "model": model, "seed": int(seed[1:]), "params": entry.summary["n_params"],
+                         "entropy_mae": entry.summary["entropy_mae"], "kl": entry.summary["kl"],
+                         "wall_s": entry.provenance["wall_time_s"]})
+        return pd.DataFrame(rows)
+
+    @cached_property
+    def by_model(self) -> pd.DataFrame:
+        """Mean and standard deviation over seeds, per task and model."""
+        g = self.headline.groupby(["task", "model"])
+        out = g[["entropy_mae", "kl"]].agg(["mean", "std", "min", "max"])
+        out.columns = [f"{a}_{b}" for a, b in out.columns]
+        return out.join(g.params.first()).join(g.seed.count().rename("seeds")).reset_index()
+
+    def mean(self, task: str, model: str, metric: str = "entropy_mae") -> float:
+        row = self.by_model.query("task == @task and model == @model")
+        return float(row[f"{metric}_mean"].iloc[0])
+
+    def gap(self, task: str, metric: str = "entropy_mae") -> float:
+        """MLP error over transformer error (means over seeds)."""
+        return self.mean(task, "mlp", metric) / self.mean(task, "transformer", metric)
+
+    def positions(self, task: str) -> pd.DataFrame:
+        frames = [self.entry(task, model, seed).table("positions").assign(model=model, seed=seed)
+                  for model in ("transformer", "mlp") for seed in self.seeds]
+        return pd.concat(frames, ignore_index=True)
+
+    def curves(self, task: str) -> pd.DataFrame:
+        frames = [self.entry(task, model, seed).table("evals")[["step", "entropy_mae", "kl"]].assign(model=model, seed=seed)
+                  for model in ("transformer", "mlp") for seed in self.seeds]
+        return pd.concat(frames, ignore_index=True)
+
+    def lengths(self) -> pd.DataFrame:
+        frames = [self.entry("hmm", "transformer", seed).table("lengths").assign(seed=seed) for seed in self.seeds]
+        return pd.concat(frames, ignore_index=True)
+
+    # --- models and data for the live analyses ----------------------------------------------------------------
+    def config(self, task: str) -> WindTunnelConfig:
+        return WindTunnelConfig(**self.entry(task, "transformer").config)
+
+    def model(self, task: str, seed: int = 0, checkpoint: str | None = None):
+        return load_model(self.entry(task, "transformer", seed), checkpoint)
+
+    def batch(self, task: str, n: int = ANALYSIS_SEQUENCES, length: int | None = None) -> TunnelBatch:
+        return eval_batch(self.config(task), n, length)
+
+    # --- geometry -----------------------------------------------------------------------------------------------
+    def key_orthogonality(self) -> pd.DataFrame:
+        """Layer-0 key cosines per head and seed, with the random and (seed 0) initial-weights baselines."""
+        config = self.config("bijection")
+        frames = []
+        for seed in self.seeds:
+            entry = self.entry("bijection", "transformer", seed)
+            state = entry.checkpoint(entry.checkpoint_names()[-1])
+            frames.append(geo.key_orthogonality(state, config.n_heads, range(config.vocab)).assign(seed=seed, weights="trained"))
+        first = self.entry("bijection", "transformer", 0)
+        if "step000000" in first.checkpoint_names():
+            frames.append(geo.key_orthogonality(first.checkpoint("step000000"), config.n_heads, range(config.vocab))
+                          .assign(seed=0, weights="initial"))
+        return pd.concat(frames, ignore_index=True)
+
+    def random_key_baseline(self) -> float:
+        config = self.config("bijection")
+        return geo.random_key_baseline(config.vocab, config.d_model // config.n_heads)
+
+    @cached_property
+    def bijection_cache(self) -> dict[str, torch.Tensor]:
+        return geo.attention_and_qk(self.model("bijection"), self.batch("bijection").tokens)
+
+    def qk_alignment(self) -> pd.DataFrame:
+        """Long table: layer, prediction index t, key position j, mean cosine (seed 0, averaged over sequences)."""
+        batch = self.batch("bijection")
+        cos = geo.qk_alignment(self.bijection_cache["q"], self.bijection_cache["k"], batch.positions)  # (L, P, T)
+        L, P, T = cos.shape
+        rows = [{"layer": l, "t": p + 1, "position": j, "kind": "value" if j % 2 else "key", "cosine": float(cos[l, p, j])}
+                for l in range(L) for p in range(P) for j in range(T) if j <= int(batch.positions[p])]
+        return pd.DataFrame(rows)
+
+    def attention_entropy(self) -> pd.DataFrame:
+        return geo.attention_entropy(self.bijection_cache["pattern"], self.batch("bijection").positions)
+
+    def elimination_attention(self) -> pd.DataFrame:
+        return geo.elimination_attention(self.bijection_cache["pattern"], self.config("bijection").vocab - 1)
+
+    def manifold(self, task: str, seed: int = 0, checkpoint: str | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+        """PCA points (PC1, PC2, entropy, position) and the manifold statistics."""
+        batch = self.batch(task)
+        reps = geo.final_representations(self.model(task, seed, checkpoint), batch.tokens, batch.positions)  # (B, P, d)
+        B, P, d = reps.shape
+        h = entropy_bits(batch.posterior.double())                                  # (B, P)
+        position = torch.arange(1, P + 1).repeat(B)                                 # (B·P,)
+        flat, h_flat = reps.reshape(B * P, d), h.reshape(B * P)
+        stats = geo.value_manifold(flat, h_flat, groups=position if task == "hmm" else None)
+        pcs = geo.pca_points(flat)
+        points = pd.DataFrame({"pc1": pcs[:, 0], "pc2": pcs[:, 1], "entropy": h_flat.numpy(), "position": position.numpy()})
+        return points, stats
+
+    def manifold_over_seeds(self, task: str) -> pd.DataFrame:
+        return pd.DataFrame([{"task": task, "seed": seed, **self.manifold(task, seed)[1]} for seed in self.seeds])
+
+    # --- ablations ---------------------------------------------------------------------------------------------
+    def ablations(self, task: str, seed: int = 0, length: int | None = None) -> pd.DataFrame:
+        """Error with nothing removed, each head zeroed, each block bypassed (and, for the HMM, the attention of
+        the top two layers removed), on the same sequences."""
+        config, model = self.config(task), self.model(task, seed)
+        batch = self.batch(task, length=length)
+        cases: list[tuple[str, int | None, int | None, list]] = [("none", None, None, [])]
+        cases += [("head", l, h, geo.ablation_hooks(head=(l, h))) for l in range(config.n_layers) for h in range(config.n_heads)]
+        cases += [("layer", l, None, geo.ablation_hooks(layer=l)) for l in range(config.n_layers)]
+        top_two = list(range(config.n_layers - 2, config.n_layers))
+        cases.append(("top-2 attention", None, None, geo.ablation_hooks(attention_layers=top_two)))
+        rows = []
+        for kind, layer, head, hooks in cases:
+            errors = _errors_from_logits(geo.logits_with_hooks(model, batch.tokens, hooks), batch)
+            rows.append({"ablation": kind, "layer": layer, "head": head, **errors})
+        return pd.DataFrame(rows)
+
+    # --- dissociation over training ----------------------------------------------------------------------------
+    def dissociation(self, n: int = 200) -> pd.DataFrame:
+        """For each stored checkpoint of bijection seed 0, against the last checkpoint: attention change (mean JS
+        divergence of attention rows at prediction positions, bits), representation change (1 − linear CKA of
+        final-layer representations), PC1–entropy correlation, and the error of that checkpoint."""
+        entry = self.entry("bijection", "transformer", 0)
+        names = entry.checkpoint_names()
+        batch = self.batch("bijection", n)
+        h = entropy_bits(batch.posterior.double()).reshape(-1)
+        snapshots = {}
+        for name in names:
+            model = load_model(entry, name)
+            patterns = geo.attention_and_qk(model, batch.tokens)["pattern"][:, :, :, batch.positions]  # (L, B, H, P, T)
+            reps = geo.final_representations(model, batch.tokens, batch.positions).reshape(-1, model.cfg.d_model)
+            with torch.no_grad():
+                errors = _errors_from_logits(model(batch.tokens), batch)
+            snapshots[name] = (patterns, reps, errors)
+        final_patterns, final_reps, _ = snapshots[names[-1]]
+        rows = []
+        for name in names:
+            patterns, reps, errors = snapshots[name]
+            pc1 = torch.as_tensor(geo.pca_points(reps, 1)[:, 0])
+            corr = abs(float(torch.corrcoef(torch.stack([pc1, h]))[0, 1]))
+            rows.append({"step": checkpoint_step(name), "checkpoint": name,
+                         "attention_js": float(geo.js_divergence_bits(patterns, final_patterns).mean()),
+                         "representation_change": 1 - geo.linear_cka(reps, final_reps),
+                         "pc1_entropy_corr": corr, **errors})
+        return pd.DataFrame(rows)
+
+
+def report(scale: str | None = None) -> WindTunnelReport:
+    return WindTunnelReport(results("wind_tunnels", scale))
