@@ -50,7 +50,7 @@ class WindTunnelConfig:
     d_mlp: int = 256
     mlp_depth: int = 4
     mlp_embed: int = 16
-    steps: int = 8000
+    steps: int = 6000
     batch: int = 64
     lr: float = 1e-3
     warmup: int = 200
