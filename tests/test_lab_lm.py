@@ -219,3 +219,52 @@ def test_measure_steps_and_stats_survive_a_resume(tmp_path):
     model, batch_fn, loss_fn = _problem()
     resumed = train(model, batch_fn, loss_fn, spec, work_dir=tmp_path, param_stats=True)
     assert resumed.param_stats.equals(reference.param_stats)
+
+
+# ---- the learning-rate sweep ----
+
+def test_sweep_smoke_shares_init_and_data_across_learning_rates(tmp_store):
+    from labpy.experiments import lr_sweep, results
+
+    runs = results("lr_sweep", scale="smoke")
+    table = lr_sweep.per_run_table(runs)
+    assert len(table) == 3 * 2 and table.final_val_loss.notna().all()
+    # the first loss is computed before any update: equal across learning rates for the same seed
+    first = table.groupby("seed").initial_loss.agg(["min", "max"])
+    assert (first["max"] - first["min"]).max() < 1e-6
+    assert table.groupby("seed").initial_loss.first().nunique() == 2          # ...and differs across seeds
+    assert set(lr_sweep.curves_table(runs).step) == {5, 10}
+
+
+def test_largest_spike_by_hand():
+    import pandas as pd
+
+    from labpy.experiments.lr_sweep import largest_spike
+
+    curve = pd.DataFrame({"step": [5, 10, 15, 20, 25], "loss": [9.0, 4.0, 3.0, 4.5, 2.0]})
+    assert largest_spike(curve, after_step=0) == pytest.approx(1.5)
+    assert largest_spike(curve, after_step=15) == pytest.approx(2.5 - 2.5)   # from 4.5 down to 2: no rise
+
+
+def test_sweep_measurements_find_the_cliff():
+    import pandas as pd
+
+    from labpy.experiments.lr_sweep import sweep_measurements
+
+    lrs = [1e-4, 1e-3, 2e-3, 5e-3, 1e-2]
+    loss = {1e-4: 5.0, 1e-3: 3.05, 2e-3: 3.0, 5e-3: 3.2, 1e-2: 4.6}
+    rows = [{"lr": lr, "seed": s, "warmup": True, "final_val_loss": loss[lr] + 0.01 * s, "initial_loss": 7.0,
+             "spike": 0.0, "nonfinite_at_step": float("nan")} for lr in lrs for s in range(2)]
+    r = sweep_measurements(pd.DataFrame(rows))
+    assert r["best_lr"] == 2e-3 and r["cliff"] == (5e-3, 1e-2) and r["diverge_lr"] == 1e-2
+    assert r["basin_width"] == pytest.approx(2.0)                  # 1e-3 and 2e-3 within 0.1 nats
+    assert r["max_seed_spread_stable"] == pytest.approx(0.01)
+
+
+def test_nonfinite_step_reads_the_training_loops_error():
+    from labpy.experiments.lr_sweep import nonfinite_step
+
+    model, batch_fn, loss_fn = _problem()
+    with pytest.raises(FloatingPointError) as err:
+        train(model, batch_fn, lambda m, b: loss_fn(m, b) * float("nan"), TrainSpec(steps=5, lr=1e-2))
+    assert nonfinite_step(err.value) == 1.0

@@ -235,3 +235,116 @@ def per_token_frame(entry: RunEntry, max_tokens: int = 16384, pydoc_only: bool =
     frame["band"] = tokens["band"].reindex(frame.target).to_numpy()
     frame["piece"] = tokens["piece"].reindex(frame.target).to_numpy()
     return frame
+
+
+def first_step_below(evals: pd.DataFrame, column: str, level: float) -> float:
+    """First eval step at which `column` is below `level` (NaN if never)."""
+    below = evals[evals[column] < level]
+    return float(below.step.iloc[0]) if len(below) else math.nan
+
+
+def steps_near(steps: pd.DataFrame, level: float, half_width: float = 0.25, window: int = 10) -> int:
+    """How many steps the training loss (rolling mean over `window` steps) spends within `half_width` of `level`:
+    a curve passing straight through a level spends a few steps there; a plateau at it spends many."""
+    smooth = steps.loss.rolling(window, min_periods=1).mean()
+    return int(((smooth - level).abs() < half_width).sum())
+
+
+def half_drop_step(evals: pd.DataFrame, column: str) -> float:
+    """First eval step at which `column` has made half of its total fall (initial to final); NaN if absent."""
+    if column not in evals:
+        return math.nan
+    start, end = evals[column].iloc[0], evals[column].iloc[-1]
+    return first_step_below(evals, column, start - 0.5 * (start - end))
+
+
+def loss_measurements(entry: RunEntry, per_token: pd.DataFrame) -> dict:
+    """Every number the loss-curves page checks its predictions against."""
+    s, evals, steps = entry.summary, entry.table("evals"), entry.table("steps")
+    total = float(evals.step.iloc[-1])
+    kinds = per_token.groupby("kind").loss.mean()
+    bands = per_token.groupby("band").loss.mean()
+    band_cols = {name: f"val_band_{slug(name)}_loss" for _, _, name in FREQUENCY_BANDS}
+    out = {
+        "uniform": s["uniform_loss"], "initial_val": float(evals.val_loss.iloc[0]),
+        "unigram": s["unigram_entropy"], "bigram": s["bigram_entropy"],
+        "unigram_heldout": s["unigram_heldout"], "bigram_heldout": s["bigram_heldout"],
+        "step_below_unigram": first_step_below(evals, "val_loss", s["unigram_heldout"]),
+        "step_below_bigram": first_step_below(evals, "val_loss", s["bigram_heldout"]),
+        "total_steps": total,
+        "final_val": float(evals.val_loss.iloc[-1]), "final_train": float(evals.train_loss.iloc[-1]),
+        "steps_near_unigram": steps_near(steps, s["unigram_entropy"]),
+        "steps_near_midway": steps_near(steps, 0.5 * (s["unigram_entropy"] + s["bigram_entropy"])),
+        "word_start_loss": float(kinds.get("word start", math.nan)),
+        "continuation_loss": float(kinds.get("word continuation", math.nan)),
+        "top_band_loss": float(bands.get("top 100", math.nan)), "rare_band_loss": float(bands.get("rank 500+", math.nan)),
+        "half_drop_top": half_drop_step(evals, band_cols["top 100"]),
+        "half_drop_rare": half_drop_step(evals, band_cols["rank 500+"]),
+    }
+    out["gap"] = out["final_val"] - out["final_train"]
+    out["margin_below_bigram"] = out["bigram_heldout"] - out["final_val"]
+    return out
+
+
+# ---- optimizer-state analysis ----
+
+def parameter_kind(name: str) -> tuple[str, str]:
+    """(layer, kind) of a Qwen2 parameter name: ('2', 'q_proj.weight'), ('embed', 'embedding'), ('final', 'norm')."""
+    parts = name.split(".")
+    if "embed_tokens" in parts:
+        return "embed", "embedding"
+    if name == "model.norm.weight":
+        return "final", "norm"
+    if "layers" in parts:
+        i = parts.index("layers")
+        layer, rest = parts[i + 1], parts[i + 2:]
+        module = rest[-2]
+        kind = "norm" if module.endswith("layernorm") else module
+        return layer, f"{kind}.{rest[-1]}" if rest[-1] == "bias" else kind
+    return "other", name
+
+
+def param_frame(entry: RunEntry) -> pd.DataFrame:
+    """The stored per-tensor statistics with layer and kind columns (kind 'q_proj', 'q_proj.bias', 'norm', ...)."""
+    frame = entry.table("param_stats")
+    parsed = frame.name.map(parameter_kind)
+    return frame.assign(layer=parsed.str[0], kind=parsed.str[1])
+
+
+def noise_floor_snr(beta1: float = 0.9) -> float:
+    """E|m_hat| / sqrt(v_hat) when gradients are pure zero-mean Gaussian noise, late in training (bias
+    correction ~1): m is then N(0, sigma^2 (1 - b1) / (1 + b1)), so E|m| = sigma sqrt(2/pi) sqrt((1-b1)/(1+b1))."""
+    return math.sqrt(2 / math.pi) * math.sqrt((1 - beta1) / (1 + beta1))
+
+
+def token_frame(entry: RunEntry) -> pd.DataFrame:
+    """Per-embedding-row Adam statistics at the stored steps, with each token's training count and band."""
+    return entry.table("token_stats").merge(entry.table("tokens"), on="token")
+
+
+MATRIX_KINDS = ("embedding", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def optimizer_measurements(entry: RunEntry) -> dict:
+    """Every number the optimizer-state page checks its predictions against."""
+    params = param_frame(entry)
+    matrices = params[params.kind.isin(MATRIX_KINDS)]
+    first, last = matrices[matrices.step == matrices.step.min()], matrices[matrices.step == matrices.step.max()]
+    steps = sorted(matrices.step.unique())
+    mid_step = min(steps, key=lambda st: abs(st - steps[-1] / 2))
+    mid = matrices[matrices.step == mid_step]
+    tokens = token_frame(entry)
+    end = tokens[tokens.step == tokens.step.max()]
+    band = end.groupby("band")[["sqrt_v", "step_size"]].median()
+    return {
+        "first_step": int(first.step.iloc[0]),
+        "first_update_spread": float((first.update_rms.max() - first.update_rms.min()) / first.update_rms.mean()),
+        "first_grad_range": float(first.grad_rms.max() / first.grad_rms.min()),
+        "last_step": int(last.step.iloc[0]), "last_snr_max": float(last.snr.max()),
+        "last_snr_median": float(last.snr.median()), "noise_floor": noise_floor_snr(entry.config.get("beta1", 0.9)),
+        "mid_step": int(mid_step), "mid_ratio_min": float(mid.update_to_weight.min()),
+        "mid_ratio_max": float(mid.update_to_weight.max()),
+        "rare_sqrt_v_ratio": float(band.loc["top 100", "sqrt_v"] / band.loc["rank 500+", "sqrt_v"]),
+        "rare_step_ratio": float(band.loc["top 100", "step_size"] / band.loc["rank 500+", "step_size"]),
+        "token_step": int(end.step.iloc[0]),
+    }
