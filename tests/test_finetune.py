@@ -225,7 +225,7 @@ def test_per_example_grads_average_to_the_batch_gradient(smoke_store):
 
 def test_lora_rank_smoke(smoke_store):
     runs = results("lora_rank", scale="smoke")
-    assert set(runs.entries) == {"r1", "r4", "full_lr0.001"}
+    assert set(runs.entries) == {"r1_lr0.003", "r4_lr0.003", "full_lr0.001"}
     spec = lora_rank.spectra(runs)
     table = lora_rank.rank_table(spec)
     assert (table[table["rank"] == 1].energy_rank_90 == 1).all()
@@ -236,7 +236,7 @@ def test_lora_rank_smoke(smoke_store):
         stored = entry.table("ranks_fp32").set_index("module").effective_rank
         assert (live.reindex(stored.index) - stored).abs().max() < 0.05 * stored.max()
     quality = lora_rank.quality_table(runs)
-    assert quality.set_index("run").trainable_params["r4"] == 4 * quality.set_index("run").trainable_params["r1"]
+    assert quality.set_index("run").trainable_params["r4_lr0.003"] == 4 * quality.set_index("run").trainable_params["r1_lr0.003"]
 
 
 def test_forgetting_smoke(smoke_store):

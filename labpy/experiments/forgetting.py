@@ -17,9 +17,9 @@ from ..store import RunResult
 from .lora_rank import CPU_BASE, SMOKE_BASE
 from .registry import Experiment, RunContext, StoredRuns, register
 
-LORA_LRS = (1e-5, 2e-4, 5e-3, 2e-2)       # with lora_rank's r8 (lr 1e-3), the old plan's 1e-5, 2e-4, 1e-3, 5e-3
-FULL_LRS = (1e-5, 2e-4, 1e-3)              # full fine-tuning at the old plan's LRs that do not diverge
-REPLAY_ROWS = (2, 4)                       # of a batch of 8: 25% and 50% replay
+LORA_LRS = (1e-5, 2e-4, 2e-2)      # with lora_rank's r8 at 1e-3 and 5e-3: the old plan's 1e-5, 2e-4, 1e-3, 5e-3
+FULL_LRS = (1e-5, 2e-4, 5e-3)      # with lora_rank's full fine-tuning at 1e-4 and 1e-3
+REPLAY_ROWS = (2, 4)               # of a batch of 8: 25% and 50% replay
 
 
 def run(config: FinetuneConfig, ctx: RunContext) -> RunResult:
@@ -30,7 +30,7 @@ def run(config: FinetuneConfig, ctx: RunContext) -> RunResult:
 
 
 def forgetting_configs(base: FinetuneConfig, lora_lrs=LORA_LRS, full_lrs=FULL_LRS, replay_rows=REPLAY_ROWS,
-                       replay_lr: float = 5e-3, long_steps: int = 1600) -> dict[str, FinetuneConfig]:
+                       replay_lr: float = 5e-3, long_steps: int = 1200) -> dict[str, FinetuneConfig]:
     rep = dataclasses.replace
     configs = {f"lora_lr{lr:g}": rep(base, lr=lr) for lr in lora_lrs}
     configs |= {f"full_lr{lr:g}": rep(base, rank=0, lr=lr) for lr in full_lrs}
@@ -61,7 +61,7 @@ def family(label: str, config: dict) -> str:
         return "LoRA r8 + replay"
     if config["rank"] == 0:
         return "full fine-tuning"
-    if config["steps"] != CPU_BASE.steps and label.startswith("long"):
+    if label.startswith("long"):
         return "LoRA r8, long"
     return f"LoRA r{config['rank']}"
 

@@ -20,7 +20,7 @@ from ..store import RunEntry, RunResult
 from .registry import Experiment, RunContext, StoredRuns, register
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
-LR = 1e-3
+LORA_LRS = (1e-3, 5e-3)     # two LRs: with alpha = r, rank and step size are entangled
 FULL_LRS = (1e-4, 1e-3)
 
 
@@ -69,14 +69,14 @@ def run(config: FinetuneConfig, ctx: RunContext) -> RunResult:
                      summary=summary, checkpoints=checkpoints, seed=config.seed)
 
 
-CPU_BASE = FinetuneConfig(base="lab-lm:cpu", lr=LR, steps=400, batch_size=8, seq_len=64, warmup_steps=20,
+CPU_BASE = FinetuneConfig(base="lab-lm:cpu", lr=1e-3, steps=300, batch_size=8, seq_len=64, warmup_steps=20,
                           eval_every=25, eval_windows=64)
 SMOKE_BASE = FinetuneConfig(base="lab-lm:smoke", lr=3e-3, steps=16, batch_size=4, seq_len=32, warmup_steps=2,
                             eval_every=8, eval_windows=8, source_chars=60_000)
 
 
-def rank_configs(base: FinetuneConfig, ranks=RANKS, full_lrs=FULL_LRS) -> dict[str, FinetuneConfig]:
-    configs = {f"r{r}": dataclasses.replace(base, rank=r) for r in ranks}
+def rank_configs(base: FinetuneConfig, ranks=RANKS, lora_lrs=LORA_LRS, full_lrs=FULL_LRS) -> dict[str, FinetuneConfig]:
+    configs = {f"r{r}_lr{lr:g}": dataclasses.replace(base, rank=r, lr=lr) for lr in lora_lrs for r in ranks}
     configs |= {f"full_lr{lr:g}": dataclasses.replace(base, rank=0, lr=lr) for lr in full_lrs}
     return configs
 
@@ -88,7 +88,7 @@ register(Experiment(
     page="experiments/lora-rank.qmd",
     version=1,
     config_type=FinetuneConfig,
-    scales={"smoke": rank_configs(SMOKE_BASE, ranks=(1, 4), full_lrs=(1e-3,)), "cpu": rank_configs(CPU_BASE)},
+    scales={"smoke": rank_configs(SMOKE_BASE, ranks=(1, 4), lora_lrs=(3e-3,), full_lrs=(1e-3,)), "cpu": rank_configs(CPU_BASE)},
     run=run,
     description="Ranks 1-64 and full fine-tuning on the same data: quality, parameters, spectra of ΔW.",
 ))
