@@ -199,3 +199,76 @@ class WindTunnelReport:
 
 def report(scale: str | None = None) -> WindTunnelReport:
     return WindTunnelReport(results("wind_tunnels", scale))
+
+
+def measurements(rep: WindTunnelReport, ablations: pd.DataFrame | None = None,
+                 hmm_ablations: dict[int, pd.DataFrame] | None = None,
+                 dissociation: pd.DataFrame | None = None) -> dict[str, float | str]:
+    """Every number the predictions and the paper's claims are checked against (pass tables already computed
+    on the page to avoid computing them twice)."""
+    out: dict[str, float | str] = {}
+    for task in ("bijection", "hmm"):
+        for model in ("transformer", "mlp"):
+            for metric in ("entropy_mae", "kl"):
+                row = rep.by_model.query("task == @task and model == @model").iloc[0]
+                out[f"{task}_{model}_{metric}"] = float(row[f"{metric}_mean"])
+                out[f"{task}_{model}_{metric}_max"] = float(row[f"{metric}_max"])
+                out[f"{task}_{model}_{metric}_std"] = float(row[f"{metric}_std"])
+        out[f"{task}_gap_mae"] = rep.gap(task, "entropy_mae")
+        out[f"{task}_gap_kl"] = rep.gap(task, "kl")
+    out["seeds"] = len(rep.seeds)
+
+    lengths = rep.lengths()
+    config = rep.config("hmm")
+    per_length = lengths.groupby("test_length")[["kl", "entropy_error"]].mean()
+    out["hmm_train_length"], out["hmm_test_length"] = config.hmm_length, config.test_length
+    out["hmm_kl_train_length"] = float(per_length.kl.loc[config.hmm_length])
+    out["hmm_kl_test_length"] = float(per_length.kl.loc[config.test_length])
+    longest = lengths[lengths.test_length == config.test_length]
+    out["hmm_kl_beyond_training"] = float(longest[longest.position > config.hmm_length].kl.mean())
+    out["hmm_kl_within_training"] = float(longest[longest.position <= config.hmm_length].kl.mean())
+
+    keys = rep.key_orthogonality()
+    out["key_cos_trained"] = float(keys[keys.weights == "trained"].mean_abs_cos.mean())
+    out["key_cos_initial"] = float(keys[keys.weights == "initial"].mean_abs_cos.mean()) if (keys.weights == "initial").any() else float("nan")
+    out["key_cos_random"] = rep.random_key_baseline()
+
+    for task in ("bijection", "hmm"):
+        manifold = rep.manifold_over_seeds(task)
+        for stat in ("pc1_ratio", "pc1_pearson", "probe_r2", *(("pc1_pearson_within",) if task == "hmm" else ())):
+            out[f"{task}_{stat}"] = float(manifold[stat].mean())
+
+    elimination = rep.elimination_attention()
+    best = elimination.loc[elimination.kl_to_uniform_revealed.idxmin()]
+    out["elimination_kl"] = float(best.kl_to_uniform_revealed)
+    out["elimination_head"] = f"L{int(best.layer)}H{int(best['head'])}"
+    out["elimination_mass"] = float(best.mass_on_values)
+
+    entropy = rep.attention_entropy()
+    out["attention_entropy_first"] = float(entropy.attention_entropy_fraction.iloc[0])
+    out["attention_entropy_last"] = float(entropy.attention_entropy_fraction.iloc[-1])
+
+    ab = ablations if ablations is not None else rep.ablations("bijection")
+    base = float(ab[ab.ablation == "none"].kl.iloc[0])
+    l0 = ab[(ab.ablation == "head") & (ab.layer == 0)].sort_values("kl", ascending=False)
+    out["ablation_base_kl"] = base
+    out["frame_head"] = f"L0H{int(l0['head'].iloc[0])}"
+    out["frame_head_rise"] = float(l0.kl.iloc[0] - base)
+    out["frame_head_ratio"] = float((l0.kl.iloc[0] - base) / max(l0.kl.iloc[1] - base, 1e-12))
+    layers = ab[ab.ablation == "layer"]
+    out["layer_ablation_min_factor"] = float(layers.kl.min() / base)
+    out["layer_ablation_weakest"] = f"block {int(layers.loc[layers.kl.idxmin()].layer)}"
+
+    hab = hmm_ablations or {k: rep.ablations("hmm", length=k) for k in (config.hmm_length, config.test_length)}
+    for k, label in ((config.hmm_length, "train"), (config.test_length, "test")):
+        table = hab[k]
+        out[f"hmm_top2_kl_{label}"] = float(table[table.ablation == "top-2 attention"].kl.iloc[0])
+
+    dis = dissociation if dissociation is not None else rep.dissociation()
+    mid = dis.iloc[(dis.step - dis.step.max() / 2).abs().argmin()]
+    first = dis.iloc[0]
+    out["dissociation_mid_step"] = int(mid.step)
+    out["attention_change_left"] = float(mid.attention_js / first.attention_js)
+    out["representation_change_left"] = float(mid.representation_change / first.representation_change)
+    out["kl_mid"], out["kl_final"] = float(mid.kl), float(dis.kl.iloc[-1])
+    return out
