@@ -1,0 +1,208 @@
+"""QLoRA: the same LoRA fine-tuning of the lab LM on stdlib source code with an fp32, an 8-bit and a 4-bit base.
+
+Runs (one store entry each):
+- `fp32`, `8bit`, `4bit`: load the base at that precision (`load_lm`), measure its memory footprint and the
+  quantization error of every linear weight against the fp32 weights, then — on a freshly loaded model (the
+  4-bit eval-then-train trap) — add LoRA and fine-tune with `labpy.finetune`, tracking held-out loss on the
+  new domain (source) and the original one (pydoc) from step 0.
+- `timing`: the three bases side by side in one process, blocks of training steps interleaved (the order
+  rotates each block) on the same batches, so machine load hits all three alike; step-time ratios to fp32.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from ..finetune import finetune, lm_loss, loss_summary
+from ..store import RunResult
+from ..train import TrainSpec
+from .registry import Experiment, RunContext, register
+
+QUANTS = ("fp32", "8bit", "4bit")
+
+
+@dataclass(frozen=True)
+class QLoRAConfig:
+    quant: str = "fp32"            # "fp32", "8bit", "4bit"; "all" for the timing run
+    base: str = "lab-lm:cpu"
+    rank: int = 8
+    lr: float = 1e-3
+    steps: int = 300
+    batch_size: int = 8
+    seq_len: int = 64
+    warmup_steps: int = 20
+    eval_every: int = 25
+    eval_windows: int = 64
+    source_chars: int = 400_000
+    timing_blocks: int = 6         # timing run: blocks per base, interleaved
+    timing_steps: int = 10         # timing run: steps per block
+    seed: int = 0
+
+    def quant_arg(self) -> str | None:
+        if self.quant not in QUANTS:
+            raise ValueError(f"quant must be one of {QUANTS} for a training run, got {self.quant!r}")
+        return None if self.quant == "fp32" else self.quant
+
+
+def load_base(config: QLoRAConfig, quant: str | None):
+    from ..models.lm import load_lm
+
+    return load_lm(config.base, quant, attn_implementation="sdpa")   # sdpa: faster; no attention maps needed
+
+
+def dequantized_weight(module: torch.nn.Module) -> torch.Tensor | None:
+    """The weight a bitsandbytes layer computes with, as fp32 (None for a full-precision layer)."""
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    if isinstance(module, bnb.nn.Linear4bit):
+        return dequantize_4bit(module.weight.data, module.weight.quant_state).float()
+    if isinstance(module, bnb.nn.Linear8bitLt):    # LLM.int8: int8 codes times a per-row absmax / 127
+        scb = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
+        return module.weight.data.float() * scb.float()[:, None] / 127
+    return None
+
+
+def quantization_error(quantized: torch.nn.Module, reference: torch.nn.Module) -> pd.DataFrame:
+    """Relative Frobenius error ‖W_q − W‖ / ‖W‖ of every quantized linear layer, and the largest |W_q − W|."""
+    weights = dict(reference.named_modules())
+    rows = []
+    for name, module in quantized.named_modules():
+        w_q = dequantized_weight(module)
+        if w_q is None:
+            continue
+        w = weights[name].weight.detach().float()
+        layer = int(name.split(".")[2]) if ".layers." in f".{name}" else -1
+        rows.append({"module": name, "layer": layer, "kind": name.rsplit(".", 1)[-1], "params": w.numel(),
+                     "rel_error": float((w_q - w).norm() / w.norm()),
+                     "max_abs_error": float((w_q - w).abs().max()), "weight_absmax": float(w.abs().max())})
+    return pd.DataFrame(rows)
+
+
+def _data(config: QLoRAConfig, tokenizer):
+    from ..tasks.corpus import lm_batch_fn
+    from ..tasks.source_code import finetune_data
+
+    data = finetune_data(tokenizer, config.seq_len, config.eval_windows, config.source_chars)
+    return data, lm_batch_fn(data.source_train, config.batch_size, config.seq_len, config.seed)
+
+
+def _lora_model(config: QLoRAConfig, quant: str | None):
+    from ..models.lora import add_lora
+
+    model, tokenizer = load_base(config, quant)      # always a fresh load: never train a model that evaluated
+    torch.manual_seed(config.seed)                   # the same LoRA initialisation for every base
+    return add_lora(model, config.rank), tokenizer
+
+
+def run_training(config: QLoRAConfig, ctx: RunContext) -> RunResult:
+    from ..memory import resident_model_bytes
+
+    quant = config.quant_arg()
+    base, tokenizer = load_base(config, quant)
+    footprint, resident = base.get_memory_footprint(), resident_model_bytes(base)
+    errors = quantization_error(base, load_base(config, None)[0]) if quant else pd.DataFrame()
+    del base
+    model, tokenizer = _lora_model(config, quant)
+    data, batch_fn = _data(config, tokenizer)
+    spec = TrainSpec(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps, eval_every=config.eval_every,
+                     seed=config.seed, resume_every=max(50, config.steps // 4))
+    start = time.perf_counter()
+    log = finetune(model, batch_fn, spec, data.eval_sets, work_dir=ctx.work_dir, progress=ctx.progress,
+                   desc=f"qlora {config.quant}")
+    summary = {**loss_summary(log), "memory_footprint_bytes": footprint, "resident_bytes": resident,
+               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+               "train_seconds": time.perf_counter() - start, **data.info}
+    if len(errors):
+        summary |= {"mean_rel_error": float(errors.rel_error.mean()), "max_rel_error": float(errors.rel_error.max())}
+    tables = {"steps": log.steps, "evals": log.evals}
+    if len(errors):
+        tables["quant_error"] = errors
+    return RunResult(tables=tables, summary=summary, seed=config.seed)
+
+
+def run_timing(config: QLoRAConfig, ctx: RunContext) -> RunResult:
+    """Blocks of `timing_steps` LoRA steps per base, interleaved with a rotating order; seconds per step."""
+    models, optimizers = {}, {}
+    for name in QUANTS:
+        model, tokenizer = _lora_model(config, None if name == "fp32" else name)
+        model.train()
+        models[name] = model
+        optimizers[name] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    _, batch_fn = _data(config, tokenizer)
+    batches = [batch_fn(step) for step in range(config.timing_steps)]          # (B, T+1) each, shared
+
+    def block(name: str) -> float:
+        model, optimizer = models[name], optimizers[name]
+        start = time.perf_counter()
+        for batch in batches:
+            optimizer.zero_grad(set_to_none=True)
+            lm_loss(model, batch).backward()
+            optimizer.step()
+        return (time.perf_counter() - start) / len(batches)
+
+    torch.set_num_threads(1)
+    for name in QUANTS:                                       # warm-up: first calls pay for lazy initialisation
+        block(name)
+    rows = []
+    for b in range(config.timing_blocks):
+        order = QUANTS[b % 3:] + QUANTS[:b % 3]
+        for name in order:
+            rows.append({"block": b, "base": name, "seconds_per_step": block(name)})
+    times = pd.DataFrame(rows)
+    wide = times.pivot(index="block", columns="base", values="seconds_per_step")
+    summary = {f"step_time_ratio_{q}": statistics.median(wide[q] / wide["fp32"]) for q in ("8bit", "4bit")}
+    summary |= {f"ms_per_step_{q}": 1000 * float(wide[q].median()) for q in QUANTS}
+    return RunResult(tables={"timing": times}, summary=summary, seed=config.seed)
+
+
+def run(config: QLoRAConfig, ctx: RunContext) -> RunResult:
+    return run_timing(config, ctx) if config.quant == "all" else run_training(config, ctx)
+
+
+def _configs(**kw) -> dict[str, QLoRAConfig]:
+    return {**{q: QLoRAConfig(quant=q, **kw) for q in QUANTS}, "timing": QLoRAConfig(quant="all", **kw)}
+
+
+register(Experiment(
+    name="qlora",
+    title="QLoRA: fine-tuning the lab LM with an fp32, 8-bit and 4-bit (nf4) base",
+    track="Training dynamics (Track A)",
+    page="experiments/qlora.qmd",
+    version=1,
+    config_type=QLoRAConfig,
+    scales={"smoke": _configs(base="lab-lm:smoke", lr=3e-3, steps=12, batch_size=4, seq_len=32, warmup_steps=2,
+                              eval_every=6, eval_windows=8, source_chars=60_000, timing_blocks=2, timing_steps=2),
+            "cpu": _configs()},
+    run=run,
+    description="Memory, step time, quality gap and weight quantization error of 8-bit and 4-bit bases.",
+))
+
+
+# ---- analysis used by the page ----
+
+def measurements(runs) -> dict[str, float]:
+    """Every number the page's predictions are checked against."""
+    s = {q: runs[q].summary for q in QUANTS}
+    timing = runs["timing"].summary
+    out: dict[str, float] = {}
+    for q in QUANTS:
+        out[f"footprint_{q}"] = s[q]["memory_footprint_bytes"]
+        out[f"resident_{q}"] = s[q]["resident_bytes"]
+        for domain in ("source", "pydoc"):
+            out[f"base_{domain}_{q}"] = s[q][f"base_{domain}"]
+            out[f"final_{domain}_{q}"] = s[q][f"final_{domain}"]
+    for q in ("8bit", "4bit"):
+        out[f"footprint_ratio_{q}"] = s[q]["memory_footprint_bytes"] / s["fp32"]["memory_footprint_bytes"]
+        out[f"resident_ratio_{q}"] = s[q]["resident_bytes"] / s["fp32"]["resident_bytes"]
+        out[f"step_time_ratio_{q}"] = timing[f"step_time_ratio_{q}"]
+        out[f"mean_rel_error_{q}"] = s[q]["mean_rel_error"]
+        for domain in ("source", "pydoc"):
+            out[f"gap_{domain}_{q}"] = s[q][f"final_{domain}"] - s["fp32"][f"final_{domain}"]
+            out[f"base_gap_{domain}_{q}"] = s[q][f"base_{domain}"] - s["fp32"][f"base_{domain}"]
+    return out
