@@ -53,14 +53,15 @@ def cmd_status(args: argparse.Namespace) -> None:
     store = RunStore()
     rows = status_rows(store)
     print(f"run store: {store.root}  ({store.total_size_bytes() / 2**20:.1f} MiB committed size)")
-    print(f"{'experiment':<14}{'scale':<7}{'config':<12}{'status':<9}{'size':>10}  {'wall time':>10}  key")
-    for r in rows:
-        if r["scale"] == "smoke" and not r["stored"]:
-            continue  # smoke runs live in the tests' temporary stores, never in the committed one
+    shown = [r for r in rows if r["stored"] or r["scale"] != "smoke"]  # smoke runs live in the tests' stores
+    e = max([len("experiment"), *(len(r["experiment"]) for r in shown)]) + 2
+    c = max([len("config"), *(len(r["config"]) for r in shown)]) + 2
+    print(f"{'experiment':<{e}}{'scale':<7}{'config':<{c}}{'status':<9}{'size':>10}  {'wall time':>10}  key")
+    for r in shown:
         status = "stored" if r["stored"] else "missing"
         size = f"{r['size_kb']:.0f} KB" if r["stored"] else "-"
         wall = f"{r['wall_time_s']:.0f} s" if r["wall_time_s"] is not None else "-"
-        print(f"{r['experiment']:<14}{r['scale']:<7}{r['config']:<12}{status:<9}{size:>10}  {wall:>10}  {r['key']}")
+        print(f"{r['experiment']:<{e}}{r['scale']:<7}{r['config']:<{c}}{status:<9}{size:>10}  {wall:>10}  {r['key']}")
     missing = sorted({(r["experiment"], r["scale"]) for r in rows if not r["stored"] and r["scale"] != "smoke"})
     for name, scale in missing:
         print(f"missing: produce with `lab run {name} --scale {scale}`")

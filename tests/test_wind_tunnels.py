@@ -168,3 +168,19 @@ def test_bijection_eval_batch_is_fixed():
     config = wt.WindTunnelConfig()
     assert torch.equal(wt.eval_batch(config, 8).tokens, wt.eval_batch(config, 8).tokens)
     assert bijection.BijectionTask(config.vocab).n_pairs == len(wt.eval_batch(config, 8).positions)
+
+
+def test_smoke_runs_feed_every_measurement_the_pages_check(tmp_store):
+    from labpy.experiments.wind_tunnels_report import measurements, report
+    rep = report("smoke")
+    assert set(rep.runs.entries) == {f"{t}-{m}-s0" for t in ("bijection", "hmm") for m in ("transformer", "mlp")}
+    hmm_run = rep.entry("hmm", "transformer")
+    assert set(hmm_run.table("lengths").test_length) == {4, 6, 8, 10}          # K, 1.5K, 2K, 2.5K
+    assert rep.entry("bijection", "mlp").checkpoint_names() == []              # MLPs store no weights
+    assert len(rep.entry("bijection", "transformer").checkpoint_names()) == 3   # the dissociation checkpoints
+    out = measurements(rep)
+    for key in ("bijection_gap_mae", "hmm_transformer_kl", "hmm_kl_test_length", "key_cos_trained", "bijection_pc1_ratio",
+                "hmm_pc1_pearson_within", "elimination_kl", "frame_head_ratio", "layer_ablation_min_factor",
+                "hmm_top2_kl_test", "attention_change_left"):
+        assert math.isfinite(out[key]), key
+    assert out["ablation_base_kl"] == pytest.approx(out["bijection_transformer_kl"], rel=0.5)  # 500 vs 64 sequences
