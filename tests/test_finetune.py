@@ -257,3 +257,18 @@ def test_batch_lr_smoke(smoke_store):
     assert len(best) == 2
     noise = runs["noise"].table("noise")
     assert list(noise.step) == [0, 4] and (noise.trace_sigma > 0).all()
+
+
+def test_fitted_best_lr_finds_the_vertex_between_grid_points_and_the_slope():
+    import pandas as pd
+
+    rows = []
+    for batch, optimum in ((4, 3e-3), (16, 6e-3)):                       # optimum grows as sqrt(batch)
+        for lr in (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2):
+            rows.append({"batch_size": batch, "lr": lr, "seed": 0, "diverged": False,
+                         "final_source": (math.log(lr) - math.log(optimum)) ** 2})
+    fitted = batch_lr.fitted_best_lr(pd.DataFrame(rows))
+    assert fitted.best_lr.tolist() == pytest.approx([3e-3, 6e-3], rel=1e-6)
+    assert batch_lr.scaling_exponent(fitted) == pytest.approx(0.5, rel=1e-6)
+    grid_best = batch_lr.best_lrs(pd.DataFrame(rows))
+    assert grid_best.best_lr.tolist() == [4e-3, 8e-3]                    # the grid points nearest the optima

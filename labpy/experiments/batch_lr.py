@@ -237,3 +237,22 @@ def scaling_exponent(best: pd.DataFrame) -> float:
     y = torch.tensor(best.best_lr.to_numpy(), dtype=torch.float64).log()
     xc = x - x.mean()
     return float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+
+
+def fitted_best_lr(grid: pd.DataFrame, metric: str = "final_source") -> pd.DataFrame:
+    """Per batch size, the best LR between grid points: the vertex of a parabola in log(LR) through the best
+    grid LR and its two neighbours (the grid LR itself when the best sits at an edge of the grid)."""
+    ok = grid[~grid.diverged.astype(bool)]
+    rows = []
+    for batch, group in ok.groupby("batch_size"):
+        mean = group.groupby("lr")[metric].mean().sort_index()
+        i = int(mean.to_numpy().argmin())
+        lr, at_edge = float(mean.index[i]), i in (0, len(mean) - 1)
+        if not at_edge:
+            x = torch.tensor(mean.index[i - 1:i + 2].to_numpy(), dtype=torch.float64).log()
+            y = torch.tensor(mean.iloc[i - 1:i + 2].to_numpy(), dtype=torch.float64)
+            a, b, _ = torch.linalg.solve(torch.stack([x**2, x, torch.ones(3, dtype=torch.float64)], 1), y).tolist()
+            if a > 0:
+                lr = math.exp(-b / (2 * a))
+        rows.append({"batch_size": batch, "best_lr": lr, "at_edge": at_edge, metric: float(mean.iloc[i])})
+    return pd.DataFrame(rows)

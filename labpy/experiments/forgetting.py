@@ -35,7 +35,7 @@ def forgetting_configs(base: FinetuneConfig, lora_lrs=LORA_LRS, full_lrs=FULL_LR
     configs = {f"lora_lr{lr:g}": rep(base, lr=lr) for lr in lora_lrs}
     configs |= {f"full_lr{lr:g}": rep(base, rank=0, lr=lr) for lr in full_lrs}
     configs |= {f"replay{r}_lr{replay_lr:g}": rep(base, lr=replay_lr, replay_rows=r) for r in replay_rows}
-    configs["long_lr1e-3"] = rep(base, steps=long_steps, eval_every=max(base.eval_every, long_steps // 32))
+    configs["long_lr1e-3"] = rep(base, steps=long_steps, eval_every=2 * base.eval_every)   # evals at the short runs' end too
     return configs
 
 

@@ -148,3 +148,13 @@ def curves(runs: StoredRuns) -> pd.DataFrame:
                           value_name="loss")
         frames.append(long.assign(run=label, domain=long.domain.str.removeprefix("loss_")))
     return pd.concat(frames, ignore_index=True)
+
+
+def config_frames(runs: StoredRuns) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fields shared by every config, one row per run of the fields that vary): the method tables of a page."""
+    configs = pd.DataFrame({label: {k: ", ".join(map(str, v)) if isinstance(v, list) else v
+                                    for k, v in e.config.items()} for label, e in runs.entries.items()})
+    same = configs.astype(str).nunique(axis=1) == 1
+    fixed = configs[same].iloc[:, 0].astype(str).rename("value").rename_axis("field").reset_index()
+    varying = configs[~same].T.reset_index(names="run")
+    return fixed, varying
