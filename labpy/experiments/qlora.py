@@ -49,6 +49,17 @@ class QLoRAConfig:
         return None if self.quant == "fp32" else self.quant
 
 
+def base_entry_key(base: str) -> str:
+    """The store key of the lab LM a run fine-tuned (so a retrained lab LM shows as a different base)."""
+    import json
+
+    from ..models.lab_lm import READY_MARKER
+    from ..models.lm import resolve
+
+    kind, path = resolve(base)
+    return json.loads((path / READY_MARKER).read_text())["key"] if kind == "lab" else base
+
+
 def load_base(config: QLoRAConfig, quant: str | None):
     from ..models.lm import load_lm
 
@@ -117,7 +128,7 @@ def run_training(config: QLoRAConfig, ctx: RunContext) -> RunResult:
                    desc=f"qlora {config.quant}")
     summary = {**loss_summary(log), "memory_footprint_bytes": footprint, "resident_bytes": resident,
                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-               "train_seconds": time.perf_counter() - start, **data.info}
+               "train_seconds": time.perf_counter() - start, "base_key": base_entry_key(config.base), **data.info}
     if len(errors):
         summary |= {"mean_rel_error": float(errors.rel_error.mean()), "max_rel_error": float(errors.rel_error.max())}
     tables = {"steps": log.steps, "evals": log.evals}
