@@ -197,6 +197,13 @@ register(Experiment(
 
 # ---- analysis used by the page ----
 
+def unquantized_share(runs) -> float:
+    """Share of the lab LM's parameters bitsandbytes leaves in full precision (embedding, norms, biases)."""
+    linear = runs["4bit"].table("quant_error").params.sum()
+    total = runs["fp32"].summary["resident_bytes"] / 4              # fp32: 4 bytes per parameter (and buffer)
+    return float(1 - linear / total)
+
+
 def measurements(runs) -> dict[str, float]:
     """Every number the page's predictions are checked against."""
     s = {q: runs[q].summary for q in QUANTS}
