@@ -272,3 +272,16 @@ def test_fitted_best_lr_finds_the_vertex_between_grid_points_and_the_slope():
     assert batch_lr.scaling_exponent(fitted) == pytest.approx(0.5, rel=1e-6)
     grid_best = batch_lr.best_lrs(pd.DataFrame(rows))
     assert grid_best.best_lr.tolist() == [4e-3, 8e-3]                    # the grid points nearest the optima
+
+
+def test_subspace_overlap_known_cases():
+    a = _matrix_with_singular_values([3.0, 2.0, 1.0], rows=24, cols=16, seed=0)
+    assert lora_rank.subspace_overlap(a, 5 * a, 3) == pytest.approx(1.0)
+    u = torch.linalg.svd(a, full_matrices=False).U[:, :3]
+    q, _ = torch.linalg.qr(torch.cat([u, torch.randn(24, 3, dtype=torch.float64)], 1))
+    orth = q[:, 3:] @ torch.randn(3, 16, dtype=torch.float64)               # columns orthogonal to a's
+    assert lora_rank.subspace_overlap(a, orth, 3) == pytest.approx(0.0, abs=1e-12)
+    g = torch.Generator().manual_seed(3)
+    randoms = [lora_rank.subspace_overlap(torch.randn(64, 64, generator=g), torch.randn(64, 64, generator=g), 4)
+               for _ in range(50)]
+    assert sum(randoms) / 50 == pytest.approx(4 / 64, rel=0.3)

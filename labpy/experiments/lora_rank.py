@@ -158,3 +158,26 @@ def config_frames(runs: StoredRuns) -> tuple[pd.DataFrame, pd.DataFrame]:
     fixed = configs[same].iloc[:, 0].astype(str).rename("value").rename_axis("field").reset_index()
     varying = configs[~same].T.reset_index(names="run")
     return fixed, varying
+
+
+def subspace_overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
+    """How much the top-k output directions of two updates coincide: ‖U_aᵀ U_b‖²_F / k over their top-k left
+    singular vectors (Hu et al. 2021, fig. 3, in this form). 1: the same subspace; 0: orthogonal; k/d for
+    random subspaces of a d-dimensional space."""
+    ua = torch.linalg.svd(a.double(), full_matrices=False).U[:, :k]     # (d_out, k)
+    ub = torch.linalg.svd(b.double(), full_matrices=False).U[:, :k]
+    return float((ua.T @ ub).pow(2).sum() / k)
+
+
+def overlap_table(runs: StoredRuns, reference: str, others: list[str], ks=(1, 2, 4, 8)) -> pd.DataFrame:
+    """Subspace overlap of each run's ΔW with `reference`'s, per module and k, plus the random baseline k/d."""
+    ref = stored_deltas(runs[reference])
+    rows = []
+    for label in others:
+        deltas = stored_deltas(runs[label])
+        for name, delta in deltas.items():
+            layer, proj = module_kind(name)
+            for k in ks:
+                rows.append({"run": label, "module": name, "layer": layer, "proj": proj, "k": k,
+                             "overlap": subspace_overlap(ref[name], delta, k), "random": k / delta.shape[0]})
+    return pd.DataFrame(rows)
