@@ -6,8 +6,9 @@ paper page quotes is the number the experiment page shows. Everything here is an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property, wraps
 
 import pandas as pd
 import torch
@@ -29,9 +30,21 @@ def _errors_from_logits(logits: torch.Tensor, batch: TunnelBatch) -> dict[str, f
     return {"entropy_mae": float((hq.mean(0) - hp.mean(0)).abs().mean()), "kl": float(kl.mean())}
 
 
+def _memo(method: Callable) -> Callable:
+    """Cache a report method per instance and arguments: both pages ask for the same analyses more than once."""
+    @wraps(method)
+    def cached(self: WindTunnelReport, *args, **kwargs):
+        key = (method.__name__, args, tuple(sorted(kwargs.items())))
+        if key not in self._cache:
+            self._cache[key] = method(self, *args, **kwargs)
+        return self._cache[key]
+    return cached
+
+
 @dataclass
 class WindTunnelReport:
     runs: StoredRuns
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def scale(self) -> str:
@@ -97,6 +110,7 @@ class WindTunnelReport:
         return eval_batch(self.config(task), n, length)
 
     # --- geometry -----------------------------------------------------------------------------------------------
+    @_memo
     def key_orthogonality(self) -> pd.DataFrame:
         """Layer-0 key cosines per head and seed, with the random and (seed 0) initial-weights baselines."""
         config = self.config("bijection")
@@ -119,6 +133,7 @@ class WindTunnelReport:
     def bijection_cache(self) -> dict[str, torch.Tensor]:
         return geo.attention_and_qk(self.model("bijection"), self.batch("bijection").tokens)
 
+    @_memo
     def qk_alignment(self) -> pd.DataFrame:
         """Long table: layer, prediction index t, key position j, mean cosine (seed 0, averaged over sequences)."""
         batch = self.batch("bijection")
@@ -128,12 +143,15 @@ class WindTunnelReport:
                 for l in range(L) for p in range(P) for j in range(T) if j <= int(batch.positions[p])]
         return pd.DataFrame(rows)
 
+    @_memo
     def attention_entropy(self) -> pd.DataFrame:
         return geo.attention_entropy(self.bijection_cache["pattern"], self.batch("bijection").positions)
 
+    @_memo
     def elimination_attention(self) -> pd.DataFrame:
         return geo.elimination_attention(self.bijection_cache["pattern"], self.config("bijection").vocab - 1)
 
+    @_memo
     def manifold(self, task: str, seed: int = 0, checkpoint: str | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
         """PCA points (PC1, PC2, entropy, position) and the manifold statistics."""
         batch = self.batch(task)
@@ -147,10 +165,12 @@ class WindTunnelReport:
         points = pd.DataFrame({"pc1": pcs[:, 0], "pc2": pcs[:, 1], "entropy": h_flat.numpy(), "position": position.numpy()})
         return points, stats
 
+    @_memo
     def manifold_over_seeds(self, task: str) -> pd.DataFrame:
         return pd.DataFrame([{"task": task, "seed": seed, **self.manifold(task, seed)[1]} for seed in self.seeds])
 
     # --- ablations ---------------------------------------------------------------------------------------------
+    @_memo
     def ablations(self, task: str, seed: int = 0, length: int | None = None) -> pd.DataFrame:
         """Error with nothing removed, each head zeroed, each block bypassed (and, for the HMM, the attention of
         the top two layers removed), on the same sequences."""
@@ -168,6 +188,7 @@ class WindTunnelReport:
         return pd.DataFrame(rows)
 
     # --- dissociation over training ----------------------------------------------------------------------------
+    @_memo
     def dissociation(self, n: int = 200) -> pd.DataFrame:
         """For each stored checkpoint of bijection seed 0, against the last checkpoint: attention change (mean JS
         divergence of attention rows at prediction positions, bits), representation change (1 − linear CKA of
@@ -201,11 +222,8 @@ def report(scale: str | None = None) -> WindTunnelReport:
     return WindTunnelReport(results("wind_tunnels", scale))
 
 
-def measurements(rep: WindTunnelReport, ablations: pd.DataFrame | None = None,
-                 hmm_ablations: dict[int, pd.DataFrame] | None = None,
-                 dissociation: pd.DataFrame | None = None) -> dict[str, float | str]:
-    """Every number the predictions and the paper's claims are checked against (pass tables already computed
-    on the page to avoid computing them twice)."""
+def measurements(rep: WindTunnelReport) -> dict[str, float | str]:
+    """Every number the predictions and the paper's claims are checked against."""
     out: dict[str, float | str] = {}
     for task in ("bijection", "hmm"):
         for model in ("transformer", "mlp"):
@@ -248,7 +266,7 @@ def measurements(rep: WindTunnelReport, ablations: pd.DataFrame | None = None,
     out["attention_entropy_first"] = float(entropy.attention_entropy_fraction.iloc[0])
     out["attention_entropy_last"] = float(entropy.attention_entropy_fraction.iloc[-1])
 
-    ab = ablations if ablations is not None else rep.ablations("bijection")
+    ab = rep.ablations("bijection")
     base = float(ab[ab.ablation == "none"].kl.iloc[0])
     l0 = ab[(ab.ablation == "head") & (ab.layer == 0)].sort_values("kl", ascending=False)
     out["ablation_base_kl"] = base
@@ -259,12 +277,11 @@ def measurements(rep: WindTunnelReport, ablations: pd.DataFrame | None = None,
     out["layer_ablation_min_factor"] = float(layers.kl.min() / base)
     out["layer_ablation_weakest"] = f"block {int(layers.loc[layers.kl.idxmin()].layer)}"
 
-    hab = hmm_ablations or {k: rep.ablations("hmm", length=k) for k in (config.hmm_length, config.test_length)}
     for k, label in ((config.hmm_length, "train"), (config.test_length, "test")):
-        table = hab[k]
+        table = rep.ablations("hmm", length=k)
         out[f"hmm_top2_kl_{label}"] = float(table[table.ablation == "top-2 attention"].kl.iloc[0])
 
-    dis = dissociation if dissociation is not None else rep.dissociation()
+    dis = rep.dissociation()
     mid = dis.iloc[(dis.step - dis.step.max() / 2).abs().argmin()]
     first = dis.iloc[0]
     out["dissociation_mid_step"] = int(mid.step)
