@@ -348,3 +348,14 @@ def optimizer_measurements(entry: RunEntry) -> dict:
         "rare_step_ratio": float(band.loc["top 100", "step_size"] / band.loc["rank 500+", "step_size"]),
         "token_step": int(end.step.iloc[0]),
     }
+
+
+def slowest_stretch(steps: pd.DataFrame, start: int, stop: int, window: int = 10) -> dict[str, float]:
+    """Where, between steps `start` and `stop`, the training loss (rolling mean over `window`) falls slowest:
+    the step, its fall per `window` steps, and the loss there; with the fastest fall in the same range."""
+    smooth = steps.loss.rolling(window, min_periods=1).mean()
+    fall = smooth.shift(window // 2) - smooth.shift(-(window // 2))            # loss lost over `window` steps
+    inside = steps.step.between(start, stop)
+    slow, fast = fall[inside].idxmin(), fall[inside].idxmax()
+    return {"step": float(steps.step[slow]), "fall": float(fall[slow]), "loss": float(smooth[slow]),
+            "fastest_fall": float(fall[fast]), "fastest_step": float(steps.step[fast])}
