@@ -24,6 +24,8 @@ from ..train import TrainSpec, train
 from .registry import Experiment, RunContext, register
 
 SWEEP_LRS = (1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)
+# Added after the first sweep showed no divergence up to 5e-2 (same configs, so the earlier entries stand):
+HIGH_LRS = (1e-1, 2e-1, 5e-1, 1.0)
 NO_WARMUP_LRS = (2e-3, 5e-3, 1e-2, 2e-2)
 CURVE_EVERY = 5   # keep every 5th training-loss row: the store holds curves, not every step
 
@@ -112,7 +114,7 @@ def label(lr: float, warmup: bool = True) -> str:
 
 
 def _scale(**common) -> dict[str, SweepConfig]:
-    configs = {label(lr): SweepConfig(lr=lr, **common) for lr in SWEEP_LRS}
+    configs = {label(lr): SweepConfig(lr=lr, **common) for lr in SWEEP_LRS + HIGH_LRS}
     configs |= {label(lr, warmup=False): SweepConfig(lr=lr, **{**common, "warmup_steps": 0}) for lr in NO_WARMUP_LRS}
     return configs
 
@@ -130,7 +132,7 @@ register(Experiment(
     scales={"smoke": {k: v for k, v in _scale(**SMOKE).items() if k in (label(1e-3), label(5e-2), label(1e-2, False))},
             "cpu": _scale()},
     run=run,
-    description="Final held-out loss against learning rate (1e-5 to 5e-2), 3 seeds, with and without warm-up.",
+    description="Final held-out loss against learning rate (1e-5 to 1), 3 seeds, with and without warm-up.",
 ))
 
 
