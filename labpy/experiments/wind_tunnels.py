@@ -256,7 +256,7 @@ def _configs(scale: str) -> dict[str, WindTunnelConfig]:
                 keep = 12 if (task == "bijection" and model == "transformer" and seed == 0) else 0
                 if scale == "smoke":
                     keep = 3 if keep else 0
-                steps = base.steps if scale != "cpu" or task == "bijection" else 4000  # HMM steps cost 3× more
+                steps = base.steps if scale != "cpu" or task == "bijection" else 2500  # HMM steps cost 3× more
                 configs[f"{task}-{model}-s{seed}"] = replace(base, task=task, model=model, seed=seed,
                                                              n_checkpoints=keep, steps=steps)
     return configs
