@@ -109,6 +109,27 @@ class WindTunnelReport:
     def batch(self, task: str, n: int = ANALYSIS_SEQUENCES, length: int | None = None) -> TunnelBatch:
         return eval_batch(self.config(task), n, length)
 
+    @_memo
+    def leak(self, seed: int = 0) -> pd.DataFrame:
+        """Bijection: where the entropy error comes from. Per position: the probability the model still gives to
+        values already revealed (impossible ones), the entropy error, and the entropy excess that leak alone
+        would cause if spread evenly — ε spread over the m revealed values, 1 − ε evenly over the n possible ones:
+        ΔH = h₂(ε) + ε·log₂(m/n), with h₂ the binary entropy."""
+        batch = self.batch("bijection", 2000)
+        with torch.no_grad():
+            q = F.softmax(self.model("bijection", seed)(batch.tokens)[:, batch.positions].double(), dim=-1)  # (B, P, V)
+        p = batch.posterior.double()
+        leaked = (q * (p == 0)).sum(-1).mean(0)                                       # (P,)
+        n = (p > 0).sum(-1)[0].double()                                               # (P,) values still possible
+        m = p.shape[-1] - n                                                           # (P,) values revealed
+        eps = leaked.clamp(min=1e-12)
+        h2 = -(eps * torch.log2(eps) + (1 - eps) * torch.log2(1 - eps))
+        predicted = torch.where(m > 0, h2 + eps * torch.log2(m.clamp(min=1) / n), torch.zeros_like(eps))
+        excess = (entropy_bits(q) - entropy_bits(p)).mean(0)                          # (P,) signed
+        return pd.DataFrame({"position": range(1, len(n) + 1), "values_revealed": m.long().numpy(),
+                             "leaked_mass": leaked.numpy(), "entropy_excess": excess.numpy(),
+                             "excess_from_leak": predicted.numpy()})
+
     # --- geometry -----------------------------------------------------------------------------------------------
     @_memo
     def key_orthogonality(self) -> pd.DataFrame:
