@@ -30,7 +30,7 @@ from ..train import TrainSpec, step_generator
 from .registry import Experiment, RunContext, StoredRuns, register
 
 BATCH_SIZES = (4, 8, 16, 32)
-LRS = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)   # factor 2 apart; a pilot put batch 8's best near 5e-3
+LRS = (2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2)   # factor 2 apart; a pilot put batch 8's best near 5e-3
 
 
 @dataclass(frozen=True)
@@ -41,13 +41,13 @@ class BatchLRConfig:
     batch_size: int = 8
     lrs: tuple[float, ...] = LRS    # "noise": the first is the LR of the run along which it is measured
     seeds: tuple[int, ...] = (0, 1)
-    examples: int = 1024            # training sequences per run, equal for every batch size
+    examples: int = 512             # training sequences per run, equal for every batch size
     seq_len: int = 64
     warmup_fraction: float = 0.05
     eval_points: int = 4            # evals per run besides step 0
     eval_windows: int = 48
     source_chars: int = 400_000
-    noise_steps: tuple[int, ...] = (0, 16, 64, 128)        # "noise": checkpoints where it is measured
+    noise_steps: tuple[int, ...] = (0, 16, 32, 64)         # "noise": checkpoints where it is measured
     noise_examples: int = 128                              # "noise": per-example gradients per measurement
 
 
