@@ -18,8 +18,8 @@ import torch
 
 from ..models.lab_lm import build_lab_lm, lab_lm_config, lm_loss, mean_loss
 from ..store import RunResult
-from ..tasks.corpus import (EOS, VAL_FRACTION, encode, eval_windows, lm_batch_fn, pydoc_text, split_ids,
-                            stdlib_docstrings, train_tokenizer)
+from ..tasks.corpus import (EOS, VAL_FRACTION, encode, eval_windows, lm_batch_fn, ngram_cross_entropy,
+                            ngram_entropy, pydoc_text, split_ids, stdlib_docstrings, train_tokenizer)
 from ..train import TrainSpec, train
 from .registry import Experiment, RunContext, register
 
@@ -200,3 +200,36 @@ def sweep_measurements(table: pd.DataFrame) -> dict:
         "spike_largest_lr": float(by_lr.spike.iloc[-1]),
         "nonfinite_runs": int(table.nonfinite_at_step.notna().sum()),
     }
+
+
+# ---- the sweep corpus's n-gram yardsticks (the same token units as the sweep's losses) ----
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    vocab_size: int = 1024
+    docstrings: bool = True
+
+
+def run_reference(config: CorpusConfig, ctx: RunContext) -> RunResult:
+    """Unigram and bigram entropies (plug-in, on the training split) and held-out n-gram losses of the
+    sweep's corpus: the levels a frequency-only or previous-token-only model would sit at."""
+    train_ids, val_ids = _corpus(config.vocab_size, config.docstrings)
+    v = config.vocab_size
+    return RunResult(summary={"uniform_loss": math.log(v), "unigram_entropy": ngram_entropy(train_ids, 1),
+                              "bigram_entropy": ngram_entropy(train_ids, 2),
+                              "unigram_heldout": ngram_cross_entropy(train_ids, val_ids, 1, v),
+                              "bigram_heldout": ngram_cross_entropy(train_ids, val_ids, 2, v)})
+
+
+register(Experiment(
+    name="lr_sweep_corpus",
+    title="N-gram yardsticks of the learning-rate sweep's corpus",
+    track="Training dynamics",
+    page="experiments/learning-rate.qmd",
+    version=1,
+    config_type=CorpusConfig,
+    scales={"smoke": {"reference": CorpusConfig(vocab_size=300, docstrings=False)},
+            "cpu": {"reference": CorpusConfig()}},
+    run=run_reference,
+    description="Unigram and bigram entropies of the sweep's tokens (reference lines for the sweep page).",
+))
