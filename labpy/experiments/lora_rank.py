@@ -160,24 +160,31 @@ def config_frames(runs: StoredRuns) -> tuple[pd.DataFrame, pd.DataFrame]:
     return fixed, varying
 
 
+def top_directions(delta: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-k left singular vectors (d_out, k) of an update: the output directions it writes most to."""
+    return torch.linalg.svd(delta.double(), full_matrices=False).U[:, :k]
+
+
 def subspace_overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
     """How much the top-k output directions of two updates coincide: ‖U_aᵀ U_b‖²_F / k over their top-k left
     singular vectors (Hu et al. 2021, fig. 3, in this form). 1: the same subspace; 0: orthogonal; k/d for
     random subspaces of a d-dimensional space."""
-    ua = torch.linalg.svd(a.double(), full_matrices=False).U[:, :k]     # (d_out, k)
-    ub = torch.linalg.svd(b.double(), full_matrices=False).U[:, :k]
-    return float((ua.T @ ub).pow(2).sum() / k)
+    return _overlap(top_directions(a, k), top_directions(b, k))
+
+
+def _overlap(ua: torch.Tensor, ub: torch.Tensor) -> float:
+    return float((ua.T @ ub).pow(2).sum() / ua.shape[1])
 
 
 def overlap_table(runs: StoredRuns, reference: str, others: list[str], ks=(1, 2, 4, 8)) -> pd.DataFrame:
     """Subspace overlap of each run's ΔW with `reference`'s, per module and k, plus the random baseline k/d."""
-    ref = stored_deltas(runs[reference])
+    top = max(ks)
+    ref = {name: top_directions(d, top) for name, d in stored_deltas(runs[reference]).items()}
     rows = []
     for label in others:
-        deltas = stored_deltas(runs[label])
-        for name, delta in deltas.items():
+        for name, delta in stored_deltas(runs[label]).items():
             layer, proj = module_kind(name)
-            for k in ks:
-                rows.append({"run": label, "module": name, "layer": layer, "proj": proj, "k": k,
-                             "overlap": subspace_overlap(ref[name], delta, k), "random": k / delta.shape[0]})
+            u = top_directions(delta, top)
+            rows += [{"run": label, "module": name, "layer": layer, "proj": proj, "k": k,
+                      "overlap": _overlap(ref[name][:, :k], u[:, :k]), "random": k / delta.shape[0]} for k in ks]
     return pd.DataFrame(rows)
