@@ -268,3 +268,12 @@ def test_nonfinite_step_reads_the_training_loops_error():
     with pytest.raises(FloatingPointError) as err:
         train(model, batch_fn, lambda m, b: loss_fn(m, b) * float("nan"), TrainSpec(steps=5, lr=1e-2))
     assert nonfinite_step(err.value) == 1.0
+
+
+def test_sweep_corpus_yardsticks_smoke(tmp_store):
+    from labpy.experiments import results
+
+    s = results("lr_sweep_corpus", scale="smoke")["reference"].summary
+    assert s["uniform_loss"] == pytest.approx(math.log(300))
+    assert s["bigram_entropy"] < s["unigram_entropy"] < s["uniform_loss"]
+    assert s["unigram_heldout"] > s["unigram_entropy"] - 0.1 and s["bigram_heldout"] > s["bigram_entropy"]
