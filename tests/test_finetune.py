@@ -285,3 +285,13 @@ def test_subspace_overlap_known_cases():
     randoms = [lora_rank.subspace_overlap(torch.randn(64, 64, generator=g), torch.randn(64, 64, generator=g), 4)
                for _ in range(50)]
     assert sum(randoms) / 50 == pytest.approx(4 / 64, rel=0.3)
+
+
+def test_examples_to_reach_interpolates_and_mccandlish_ratio():
+    import pandas as pd
+
+    curve = pd.DataFrame({"step": [0, 10, 20], "loss_source": [5.0, 4.0, 3.0]})
+    assert batch_lr.examples_to_reach(curve, 4, 3.5) == pytest.approx(15 * 4)
+    assert math.isnan(batch_lr.examples_to_reach(curve, 4, 2.0))
+    assert batch_lr.mccandlish_examples_ratio(4, 32, 28) == pytest.approx((1 + 32 / 28) / (1 + 4 / 28))
+    assert batch_lr.mccandlish_examples_ratio(4, 32, 1e12) == pytest.approx(1.0)     # far below B_noise: free

@@ -256,3 +256,20 @@ def fitted_best_lr(grid: pd.DataFrame, metric: str = "final_source") -> pd.DataF
                 lr = math.exp(-b / (2 * a))
         rows.append({"batch_size": batch, "best_lr": lr, "at_edge": at_edge, metric: float(mean.iloc[i])})
     return pd.DataFrame(rows)
+
+
+def examples_to_reach(curve: pd.DataFrame, batch_size: int, target: float, column: str = "loss_source") -> float:
+    """Training examples a run needed to first reach `target` held-out loss, interpolating linearly between
+    evals (`curve`: step and loss, one run or a seed mean); NaN if it never got there."""
+    steps, loss = curve.step.to_numpy(dtype=float), curve[column].to_numpy(dtype=float)
+    for i in range(1, len(loss)):
+        if loss[i] <= target:
+            t = (loss[i - 1] - target) / (loss[i - 1] - loss[i]) if loss[i - 1] != loss[i] else 1.0
+            return float((steps[i - 1] + t * (steps[i] - steps[i - 1])) * batch_size)
+    return math.nan
+
+
+def mccandlish_examples_ratio(b_small: float, b_big: float, b_noise: float) -> float:
+    """E(b_big)/E(b_small) from E(B) = E_min (1 + B/B_noise): how many more examples the big batch needs for
+    the same loss (McCandlish et al. 2018, eq. 2.11)."""
+    return (1 + b_big / b_noise) / (1 + b_small / b_noise)
