@@ -83,7 +83,8 @@ def test_committed_store_entries_are_complete(root):
         for name in ("meta.json", "summary.json", "provenance.json"):
             json.loads((entry.path / name).read_text())
         assert entry.provenance["device"] and entry.provenance["git_commit"]
-        assert entry.table_names()
+        assert "+dirty" not in entry.provenance["git_commit"], f"{entry} was made by uncommitted code"
+        assert entry.table_names() or entry.summary, f"{entry} stores neither tables nor a summary"
     assert store.total_size_bytes() < 40 * 2**20, "the committed store is over its budget (tens of MB)"
 
 

@@ -192,13 +192,15 @@ class WindTunnelReport:
 
     # --- ablations ---------------------------------------------------------------------------------------------
     @_memo
-    def ablations(self, task: str, seed: int = 0, length: int | None = None) -> pd.DataFrame:
-        """Error with nothing removed, each head zeroed, each block bypassed (and, for the HMM, the attention of
-        the top two layers removed), on the same sequences."""
+    def ablations(self, task: str, seed: int = 0, length: int | None = None, heads: bool = True) -> pd.DataFrame:
+        """Error with nothing removed, each head zeroed (if `heads`), each block bypassed, and the attention of
+        the top two layers removed, on the same sequences."""
         config, model = self.config(task), self.model(task, seed)
         batch = self.batch(task, length=length)
         cases: list[tuple[str, int | None, int | None, list]] = [("none", None, None, [])]
-        cases += [("head", l, h, geo.ablation_hooks(head=(l, h))) for l in range(config.n_layers) for h in range(config.n_heads)]
+        if heads:
+            cases += [("head", l, h, geo.ablation_hooks(head=(l, h)))
+                      for l in range(config.n_layers) for h in range(config.n_heads)]
         cases += [("layer", l, None, geo.ablation_hooks(layer=l)) for l in range(config.n_layers)]
         top_two = list(range(config.n_layers - 2, config.n_layers))
         cases.append(("top-2 attention", None, None, geo.ablation_hooks(attention_layers=top_two)))
@@ -299,7 +301,7 @@ def measurements(rep: WindTunnelReport) -> dict[str, float | str]:
     out["layer_ablation_weakest"] = f"block {int(layers.loc[layers.kl.idxmin()].layer)}"
 
     for k, label in ((config.hmm_length, "train"), (config.test_length, "test")):
-        table = rep.ablations("hmm", length=k)
+        table = rep.ablations("hmm", length=k, heads=False)
         out[f"hmm_top2_kl_{label}"] = float(table[table.ablation == "top-2 attention"].kl.iloc[0])
 
     dis = rep.dissociation()
