@@ -207,7 +207,7 @@ def scale_configs(base: BatchLRConfig, batch_sizes=BATCH_SIZES, noise_lr: float 
 register(Experiment(
     name="batch_lr",
     title="Batch size × learning rate for LoRA fine-tuning, and the gradient noise scale",
-    track="Training dynamics",
+    track="Fine-tuning",
     page="experiments/batch-size.qmd",
     version=1,
     config_type=BatchLRConfig,

@@ -42,7 +42,7 @@ def forgetting_configs(base: FinetuneConfig, lora_lrs=LORA_LRS, full_lrs=FULL_LR
 register(Experiment(
     name="forgetting",
     title="Catastrophic forgetting of pydoc while fine-tuning the lab LM on source code",
-    track="Training dynamics",
+    track="Fine-tuning",
     page="experiments/forgetting.qmd",
     version=1,
     config_type=FinetuneConfig,

@@ -84,7 +84,7 @@ def rank_configs(base: FinetuneConfig, ranks=RANKS, lora_lrs=LORA_LRS, full_lrs=
 register(Experiment(
     name="lora_rank",
     title="LoRA rank vs full fine-tuning of the lab LM on stdlib source code",
-    track="Training dynamics",
+    track="Fine-tuning",
     page="experiments/lora-rank.qmd",
     version=1,
     config_type=FinetuneConfig,

@@ -257,7 +257,7 @@ SMOKE = MemoryModelConfig(hidden=64, layers=2, heads=4, kv_heads=2, intermediate
 register(Experiment(
     name="memory_model",
     title="A memory model of fine-tuning, checked on the CPU, extrapolated to Qwen2.5-7B on 16 GB",
-    track="Training dynamics (Track A)",
+    track="Fine-tuning",
     page="experiments/memory-model.qmd",
     version=1,
     config_type=MemoryModelConfig,

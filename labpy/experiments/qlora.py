@@ -183,7 +183,7 @@ def _configs(**kw) -> dict[str, QLoRAConfig]:
 register(Experiment(
     name="qlora",
     title="QLoRA: fine-tuning the lab LM with an fp32, 8-bit and 4-bit (nf4) base",
-    track="Training dynamics (Track A)",
+    track="Fine-tuning",
     page="experiments/qlora.qmd",
     version=1,
     config_type=QLoRAConfig,
