@@ -158,11 +158,12 @@ def make_trainable(model: torch.nn.Module, rank: int, alpha: float = 0.0,
     return add_lora(model, rank, alpha or None, targets=targets)
 
 
-def load_base(name: str) -> tuple[torch.nn.Module, object]:
-    """The base model (fp32, sdpa attention: faster, and no attention maps are needed) and its tokenizer."""
+def load_base(name: str, quant: str | None = None) -> tuple[torch.nn.Module, object]:
+    """A fresh base model (fp32 or `quant`; sdpa attention: faster, and no attention maps are needed) and its
+    tokenizer."""
     from .models.lm import load_lm
 
-    return load_lm(name, attn_implementation="sdpa")
+    return load_lm(name, quant, attn_implementation="sdpa")
 
 
 def prepare_model(config: FinetuneConfig) -> tuple[torch.nn.Module, object]:

@@ -97,6 +97,18 @@ def bar_chart(data: pd.DataFrame, x: str, y: str, color: str | None = None, titl
     return alt.Chart(data, title=title).mark_bar().encode(**enc).properties(width=width, height=height)
 
 
+def scatter_chart(data: pd.DataFrame, x: str, y: str, color: str, title: str = "", color_title: str | None = None,
+                  tooltip: Sequence[str] = (), max_points: int = 1500, width: int = 300, height: int = 260) -> alt.Chart:
+    """Points coloured by a quantity (e.g. PCA of representations by posterior entropy); at most `max_points`
+    points, sampled reproducibly, because charts embed their data in the page."""
+    sample = data.sample(min(len(data), max_points), random_state=0)
+    return alt.Chart(sample, title=title).mark_circle(size=14).encode(
+        x=f"{x}:Q", y=f"{y}:Q",
+        color=alt.Color(f"{color}:Q", scale=alt.Scale(scheme="viridis"), title=color_title or color),
+        tooltip=[*tooltip, alt.Tooltip(f"{color}:Q", format=".2f")],
+    ).properties(width=width, height=height)
+
+
 def thin(frame: pd.DataFrame, max_points: int = 600, by: str | None = None) -> pd.DataFrame:
     """Keep at most `max_points` evenly spaced rows (per `by` group): charts embed their data in the page."""
     def pick(group: pd.DataFrame) -> pd.DataFrame:

@@ -210,3 +210,9 @@ def test_hmm_encoding_lays_out_header_then_observations():
     assert tokens.max() < hmm.vocab_size(task) == 14
     with pytest.raises(ValueError, match="grid=None"):
         hmm.encode(hmm.HMMTask(), batch)
+
+
+def test_uniform_baseline_matches_the_papers_per_position_mlp_figure():
+    # the reference: a context-blind uniform predictor scores exactly 1.107 bits at V = 20
+    assert bijection.uniform_entropy_mae(20) == pytest.approx(1.107, abs=5e-4)
+    assert bijection.uniform_entropy_mae(2) == 0.0          # one pair shown: its value is uniform over 2 anyway

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ..finetune import finetune, lm_loss, loss_summary
+from ..finetune import finetune, lm_loss, load_base, loss_summary
 from ..store import RunResult
 from ..train import TrainSpec
 from .registry import Experiment, RunContext, register
@@ -58,12 +58,6 @@ def base_entry_key(base: str) -> str:
 
     kind, path = resolve(base)
     return json.loads((path / READY_MARKER).read_text())["key"] if kind == "lab" else base
-
-
-def load_base(config: QLoRAConfig, quant: str | None):
-    from ..models.lm import load_lm
-
-    return load_lm(config.base, quant, attn_implementation="sdpa")   # sdpa: faster; no attention maps needed
 
 
 def dequantized_weight(module: torch.nn.Module) -> torch.Tensor | None:
@@ -106,7 +100,7 @@ def _data(config: QLoRAConfig, tokenizer):
 def _lora_model(config: QLoRAConfig, quant: str | None):
     from ..models.lora import add_lora
 
-    model, tokenizer = load_base(config, quant)      # always a fresh load: never train a model that evaluated
+    model, tokenizer = load_base(config.base, quant)      # always a fresh load: never train a model that evaluated
     torch.manual_seed(config.seed)                   # the same LoRA initialisation for every base
     return add_lora(model, config.rank), tokenizer
 
@@ -115,9 +109,9 @@ def run_training(config: QLoRAConfig, ctx: RunContext) -> RunResult:
     from ..memory import resident_model_bytes
 
     quant = config.quant_arg()
-    base, tokenizer = load_base(config, quant)
+    base, tokenizer = load_base(config.base, quant)
     footprint, resident = base.get_memory_footprint(), resident_model_bytes(base)
-    errors = quantization_error(base, load_base(config, None)[0]) if quant else pd.DataFrame()
+    errors = quantization_error(base, load_base(config.base)[0]) if quant else pd.DataFrame()
     del base
     model, tokenizer = _lora_model(config, quant)
     data, batch_fn = _data(config, tokenizer)

@@ -152,22 +152,11 @@ def loss_on(config: WindTunnelConfig, model: torch.nn.Module, batch: TunnelBatch
     return -(batch.posterior * log_q).sum(-1).mean()                               # soft cross-entropy
 
 
-@torch.no_grad()
-def position_errors(model: torch.nn.Module, batch: TunnelBatch, chunk: int = 500) -> pd.DataFrame:
-    """Per prediction position: Bayes and model entropy (bits), entropy error both ways, KL(p‖q) in bits."""
-    was_training = model.training
-    model.eval()
-    h_model, h_bayes, kls = [], [], []
-    for start in range(0, batch.tokens.shape[0], chunk):
-        part = TunnelBatch(batch.tokens[start:start + chunk], batch.positions,
-                           batch.posterior[start:start + chunk], batch.labels[start:start + chunk])
-        q = F.softmax(predict_logits(model, part).double(), dim=-1)               # (b, P, C)
-        p = part.posterior.double()
-        h_model.append(entropy_bits(q))
-        h_bayes.append(entropy_bits(p))
-        kls.append(kl_bits(p, q))
-    model.train(was_training)
-    hq, hp, kl = torch.cat(h_model), torch.cat(h_bayes), torch.cat(kls)           # (N, P) each
+def errors_by_position(q: torch.Tensor, p: torch.Tensor) -> pd.DataFrame:
+    """Model q and exact posterior p, (N, P, C) -> per position: Bayes and model entropy (bits), the entropy
+    error both ways (means before |·|, and per sample), and KL(p‖q) in bits."""
+    q, p = q.double(), p.double()
+    hq, hp, kl = entropy_bits(q), entropy_bits(p), kl_bits(p, q)                   # (N, P) each
     return pd.DataFrame({
         "position": torch.arange(1, hq.shape[1] + 1).numpy(),
         "bayes_entropy": hp.mean(0).numpy(), "model_entropy": hq.mean(0).numpy(),
@@ -175,6 +164,19 @@ def position_errors(model: torch.nn.Module, batch: TunnelBatch, chunk: int = 500
         "entropy_error_per_sample": (hq - hp).abs().mean(0).numpy(),
         "kl": kl.mean(0).numpy(),
     })
+
+
+@torch.no_grad()
+def position_errors(model: torch.nn.Module, batch: TunnelBatch, chunk: int = 500) -> pd.DataFrame:
+    """`errors_by_position` of a model on a batch, evaluated in chunks to bound memory."""
+    was_training = model.training
+    model.eval()
+    q = torch.cat([F.softmax(predict_logits(model, TunnelBatch(batch.tokens[i:i + chunk], batch.positions,
+                                                                batch.posterior[i:i + chunk],
+                                                                batch.labels[i:i + chunk])).double(), dim=-1)
+                   for i in range(0, batch.tokens.shape[0], chunk)])                 # (N, P, C)
+    model.train(was_training)
+    return errors_by_position(q, batch.posterior)
 
 
 def eval_batch(config: WindTunnelConfig, n: int | None = None, length: int | None = None) -> TunnelBatch:

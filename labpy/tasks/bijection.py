@@ -12,6 +12,7 @@ The model predicts v_t at the position of k_t, i.e. token index 2(t-1).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,3 +75,9 @@ def bayes_entropy_bits(vocab: int) -> torch.Tensor:
 def prediction_positions(n_pairs: int) -> torch.Tensor:
     """Token indices where v_t is predicted (the k_t positions): 0, 2, ..., 2(L-1). Shape (L,)."""
     return torch.arange(0, 2 * n_pairs, 2)
+
+
+def uniform_entropy_mae(vocab: int) -> float:
+    """Entropy MAE of a predictor that ignores the context ("uniform over all V values"): the mean over t of
+    log2 V − log2(V − t + 1). Any baseline that reads the context should beat it."""
+    return float((math.log2(vocab) - bayes_entropy_bits(vocab).double()).mean())
