@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
+from .device import lab_device, model_device, to_device
 from .models.lab_lm import lm_loss, mean_loss
 from .train import TrainLog, TrainSpec, train
+from .validation import check_ranges, one_of, require
 
 
 def make_eval_fn(eval_sets: Mapping[str, torch.Tensor], batch_size: int = 16
@@ -29,7 +31,9 @@ def make_eval_fn(eval_sets: Mapping[str, torch.Tensor], batch_size: int = 16
     bitsandbytes' in-place CPU repacking (the eval-then-train trap).
     """
     def eval_fn(model: torch.nn.Module) -> dict[str, float]:
-        return {f"loss_{name}": mean_loss(model, windows, batch_size) for name, windows in eval_sets.items()}
+        device = model_device(model)                       # windows already there are not copied
+        return {f"loss_{name}": mean_loss(model, windows.to(device), batch_size)
+                for name, windows in eval_sets.items()}
 
     return eval_fn
 
@@ -50,8 +54,10 @@ def finetune(model: torch.nn.Module, batch_fn: Callable[[int], torch.Tensor], sp
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("no parameter of the model requires grad: add LoRA adapters or unfreeze the model")
     torch.manual_seed(spec.seed)   # LoRA dropout, if any, is then reproducible
+    device = lab_device()
+    eval_sets = to_device(dict(eval_sets), device)   # once, not at every eval
     return train(model, batch_fn, lm_loss, spec, eval_fn=make_eval_fn(eval_sets, eval_batch_size),
-                 work_dir=work_dir, progress=progress, desc=desc)
+                 work_dir=work_dir, progress=progress, desc=desc, device=device)
 
 
 def mixed_batch_fn(primary: Callable[[int], torch.Tensor], replay: Callable[[int], torch.Tensor],
@@ -78,8 +84,8 @@ def lora_factors(model: torch.nn.Module, adapter: str = "default") -> dict[str, 
     out = {}
     for name, module in model.named_modules():
         if hasattr(module, "lora_A") and adapter in getattr(module, "lora_A", {}):
-            out[_base_name(name)] = {"A": module.lora_A[adapter].weight.detach().clone(),
-                                     "B": module.lora_B[adapter].weight.detach().clone(),
+            out[_base_name(name)] = {"A": module.lora_A[adapter].weight.detach().to("cpu", copy=True),
+                                     "B": module.lora_B[adapter].weight.detach().to("cpu", copy=True),
                                      "scale": torch.tensor(float(module.scaling[adapter]))}
     if not out:
         raise ValueError(f"the model has no LoRA adapter {adapter!r}; add one with labpy.models.lora.add_lora")
@@ -130,6 +136,17 @@ class FinetuneConfig:
     source_chars: int = 400_000
     seed: int = 0                  # LoRA initialisation and batch order
 
+    def __post_init__(self) -> None:
+        check_ranges(self, nonneg_int=("rank", "warmup_steps", "replay_rows", "seed"), nonneg=("alpha",),
+                     positive=("lr",), positive_int=("steps", "batch_size", "seq_len", "eval_every", "eval_windows",
+                                                     "source_chars"),
+                     rules={"schedule": one_of("constant", "cosine")})
+        require(self, self.replay_rows <= self.batch_size, "replay_rows",
+                f"is out of range; replayed rows replace rows of a batch, so it must be <= batch_size = "
+                f"{self.batch_size}")
+        require(self, self.rank == 0 or len(self.targets) > 0, "targets",
+                "is out of range; LoRA (rank > 0) needs at least one target module, e.g. --set targets=q_proj,v_proj")
+
 
 @dataclass
 class FinetuneOutcome:
@@ -141,7 +158,8 @@ class FinetuneOutcome:
 
 def target_weights(model: torch.nn.Module, targets: Sequence[str]) -> dict[str, torch.Tensor]:
     """Copies of the weight matrices of the target linear layers, keyed by module name."""
-    return {_base_name(name): module.weight.detach().float().clone() for name, module in model.named_modules()
+    return {_base_name(name): module.weight.detach().to("cpu", torch.float32, copy=True)
+            for name, module in model.named_modules()
             if name.rsplit(".", 1)[-1] in targets and isinstance(module, torch.nn.Linear)}
 
 
@@ -160,10 +178,13 @@ def make_trainable(model: torch.nn.Module, rank: int, alpha: float = 0.0,
 
 def load_base(name: str, quant: str | None = None) -> tuple[torch.nn.Module, object]:
     """A fresh base model (fp32 or `quant`; sdpa attention: faster, and no attention maps are needed) and its
-    tokenizer."""
+    tokenizer, on the lab's device: loaded straight onto a GPU (`device_map`), where bitsandbytes quantizes
+    it; on the CPU as before (bitsandbytes' CPU kernels)."""
     from .models.lm import load_lm
 
-    return load_lm(name, quant, attn_implementation="sdpa")
+    device = lab_device()
+    placement = {"device_map": {"": str(device)}} if device.type != "cpu" else {}
+    return load_lm(name, quant, attn_implementation="sdpa", **placement)
 
 
 def prepare_model(config: FinetuneConfig) -> tuple[torch.nn.Module, object]:

@@ -4,7 +4,7 @@ Rules followed (see Quarto's `src/resources/jupyter/notebook.py`): only ```{pyth
 `#|` options merge project `execute:` -> front matter `execute:` -> cell; `eval: false` cells never run,
 `error: true` cells may raise; a fresh kernel per page with the page's folder as working directory; inline
 `` `{python} expr` `` evaluated after the cells in the same kernel. Pages run with the run store read-only, so
-a page that needs a missing run fails instead of training. Optionally exports an HTML preview (nbconvert).
+a page that needs a missing run fails instead of training. The site itself is built by the real Quarto.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,8 +29,7 @@ from .store import READONLY_ENV
 
 INLINE = re.compile(r"`\{python\}\s+([^`]+?)`")
 OPTION_LINE = re.compile(r"^#\|\s?(.*)$")
-PREVIEW_DIR = "_preview"
-SKIP_DIRS = {"_site", "_freeze", PREVIEW_DIR, ".venv", ".quarto", "runs", "node_modules"}
+SKIP_DIRS = {"_site", "_site_build", "_freeze", ".venv", ".quarto", ".quarto-cli", "runs", "node_modules"}
 
 
 @dataclass
@@ -166,76 +164,19 @@ def execute_page(path: Path, root: Path | None = None, read_only: bool = True, t
     return PageRun(path, seconds, nb, values, error)
 
 
-FENCED_DIV_OPEN = re.compile(r"^:::+\s*\{[^}]*\}\s*$", re.M)
-FENCED_DIV_CLOSE = re.compile(r"^\s*:::+\s*$", re.M)
-TABLE_CAPTION = re.compile(r"^: (.*?)\s*\{[^}]*\}\s*$", re.M)
-HEADING_ID = re.compile(r"^(#+ .*?)\s*\{#([\w-]+)\}\s*$", re.M)
-
-
-def pandoc_to_plain_markdown(text: str) -> str:
-    """Quarto's Pandoc syntax (callout fenced divs, table captions) as plain Markdown nbconvert can show."""
-    text = FENCED_DIV_OPEN.sub("\n<hr>\n", text)
-    text = FENCED_DIV_CLOSE.sub("\n<hr>\n", text)
-    text = HEADING_ID.sub(lambda m: f'<a id="{m.group(2)}"></a>\n\n{m.group(1)}', text)
-    return TABLE_CAPTION.sub(lambda m: f"*{m.group(1)}*", text)
-
-
-def export_preview(run: PageRun, root: Path | None = None, out_dir: Path | None = None) -> Path:
-    """Write the executed page as HTML under `_preview/`, mirroring the site's layout so relative links work."""
-    from nbconvert import HTMLExporter
-    from nbconvert.preprocessors import TagRemovePreprocessor
-
-    root = root or project_root()
-    out_dir = out_dir or root / PREVIEW_DIR
-    nb = nbformat.from_dict(json.loads(json.dumps(run.notebook)))
-    front = nb.metadata.get("front_matter", {})
-    cells = []
-    for cell in nb.cells:
-        if cell.cell_type == "raw":
-            continue
-        if cell.cell_type == "markdown":
-            cell.source = INLINE.sub(lambda m: run.inline_values.get(m.group(1), m.group(0)), cell.source)
-            cell.source = pandoc_to_plain_markdown(cell.source)
-        cells.append(cell)
-    for cell in cells:
-        for output in cell.get("outputs", []):
-            if "text/markdown" in output.get("data", {}):
-                output["data"]["text/markdown"] = pandoc_to_plain_markdown(output["data"]["text/markdown"])
-    header = f"# {front.get('title', run.path.stem)}"
-    if front.get("subtitle"):
-        header += f"\n\n*{front['subtitle']}*"
-    nb.cells = [nbformat.v4.new_markdown_cell(header), *cells]
-    exporter = HTMLExporter(template_name="lab")
-    remover = TagRemovePreprocessor(remove_cell_tags={"remove_cell"}, remove_input_tags={"remove_input"},
-                                    remove_all_outputs_tags={"remove_output"}, enabled=True)
-    exporter.register_preprocessor(remover, enabled=True)
-    html, _ = exporter.from_notebook_node(nb)
-    html = re.sub(r'href="([^"#:]+)\.qmd(#[^"]*)?"', lambda m: f'href="{m.group(1)}.html{m.group(2) or ""}"', html)
-    target = out_dir / run.path.relative_to(root).with_suffix(".html")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(html)
-    shutil.copytree(root / "assets", out_dir / "assets", dirs_exist_ok=True)
-    return target
-
-
-def execute_all_pages(preview: bool = False, pattern: str | None = None, root: Path | None = None,
+def execute_all_pages(pattern: str | None = None, root: Path | None = None,
                       exclude: tuple[str, ...] = ()) -> list[PageRun]:
-    """Execute every page (a line each, with its time, on the terminal), write `_preview/page_times.json`."""
+    """Execute every page (a line each, with its time, on the terminal): a quick check while editing; the
+    site itself is built by the real `quarto render` (scripts/render.sh)."""
     root = root or project_root()
-    runs, times = [], {}
+    runs = []
     for page in list_pages(root):
         rel = page.relative_to(root).as_posix()
         if (pattern and pattern not in rel) or rel in exclude:
             continue
         run = execute_page(page, root)
         runs.append(run)
-        times[rel] = round(run.seconds, 2)
         print(f"{'ok  ' if run.ok else 'FAIL'} {run.seconds:6.1f} s  {rel}", flush=True)
         if not run.ok:
             print(run.error[-3000:])
-        elif preview:
-            export_preview(run, root)
-    out = root / PREVIEW_DIR
-    out.mkdir(exist_ok=True)
-    (out / "page_times.json").write_text(json.dumps(times, indent=1))
     return runs

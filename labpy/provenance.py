@@ -14,19 +14,16 @@ from typing import Any
 
 import torch
 
+from .device import describe, lab_device
 from .paths import project_root
 
 _PACKAGES = ("labpy", "torch", "transformer-lens", "transformers", "peft", "bitsandbytes")
 
 
-def device_description() -> str:
-    """A human label for where the computation ran, e.g. 'cpu (2 cores, 1 torch thread)' or a GPU's name."""
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)}"
-    import os
-
-    threads = torch.get_num_threads()
-    return f"cpu ({os.cpu_count()} cores, {threads} torch thread{'s' if threads > 1 else ''})"
+def device_description(device: torch.device | str | None = None) -> str:
+    """A human label for where the computation ran: the device policy's choice (`labpy.device.lab_device()`)
+    unless `device` names another, e.g. 'cpu (2 cores, 1 torch thread)' or 'cuda:0: NVIDIA H200'."""
+    return describe(lab_device() if device is None else torch.device(device))
 
 
 def package_versions() -> dict[str, str]:
@@ -78,10 +75,12 @@ def git_commit(files: Iterable[Path] | None = None) -> str:
         return "unknown"
 
 
-def collect(seed: int | None, wall_time_s: float, started: dt.datetime, scale: str, commit: str) -> dict[str, Any]:
-    """`commit` is taken when the run starts: edits made while it trains do not describe the code that ran."""
+def collect(seed: int | None, wall_time_s: float, started: dt.datetime, scale: str, commit: str,
+            device: torch.device | str | None = None) -> dict[str, Any]:
+    """`commit` is taken when the run starts: edits made while it trains do not describe the code that ran.
+    `device`: where the run trained and evaluated (default: the device policy's choice now)."""
     return {
-        "device": device_description(),
+        "device": device_description(device),
         "scale": scale,
         "seed": seed,
         "wall_time_s": round(wall_time_s, 2),

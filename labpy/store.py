@@ -3,6 +3,7 @@
 Layout of an entry, `runs/<experiment>/<label>-<hash>/`:
 
     meta.json           experiment, label, scale, version, key, config
+    manifest.json       sha256, size and (for tables) row count of every other file, and the config's hash
     summary.json        headline numbers of the run
     provenance.json     device, versions, git commit, seed, wall time
     tables/<name>.csv   metrics (step-indexed curves, per-head scores, ...)
@@ -10,6 +11,10 @@ Layout of an entry, `runs/<experiment>/<label>-<hash>/`:
 
 An entry is built in a hidden sibling folder and renamed into place, so a killed run never leaves half an
 entry. Resumable state of an unfinished run lives apart, in `runs/.work/` (ignored by git).
+
+Reads verify the manifest before handing an entry out (`RunStore.get`): a truncated table, an edited config
+or a swapped checkpoint raises `DamagedEntryError` naming the entry and the `lab run ... --force` that
+re-creates it, so a page can never show numbers from a damaged entry.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
@@ -29,11 +35,19 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import MissingRunError, StoreReadOnlyError
+from .errors import DamagedEntryError, MissingRunError, StoreNotWritableError, StoreReadOnlyError
 from .paths import runs_dir
 
 READONLY_ENV = "LAB_STORE_READONLY"
 WORK_DIR = ".work"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+STEP_CHECKPOINT = re.compile(r"step_?(\d+)")
+
+
+def checkpoint_name(step: int) -> str:
+    """The one name of a checkpoint taken at a training step: `step_000200`."""
+    return f"step_{step:06d}"
 
 
 def is_read_only() -> bool:
@@ -45,10 +59,41 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def config_digest(config: Mapping[str, Any], version: int) -> str:
+    return hashlib.sha256(canonical_json({"config": config, "version": version}).encode()).hexdigest()
+
+
 def entry_key(label: str, config: Mapping[str, Any], version: int) -> str:
     """`<label>-<10 hex>`: changes when the config or the experiment's declared version does, not on refactors."""
-    digest = hashlib.sha256(canonical_json({"config": config, "version": version}).encode()).hexdigest()
-    return f"{label}-{digest[:10]}"
+    return f"{label}-{config_digest(config, version)[:10]}"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def csv_rows(path: Path) -> int | None:
+    """Data rows of a stored table, or None when it no longer parses (a truncated or garbled file)."""
+    try:
+        return len(pd.read_csv(path))
+    except Exception:  # noqa: BLE001 - any parse failure means "damaged", reported by the caller
+        return None
+
+
+def build_manifest(folder: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What a reader checks an entry against: every file's sha256 and size, tables' row counts, the config hash."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        rel = path.relative_to(folder).as_posix()
+        files[rel] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+        if rel.startswith("tables/") and rel.endswith(".csv"):
+            files[rel]["rows"] = csv_rows(path)
+    config_sha = config_digest(meta["config"], meta["version"]) if {"config", "version"} <= set(meta) else None
+    return {"format": MANIFEST_FORMAT, "config_sha256": config_sha, "files": files}
 
 
 @dataclass
@@ -72,9 +117,31 @@ class RunEntry:
     def __repr__(self) -> str:
         return f"RunEntry({self.experiment}/{self.key})"
 
+    @property
+    def name(self) -> str:
+        """`experiment/key`, from the folder: usable in messages even when meta.json is unreadable."""
+        return f"{self.path.parent.name}/{self.path.name}"
+
+    def fix_command(self) -> str:
+        """The command that re-creates this entry (best effort when its meta is damaged)."""
+        try:
+            meta = self._json("meta.json")
+            return f"lab run {meta['experiment']} --scale {meta['scale']} --config {meta['label']} --force"
+        except (DamagedEntryError, KeyError, TypeError):
+            return f"lab run {self.path.parent.name} --force"
+
+    def _json(self, name: str) -> Any:
+        path = self.path / name
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            fix = self.fix_command() if name != "meta.json" else f"lab run {self.path.parent.name} --force"
+            raise DamagedEntryError(f"run store entry {self.name} is damaged: {name} cannot be read ({err}); "
+                                    f"re-create it with `{fix}`") from None
+
     @cached_property
     def meta(self) -> dict[str, Any]:
-        return json.loads((self.path / "meta.json").read_text())
+        return self._json("meta.json")
 
     @property
     def experiment(self) -> str:
@@ -98,11 +165,67 @@ class RunEntry:
 
     @cached_property
     def summary(self) -> dict[str, Any]:
-        return json.loads((self.path / "summary.json").read_text())
+        return self._json("summary.json")
 
     @cached_property
     def provenance(self) -> dict[str, Any]:
-        return json.loads((self.path / "provenance.json").read_text())
+        return self._json("provenance.json")
+
+    def problems(self) -> list[str]:
+        """Every way this entry differs from its manifest (empty when it is intact)."""
+        try:
+            meta = self.meta
+            manifest = self._json(MANIFEST)
+        except DamagedEntryError as err:
+            return [str(err).split(" is damaged: ", 1)[-1].split("; re-create", 1)[0]]
+        found = []
+        if meta.get("key") != self.path.name:
+            found.append(f"meta.json names key {meta.get('key')!r} but the entry is stored as {self.path.name!r}")
+        try:
+            key = entry_key(meta["label"], meta["config"], meta["version"])
+        except KeyError as err:
+            return found + [f"meta.json lacks {err}"]
+        if key != self.path.name:
+            found.append(f"its config no longer matches its key (the config hashes to {key!r}): it was edited")
+        elif manifest.get("config_sha256") != config_digest(meta["config"], meta["version"]):
+            found.append("the manifest's config hash differs from meta.json's config")
+        listed = manifest.get("files", {})
+        present = {p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file() and p.name != MANIFEST}
+        for rel in sorted(set(listed) - present):
+            found.append(f"{rel} is missing")
+        for rel in sorted(present - set(listed)):
+            found.append(f"{rel} is not in the manifest")
+        for rel in sorted(set(listed) & present):
+            want, path = listed[rel], self.path / rel
+            if path.stat().st_size == want.get("bytes") and file_sha256(path) == want.get("sha256"):
+                continue
+            detail = ""
+            if rel.endswith(".json"):
+                try:
+                    json.loads(path.read_text())
+                except ValueError as err:
+                    detail = f" (not valid JSON: {err})"
+            if "rows" in want:
+                rows = csv_rows(path)
+                detail = f" ({'unparseable' if rows is None else f'{rows} rows'}; the manifest says {want['rows']})"
+            found.append(f"{rel} does not match its manifest{detail}")
+        return found
+
+    def file_digest(self, rel: str) -> str:
+        """The manifest's sha256 of one of the entry's files: the key of caches derived from it."""
+        files = self._json(MANIFEST).get("files", {})
+        if rel not in files:
+            raise MissingRunError(f"run {self.name} has no file {rel!r} in its manifest")
+        return files[rel]["sha256"]
+
+    def verify(self) -> RunEntry:
+        """Raise `DamagedEntryError` (one line: the entry, the first problem, the fix) unless the entry is intact."""
+        found = self.problems()
+        if found:
+            more = f" (and {len(found) - 1} more problem{'s' if len(found) > 2 else ''})" if len(found) > 1 else ""
+            raise DamagedEntryError(f"run store entry {self.name} is damaged: {found[0]}{more}; "
+                                    f"re-create it with `{self.fix_command()}`")
+        return self
 
     def table_names(self) -> list[str]:
         return sorted(p.stem for p in (self.path / "tables").glob("*.csv"))
@@ -131,6 +254,20 @@ class RunEntry:
                                   f"{', '.join(self.checkpoint_names()) or '(none)'}")
         return {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(path).items()}
 
+    def checkpoint_steps(self) -> list[int]:
+        """Training steps with a stored checkpoint, in order (`step_000200`; entries made before the naming was
+        unified also say `step000200`)."""
+        return sorted(int(m.group(1)) for name in self.checkpoint_names() if (m := STEP_CHECKPOINT.fullmatch(name)))
+
+    def step_checkpoint(self, step: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """The weights saved at `step`, whichever of the two historical names it was stored under."""
+        names = set(self.checkpoint_names())
+        for name in (checkpoint_name(step), f"step{step:06d}"):
+            if name in names:
+                return self.checkpoint(name, dtype)
+        raise MissingRunError(f"run {self.name} has no checkpoint at step {step}; it has steps "
+                              f"{', '.join(map(str, self.checkpoint_steps())) or '(none)'}")
+
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
 
@@ -148,11 +285,18 @@ class RunStore:
     def has(self, experiment: str, key: str) -> bool:
         return (self.entry_path(experiment, key) / "meta.json").is_file()
 
-    def get(self, experiment: str, key: str, produce_with: str = "") -> RunEntry:
+    def get(self, experiment: str, key: str, produce_with: str = "", verify: bool = True) -> RunEntry:
+        """The entry, verified against its manifest (once per process and entry folder state)."""
         if not self.has(experiment, key):
             hint = f"; produce it with: {produce_with}" if produce_with else ""
             raise MissingRunError(f"the run store {self.root} has no run {experiment}/{key}{hint}")
-        return RunEntry(self.entry_path(experiment, key))
+        entry = RunEntry(self.entry_path(experiment, key))
+        if verify:
+            stamp = _folder_stamp(entry.path)
+            if _VERIFIED.get(entry.path) != stamp:
+                entry.verify()
+                _VERIFIED[entry.path] = stamp
+        return entry
 
     def entries(self, experiment: str | None = None) -> Iterator[RunEntry]:
         folders = [self.root / experiment] if experiment else sorted(self.root.glob("[!.]*"))
@@ -164,17 +308,30 @@ class RunStore:
         """Scratch space for a run in progress (resume state); ignored by git, removed once the entry exists."""
         return self.root / WORK_DIR / experiment / key
 
-    def check_writable(self, what: str) -> None:
+    def check_writable(self, what: str, experiment: str | None = None) -> None:
+        """Refuse before any work starts: read-only mode, or a folder the store could not write into (a run
+        that discovers this only after training ends loses the run)."""
         if self.read_only:
             raise StoreReadOnlyError(
                 f"the run store is read-only (${READONLY_ENV} is set), so it cannot {what}; "
                 f"unset {READONLY_ENV} to train and store runs"
             )
+        for folder in ([self.root / experiment] if experiment else []) + [self.root / WORK_DIR]:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".write-probe-{uuid.uuid4().hex[:8]}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as err:
+                raise StoreNotWritableError(
+                    f"the run store cannot write into {folder} ({err.strerror or err}), so it cannot {what}; "
+                    f"make it writable or point LAB_RUNS_DIR at a writable folder"
+                ) from None
 
     def put(self, experiment: str, key: str, meta: dict[str, Any], result: RunResult,
             provenance: dict[str, Any]) -> RunEntry:
         """Write a whole entry aside, then rename it into place: readers see all of it or none of it."""
-        self.check_writable(f"store {experiment}/{key}")
+        self.check_writable(f"store {experiment}/{key}", experiment)
         final = self.entry_path(experiment, key)
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         try:
@@ -204,10 +361,24 @@ class RunStore:
                 (folder / "files" / name).write_bytes(data)
         (folder / "summary.json").write_text(json.dumps(result.summary, indent=1, sort_keys=True, default=float))
         (folder / "provenance.json").write_text(json.dumps(provenance, indent=1, sort_keys=True))
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: marks a complete entry
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+        write_manifest(folder, meta)  # last: an entry with a manifest is complete
 
     def total_size_bytes(self) -> int:
         return sum(e.size_bytes() for e in self.entries())
+
+
+def write_manifest(folder: Path, meta: Mapping[str, Any]) -> None:
+    (folder / MANIFEST).write_text(json.dumps(build_manifest(folder, meta), indent=1, sort_keys=True))
+
+
+_VERIFIED: dict[Path, tuple] = {}
+
+
+def _folder_stamp(folder: Path) -> tuple:
+    """Sizes and mtimes of an entry's files: a changed file makes `get` verify the entry again."""
+    return tuple(sorted((p.as_posix(), st.st_size, st.st_mtime_ns)
+                        for p in folder.rglob("*") if p.is_file() and (st := p.stat())))
 
 
 def _storable(state: Mapping[str, torch.Tensor], half: bool) -> dict[str, torch.Tensor]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,10 @@ from typing import Any
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+
+from .device import lab_device, to_device
+from .errors import ResumeStateError, TrainingDivergedError, TrainingInterrupted
+from .validation import NONNEG_INT, POSITIVE, check_ranges, number_between, one_of, or_none, require
 
 Batch = Any
 RESUME_FILE = "resume.pt"
@@ -44,10 +50,13 @@ class TrainSpec:
     threads: int = 1  # one torch thread: faster for small models on shared 2-core machines
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; valid choices: constant, cosine")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_ranges(self, positive_int=("steps", "eval_every", "resume_every", "threads"), positive=("lr",),
+                     nonneg_int=("warmup_steps", "seed"), nonneg=("weight_decay",),
+                     rules={"schedule": one_of("constant", "cosine"), "grad_clip": or_none(POSITIVE),
+                            "betas": number_between(0, 1, high_open=True), "checkpoint_steps": NONNEG_INT,
+                            "measure_steps": NONNEG_INT},
+                     hint=False)
+        require(self, len(self.betas) == 2, "betas", "must be a pair (beta1, beta2)", hint=False)
 
 
 def lr_at(spec: TrainSpec, step: int) -> float:
@@ -162,26 +171,70 @@ def train(
     parameters: Iterable[torch.nn.Parameter] | None = None,
     param_stats: bool = False,
     stats_fn: Callable[[StatsContext], list[dict[str, Any]]] | None = None,
+    device: torch.device | str | None = None,
 ) -> TrainLog:
     """Train `model` in place for `spec.steps` steps with AdamW; resume from `work_dir` if a run was cut off.
 
+    Device: the model is moved to `device` (default `labpy.device.lab_device()`: CUDA when present, else the
+    CPU, `LAB_DEVICE` overrides) and stays there afterwards; every batch from `batch_fn` is moved there before
+    `loss_fn` sees it, and `eval_fn` sees the model there (its own fixed tensors should live there too).
+    The log's checkpoints are CPU tensors.
     `progress=None` shows a bar only on a terminal, so pages (whose stderr is not a terminal) stay clean.
     `parameters` restricts training to a subset (e.g. LoRA adapters); default: all that require grad.
     At each measured step (every `eval_every`, the last, and `spec.measure_steps`), `param_stats=True` records
     `parameter_statistics` per parameter tensor, and `stats_fn(StatsContext)` may return rows of its own
     (e.g. per embedding row); both land in the log, with a `step` column, and survive a resume.
+
+    Errors a user can act on: a non-finite loss raises `TrainingDivergedError` (a FloatingPointError) naming
+    the step and the learning rate; an unreadable `resume.pt` raises `ResumeStateError` naming the file; Ctrl-C
+    saves the resume state (when there is a `work_dir`) and raises `TrainingInterrupted` (a KeyboardInterrupt)
+    saying which step is kept where.
     """
+    device = lab_device() if device is None else torch.device(device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
     try:
         return _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, parameters,
-                      param_stats, stats_fn)
+                      param_stats, stats_fn, device)
     finally:
         torch.set_num_threads(previous_threads)
 
 
+class _DeferredInterrupt:
+    """While an update is half applied (optimizer step, its bookkeeping, a resume save), Ctrl-C is held back
+    until the step is whole, so the state saved on interruption is always that of a completed step. A second
+    Ctrl-C while one is pending stops at once (the last periodic resume state then stands)."""
+
+    def __init__(self) -> None:
+        self.critical = False
+        self.pending = False
+        self.previous: Any = None
+
+    def handler(self, signum, frame) -> None:
+        if self.critical and not self.pending:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.previous = signal.signal(signal.SIGINT, self.handler)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+
+def _on_device(model: torch.nn.Module, device: torch.device) -> bool:
+    return all(t.device == device for t in (*model.parameters(), *model.buffers()))
+
+
 def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, parameters, param_stats,
-           stats_fn) -> TrainLog:
+           stats_fn, device) -> TrainLog:
+    if not _on_device(model, device):
+        model.to(device)   # in place: Parameter objects keep their identity, so `parameters` stays valid
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
     names = {id(p): n for n, p in model.named_parameters()}
     named = [(names.get(id(p), f"param_{i}"), p) for i, p in enumerate(params)]
@@ -195,11 +248,17 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
 
     resume_path = Path(work_dir) / RESUME_FILE if work_dir else None
     if resume_path and resume_path.is_file():
-        state = torch.load(resume_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = _load_resume(resume_path)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise ResumeStateError(
+                f"resume state {resume_path} does not fit this model ({_first_line(err)}); delete it "
+                f"(rm '{resume_path}') and run again to restart this run from step 0") from None
         step_rows, eval_rows, checkpoints, start = state["steps"], state["evals"], state["checkpoints"], state["step"]
         param_rows, custom_rows = state.get("param_stats", []), state.get("custom_stats", [])
+    kept = start if start > 0 else None   # the step whose state a resume file holds (None: nothing kept yet)
 
     def evaluate(step: int, extra: dict[str, float]) -> None:
         row: dict[str, float] = {"step": step, **extra}
@@ -213,52 +272,77 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
 
     def snapshot(step: int) -> None:
         if step in spec.checkpoint_steps:
-            checkpoints[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            checkpoints[step] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
-    if start == 0:
-        snapshot(0)
-        evaluate(0, {})
+    def save(step: int) -> None:
+        _save_resume(resume_path, model, optimizer, step_rows, eval_rows, checkpoints, step,
+                     param_stats=param_rows, custom_stats=custom_rows)
 
-    model.train()
+    guard = _DeferredInterrupt()
+    guard.install()
     bar = tqdm(total=spec.steps, initial=start, desc=desc, disable=_progress_disabled(progress),
                file=sys.stderr, dynamic_ncols=True)
-    for step in range(start, spec.steps):
-        lr = lr_at(spec, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = batch_fn(step)
-        loss = loss_fn(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = spec.grad_clip if spec.grad_clip is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
-        done = step + 1
-        measure = done % spec.eval_every == 0 or done == spec.steps or done in spec.measure_steps
-        before = [p.detach().clone() for p in params] if measure else None
-        optimizer.step()
-        loss_value = loss.item()
-        step_rows.append({"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm})
-        if not math.isfinite(loss_value):
-            bar.close()
-            raise FloatingPointError(f"loss became {loss_value} at step {done} (lr={lr:g}); lower the learning rate")
-        if measure:
-            update_sq = sum(((p.detach() - b) ** 2).sum().item() for p, b in zip(params, before))
-            weight_sq = sum((b ** 2).sum().item() for b in before)
-            evaluate(done, {"update_to_weight": math.sqrt(update_sq / max(weight_sq, 1e-30)),
-                            **optimizer_statistics(model, optimizer)})
-            if param_stats:
-                param_rows.extend({"step": done, **r} for r in parameter_statistics(named, optimizer, before, lr))
-            if stats_fn is not None:
-                context = StatsContext(model, optimizer, done, lr, names)
-                custom_rows.extend({"step": done, **r} for r in stats_fn(context))
-        snapshot(done)
-        bar.update(1)
-        if done % 50 == 0:
-            bar.set_postfix(loss=f"{loss_value:.3f}")
-        if resume_path and (done % spec.resume_every == 0) and done < spec.steps:
-            _save_resume(resume_path, model, optimizer, step_rows, eval_rows, checkpoints, done,
-                         param_stats=param_rows, custom_stats=custom_rows)
-    bar.close()
+    completed = start   # updates whose every record is written: what a resume state may hold
+    try:
+        if start == 0:
+            snapshot(0)
+            evaluate(0, {})
+
+        model.train()
+        for step in range(start, spec.steps):
+            lr = lr_at(spec, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = to_device(batch_fn(step), device)
+            loss = loss_fn(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip = spec.grad_clip if spec.grad_clip is not None else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+            done = step + 1
+            measure = done % spec.eval_every == 0 or done == spec.steps or done in spec.measure_steps
+            before = [p.detach().clone() for p in params] if measure else None
+            guard.critical = True   # from here until the step is recorded, the model is ahead of the records
+            optimizer.step()
+            loss_value = loss.item()
+            step_rows.append({"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm})
+            if not math.isfinite(loss_value):
+                raise TrainingDivergedError(
+                    f"training diverged: the loss became {loss_value} at step {done} (lr={lr:g}); lower the "
+                    f"learning rate, e.g. --set lr={spec.lr / 10:g} (it is {spec.lr:g})",
+                    step=done, lr=lr, loss=loss_value)
+            if measure:
+                update_sq = sum(((p.detach() - b) ** 2).sum().item() for p, b in zip(params, before))
+                weight_sq = sum((b ** 2).sum().item() for b in before)
+                evaluate(done, {"update_to_weight": math.sqrt(update_sq / max(weight_sq, 1e-30)),
+                                **optimizer_statistics(model, optimizer)})
+                if param_stats:
+                    param_rows.extend({"step": done, **r} for r in parameter_statistics(named, optimizer, before, lr))
+                if stats_fn is not None:
+                    context = StatsContext(model, optimizer, done, lr, names)
+                    custom_rows.extend({"step": done, **r} for r in stats_fn(context))
+            snapshot(done)
+            bar.update(1)
+            if done % 50 == 0:
+                bar.set_postfix(loss=f"{loss_value:.3f}")
+            if resume_path and (done % spec.resume_every == 0) and done < spec.steps:
+                save(done)
+                kept = done
+            completed = done
+            guard.critical = False
+            if guard.pending:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, TrainingInterrupted):
+            raise
+        if resume_path is not None and not guard.critical and completed > 0 and completed != kept:
+            guard.critical, guard.pending = True, False   # a Ctrl-C during this save waits for it
+            save(completed)
+            kept = completed
+        raise TrainingInterrupted(completed, resume_path.parent if resume_path else None, kept) from None
+    finally:
+        guard.restore()
+        bar.close()
     return TrainLog(pd.DataFrame(step_rows), pd.DataFrame(eval_rows), checkpoints, pd.DataFrame(param_rows),
                     pd.DataFrame(custom_rows))
 
@@ -269,10 +353,37 @@ def _progress_disabled(progress: bool | None) -> bool | None:
     return not progress
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+_RESUME_KEYS = ("model", "optimizer", "steps", "evals", "checkpoints", "step")
+
+
+def _load_resume(path: Path) -> dict[str, Any]:
+    """The resume state at `path`, on the CPU; a `ResumeStateError` naming the file and the fix if it cannot be
+    read (a truncated or overwritten file, a different torch) or lacks what `_save_resume` writes."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - unpickling raises anything: UnpicklingError, EOFError, RuntimeError ...
+        problem = _first_line(err)
+    else:
+        if isinstance(state, dict) and all(k in state for k in _RESUME_KEYS) and isinstance(state["step"], int):
+            return state
+        problem = "it does not hold a training state"
+    raise ResumeStateError(f"resume state {path} is corrupt or unreadable ({problem}); delete it (rm '{path}') "
+                           f"and run again to restart this run from step 0")
+
+
 def _save_resume(path: Path, model, optimizer, step_rows, eval_rows, checkpoints, step: int, **extra) -> None:
-    """Write the resume state aside and rename it, so a kill during the write keeps the previous state."""
+    """Write the resume state aside and rename it, so a kill during the write keeps the previous state.
+    Tensors are saved as they are (on the training device); `_load_resume` maps them to the CPU."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "steps": step_rows,
-                "evals": eval_rows, "checkpoints": checkpoints, "step": step, **extra}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "steps": step_rows,
+                    "evals": eval_rows, "checkpoints": checkpoints, "step": step, **extra}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

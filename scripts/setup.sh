@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs the lab: torch pinned first (2.13.0), then labpy with its tests.
+# Creates .venv (if missing) and installs the lab from requirements.lock: torch pinned first (2.13.0), then the
+# exact versions of every dependency (refresh them with scripts/lock.sh), then labpy itself, editable.
 # Idempotent: a second run only checks that everything is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,8 +10,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 echo "==> installing torch==2.13.0 (pinned first: any other version pulls gigabytes of CUDA packages here)"
-"${PIP[@]}" "torch==2.13.0" 2> >(grep -v "is ignored: it is neither" >&2)
-echo "==> installing labpy and its dependencies"
-"${PIP[@]}" -e ".[test]" "torch==2.13.0" 2> >(grep -v "is ignored: it is neither" >&2)
+quiet "${PIP[@]}" "torch==2.13.0"
+echo "==> installing the locked dependencies (requirements.lock)"
+quiet "${PIP[@]}" -r requirements.lock
+echo "==> installing labpy (editable)"
+quiet "${PIP[@]}" --no-deps -e .
 .venv/bin/python -c "import labpy, torch, transformer_lens; print(f'labpy {labpy.__version__}, torch {torch.__version__}')"

@@ -129,3 +129,20 @@ def test_provenance_checks_the_code_a_run_uses_and_only_that():
     names = {f"{f.parent.name}/{f.name}" for f in code_files(get_experiment("induction").run)}
     assert {"experiments/induction.py", "labpy/train.py", "interp/heads.py", "labpy/store.py"} <= names
     assert "experiments/wind_tunnels.py" not in names and "experiments/benchmarks.py" not in names
+
+
+def test_corrupt_resume_state_is_named_and_force_starts_from_scratch(tmp_store, capsys):
+    """A real garbage resume.pt: the run stops with one line naming the file; `--force` ignores it."""
+    from labpy.cli import main
+
+    experiment = get_experiment("induction")
+    config = experiment.configs("smoke")["two_layer"]
+    work = tmp_store.work_dir("induction", experiment.key(config, "two_layer"))
+    work.mkdir(parents=True)
+    (work / "resume.pt").write_bytes(b"\x80\x04garbage, not a pickle")
+    args = ["run", "induction", "--scale", "smoke", "--config", "two_layer", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "resume.pt is corrupt or unreadable" in err and "Traceback" not in err
+    assert main([*args, "--force"]) == 0
+    assert tmp_store.has("induction", experiment.key(config, "two_layer"))

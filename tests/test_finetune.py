@@ -25,6 +25,7 @@ def smoke_store(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LAB_RUNS_DIR", str(tmp_path_factory.mktemp("runs")))
         mp.setenv("LAB_ROOT", str(ROOT))
+        mp.setenv("LAB_TRAIN_MISSING", "1")
         mp.delenv(READONLY_ENV, raising=False)
         yield RunStore()
 

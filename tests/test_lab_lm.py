@@ -27,6 +27,7 @@ def smoke_store(tmp_path_factory):
 
     mp = pytest.MonkeyPatch()
     mp.setenv("LAB_RUNS_DIR", str(tmp_path_factory.mktemp("store") / "runs"))
+    mp.setenv("LAB_TRAIN_MISSING", "1")
     mp.delenv(READONLY_ENV, raising=False)
     entry = results("lab_lm", scale="smoke")["base"]
     yield entry
@@ -155,6 +156,23 @@ def test_lab_lm_dir_loads_with_identical_logits(smoke_store):
     assert torch.equal(a, b)
     stored = smoke_store.checkpoint("final")["model.embed_tokens.weight"]
     assert torch.equal(hf.model.embed_tokens.weight, stored)
+
+
+def test_lab_lm_dir_follows_new_weights_after_a_forced_rerun(smoke_store):
+    """`lab run lab_lm --force` replaces the weights: the HF copy must be rebuilt, not silently reused."""
+    from labpy.store import RunResult, RunStore
+
+    old = lab_lm_dir("smoke")
+    state = smoke_store.checkpoint("final")
+    state["model.norm.weight"] = state["model.norm.weight"] * 2                        # different weights
+    files = {name: smoke_store.file(name).read_bytes() for name in ("tokenizer.json",)}
+    RunStore().put("lab_lm", smoke_store.key, dict(smoke_store.meta), RunResult(
+        tables={n: smoke_store.table(n) for n in smoke_store.table_names()}, summary=smoke_store.summary,
+        checkpoints={"final": state}, files=files), smoke_store.provenance)
+    new = lab_lm_dir("smoke")
+    assert new != old and not old.exists()
+    reloaded = Qwen2ForCausalLM.from_pretrained(new)
+    assert torch.equal(reloaded.model.norm.weight, state["model.norm.weight"].half().float())
 
 
 def test_lab_lm_dir_read_only_names_the_command(tmp_path, monkeypatch):

@@ -24,8 +24,10 @@ def test_every_builder_exports_to_svg(curve):
 def test_renderer_loads_vendored_vega_once_per_page_and_no_cdn(root, monkeypatch):
     monkeypatch.chdir(root / "experiments")
     monkeypatch.setattr(plots, "_scripts_emitted", False)
-    first = plots.lab_renderer({"mark": "bar"})["text/html"]
-    second = plots.lab_renderer({"mark": "bar"})["text/html"]
+    bundle = plots.lab_renderer({"mark": "bar"})
+    assert list(bundle) == ["text/markdown"], "a text/html output makes Quarto load require.js from a CDN"
+    first, second = bundle["text/markdown"], plots.lab_renderer({"mark": "bar"})["text/markdown"]
+    assert first.strip().startswith("```{=html}") and first.strip().endswith("```")
     assert first.count("<script src=") == 3 and second.count("<script src=") == 0
     assert '"../assets/vega/vega.min.js"' in first
     assert "http" not in first + second
@@ -49,7 +51,7 @@ def test_predictions_decide_held_and_failed():
     assert verdicts.frame.measured.tolist() == ["x = 12", ""]
     assert verdicts.summary() == "1 of 2 predictions held"
     markdown = verdicts._repr_markdown_()
-    assert "✅ held" in markdown and "❌ failed" in markdown
+    assert "✔ held" in markdown and "✘ failed" in markdown
     with pytest.raises(KeyError, match="no prediction 'nope'"):
         verdicts.held("nope")
     notebook.clear_predictions()

@@ -8,6 +8,15 @@ from labpy.errors import MissingRunError, StoreReadOnlyError
 from labpy.store import RunResult, RunStore, entry_key
 
 
+def _meta(config: dict | None = None, label: str = "k") -> tuple[str, dict]:
+    """A key and meta as `run_config` writes them (reads verify that the config still hashes to the key)."""
+    config = {} if config is None else config
+    return entry_key(label, config, 1), {"label": label, "scale": "smoke", "version": 1, "config": config}
+
+
+KEY, META = _meta()
+
+
 def _result() -> RunResult:
     return RunResult(tables={"curve": pd.DataFrame({"step": [0, 1], "loss": [2.5, 1.25]})},
                      summary={"final": 1.25}, checkpoints={"final": {"w": torch.tensor([1.0, 2.0, 3.0])}}, seed=3)
@@ -22,20 +31,20 @@ def test_key_ignores_field_order_and_changes_with_config_or_version():
 
 
 def test_put_then_read_round_trip(tmp_store):
-    entry = tmp_store.put("exp", "k-1", {"label": "k", "scale": "smoke", "config": {"a": 1}}, _result(),
-                          {"device": "cpu", "seed": 3})
-    assert tmp_store.has("exp", "k-1")
-    again = tmp_store.get("exp", "k-1")
+    key, meta = _meta({"a": 1})
+    entry = tmp_store.put("exp", key, meta, _result(), {"device": "cpu", "seed": 3})
+    assert tmp_store.has("exp", key)
+    again = tmp_store.get("exp", key)
     assert again.config == {"a": 1} and again.scale == "smoke" and again.summary == {"final": 1.25}
     pd.testing.assert_frame_equal(again.table("curve"), pd.DataFrame({"step": [0, 1], "loss": [2.5, 1.25]}))
     weights = again.checkpoint("final")
     assert weights["w"].dtype == torch.float32 and torch.equal(weights["w"], torch.tensor([1.0, 2.0, 3.0]))
-    assert [e.key for e in tmp_store.entries()] == ["k-1"]
+    assert [e.key for e in tmp_store.entries()] == [key]
     assert entry.size_bytes() > 0
 
 
 def test_missing_table_names_the_ones_present(tmp_store):
-    entry = tmp_store.put("exp", "k-1", {"label": "k", "scale": "smoke", "config": {}}, _result(), {})
+    entry = tmp_store.put("exp", KEY, META, _result(), {})
     with pytest.raises(MissingRunError, match="curve"):
         entry.table("nope")
 
@@ -48,16 +57,16 @@ def test_failed_write_leaves_no_entry_and_no_debris(tmp_store, monkeypatch):
 
     monkeypatch.setattr(store_module, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        tmp_store.put("exp", "k-1", {"label": "k", "scale": "smoke", "config": {}}, _result(), {})
-    assert not tmp_store.has("exp", "k-1")
+        tmp_store.put("exp", KEY, META, _result(), {})
+    assert not tmp_store.has("exp", KEY)
     assert list((tmp_store.root / "exp").iterdir()) == []
 
 
 def test_forced_rewrite_replaces_the_entry(tmp_store):
-    tmp_store.put("exp", "k-1", {"label": "k", "scale": "smoke", "config": {}}, _result(), {"n": 1})
-    tmp_store.put("exp", "k-1", {"label": "k", "scale": "smoke", "config": {}}, _result(), {"n": 2})
-    assert tmp_store.get("exp", "k-1").provenance == {"n": 2}
-    assert sorted(p.name for p in (tmp_store.root / "exp").iterdir()) == ["k-1"]
+    tmp_store.put("exp", KEY, META, _result(), {"n": 1})
+    tmp_store.put("exp", KEY, META, _result(), {"n": 2})
+    assert tmp_store.get("exp", KEY).provenance == {"n": 2}
+    assert sorted(p.name for p in (tmp_store.root / "exp").iterdir()) == [KEY]
 
 
 def test_read_only_store_refuses_writes(tmp_path):
@@ -89,7 +98,111 @@ def test_committed_store_entries_are_complete(root):
 
 
 def test_files_round_trip_and_missing_file_is_named(tmp_store):
-    entry = tmp_store.put("exp", "k-1", {"label": "k"}, RunResult(files={"tok.json": b'{"a": 1}'}), {})
+    entry = tmp_store.put("exp", KEY, META, RunResult(files={"tok.json": b'{"a": 1}'}), {})
     assert entry.file("tok.json").read_bytes() == b'{"a": 1}'
     with pytest.raises(MissingRunError, match="no file 'other.json'"):
         entry.file("other.json")
+
+
+# ---- the manifest: a damaged entry is reported, never shown (real committed entries, really damaged) ----
+
+def _copy_committed(root, tmp_store, experiment="induction", label="two_layer"):
+    import shutil
+
+    (src,) = [p for p in (root / "runs" / experiment).glob(f"{label}-*")]
+    dst = tmp_store.root / experiment / src.name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_every_committed_entry_matches_its_manifest(root):
+    store = RunStore(root / "runs", read_only=True)
+    damaged = {e.name: e.problems() for e in store.entries() if e.problems()}
+    assert not damaged, damaged
+
+
+def test_a_truncated_table_is_reported_with_the_fix_and_never_read(root, tmp_store):
+    from labpy.errors import DamagedEntryError
+    from labpy.experiments import results
+
+    path = _copy_committed(root, tmp_store)
+    evals = path / "tables" / "evals.csv"
+    lines = evals.read_text().splitlines(keepends=True)
+    evals.write_text("".join(lines[: len(lines) // 2]))          # what a cut-off copy leaves
+    message = (f"run store entry induction/{path.name} is damaged: tables/evals.csv does not match its manifest "
+               f"({len(lines) // 2 - 1} rows; the manifest says {len(lines) - 1}); re-create it with "
+               f"`lab run induction --scale cpu --config two_layer --force`")
+    with pytest.raises(DamagedEntryError) as err:
+        tmp_store.get("induction", path.name)
+    assert str(err.value) == message
+    with pytest.raises(DamagedEntryError, match="tables/evals.csv"):
+        results("induction", scale="cpu")
+
+
+def test_an_edited_config_no_longer_matches_its_key(root, tmp_store):
+    from labpy.errors import DamagedEntryError
+
+    path = _copy_committed(root, tmp_store)
+    meta = json.loads((path / "meta.json").read_text())
+    meta["config"]["steps"] += 1
+    (path / "meta.json").write_text(json.dumps(meta, indent=1))
+    with pytest.raises(DamagedEntryError, match="config no longer matches its key"):
+        tmp_store.get("induction", path.name)
+
+
+def test_a_swapped_checkpoint_and_a_missing_manifest_are_reported(root, tmp_store):
+    from labpy.errors import DamagedEntryError
+
+    path = _copy_committed(root, tmp_store)
+    (ckpt,) = list((path / "checkpoints").glob("*.safetensors"))[:1]
+    data = bytearray(ckpt.read_bytes())
+    data[-8:] = bytes(8)                                            # same size, different weights
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(DamagedEntryError, match=f"checkpoints/{ckpt.name} does not match its manifest"):
+        tmp_store.get("induction", path.name)
+    (path / "manifest.json").unlink()
+    with pytest.raises(DamagedEntryError, match="manifest.json cannot be read"):
+        tmp_store.get("induction", path.name)
+
+
+def test_status_names_a_corrupt_provenance_file_and_verify_fails(root, tmp_store, capsys):
+    from labpy.cli import main
+
+    path = _copy_committed(root, tmp_store)
+    (path / "provenance.json").write_text('{"device": "cpu", "wall')     # a write cut off mid-way
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "damaged" in out and f"induction/{path.name} is damaged: provenance.json does not match its manifest " \
+        "(not valid JSON" in out
+    assert main(["status", "--verify"]) == 2
+    captured = capsys.readouterr()
+    assert "1 damaged entry" in captured.err and "Traceback" not in captured.err
+
+
+def test_an_unwritable_store_is_refused_before_training(tmp_path, monkeypatch):
+    """Root ignores permission bits, so the store lies under a regular file: nothing can be created there."""
+    from labpy.errors import StoreNotWritableError
+    from labpy.experiments import get_experiment, run_config
+
+    (tmp_path / "a-file").write_text("")
+    store = RunStore(tmp_path / "a-file" / "runs", read_only=False)
+    experiment = get_experiment("induction")
+    called = []
+    monkeypatch.setattr(type(experiment), "run", property(lambda self: lambda *a: called.append(a)), raising=False)
+    config = experiment.configs("smoke")["two_layer"]
+    with pytest.raises(StoreNotWritableError, match="cannot write into .*a-file/runs"):
+        run_config(experiment, "smoke", "two_layer", config, store)
+    assert called == []
+
+
+def test_step_checkpoints_one_api_for_both_historical_names(tmp_store):
+    from labpy.store import checkpoint_name
+
+    w = {"w": torch.tensor([1.0])}
+    result = RunResult(checkpoints={checkpoint_name(200): w, "step000100": {"w": torch.tensor([2.0])}, "final": w})
+    entry = tmp_store.put("exp", KEY, META, result, {})
+    assert checkpoint_name(200) == "step_000200"
+    assert entry.checkpoint_steps() == [100, 200]
+    assert entry.step_checkpoint(100)["w"].item() == 2.0 and entry.step_checkpoint(200)["w"].item() == 1.0
+    with pytest.raises(MissingRunError, match="no checkpoint at step 300; it has steps 100, 200"):
+        entry.step_checkpoint(300)

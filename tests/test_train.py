@@ -1,5 +1,6 @@
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -109,3 +110,202 @@ def test_one_thread_during_training_then_restored():
     train(model, batch_fn, spy, TrainSpec(steps=2, lr=1e-3))
     assert seen == [1, 1] and torch.get_num_threads() == 2
     assert math.isfinite(seen[0])
+
+
+# ---- errors a user can act on: divergence, a corrupt resume state, Ctrl-C ----
+
+def test_divergence_is_a_lab_error_naming_step_lr_and_fix():
+    from labpy.errors import LabError, TrainingDivergedError
+    from labpy.experiments.lr_sweep import nonfinite_step
+
+    model, batch_fn, loss_fn = _problem()
+
+    def exploding(m, batch):
+        return loss_fn(m, batch) * (float("nan") if m[0].weight.grad is not None else 1.0)  # finite at step 1
+
+    with pytest.raises(TrainingDivergedError) as err:
+        train(model, batch_fn, exploding, TrainSpec(steps=5, lr=0.3, grad_clip=None))
+    assert isinstance(err.value, LabError) and isinstance(err.value, FloatingPointError)
+    assert err.value.step == 2 and err.value.lr == 0.3 and math.isnan(err.value.loss)
+    text = str(err.value)
+    assert "\n" not in text and "at step 2" in text and "lr=0.3" in text and "--set lr=0.03" in text
+    assert nonfinite_step(err.value) == 2.0
+
+
+def _resume_reference(spec):
+    model, batch_fn, loss_fn = _problem()
+    log = train(model, batch_fn, loss_fn, spec, eval_fn=lambda m: {"w": m[0].weight.sum().item()})
+    return model.state_dict(), log
+
+
+@pytest.mark.parametrize("garbage", [b"\x00not a torch file at all" * 10, b"", b"PK\x03\x04truncated zip"])
+def test_corrupt_resume_state_names_the_file_and_the_fix(tmp_path, garbage):
+    from labpy.errors import LabError, ResumeStateError
+
+    (tmp_path / "resume.pt").write_bytes(garbage)
+    model, batch_fn, loss_fn = _problem()
+    with pytest.raises(ResumeStateError) as err:
+        train(model, batch_fn, loss_fn, TrainSpec(steps=5, lr=1e-2), work_dir=tmp_path)
+    text = str(err.value)
+    assert isinstance(err.value, LabError) and "\n" not in text
+    assert str(tmp_path / "resume.pt") in text and "corrupt" in text and "delete it" in text and "step 0" in text
+
+
+def test_truncated_or_foreign_resume_state_is_named_too(tmp_path):
+    from labpy.errors import ResumeStateError
+
+    spec = TrainSpec(steps=20, lr=1e-2, resume_every=5)
+    model, batch_fn, loss_fn = _problem()
+
+    def dying(step):
+        if step == 12:
+            raise KeyboardInterrupt
+        return batch_fn(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(model, dying, loss_fn, spec, work_dir=tmp_path)
+    path = tmp_path / "resume.pt"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])                   # a write cut off half way (not by labpy)
+    with pytest.raises(ResumeStateError, match="corrupt or unreadable"):
+        train(*_problem(), spec, work_dir=tmp_path)
+    torch.save({"something": "else"}, path)                      # a readable file that is no training state
+    with pytest.raises(ResumeStateError, match="does not hold a training state"):
+        train(*_problem(), spec, work_dir=tmp_path)
+    path.write_bytes(whole)                                      # the right file, but for another model
+    other = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    with pytest.raises(ResumeStateError, match="does not fit this model.*delete it"):
+        train(other, batch_fn, loss_fn, spec, work_dir=tmp_path)
+
+
+@pytest.mark.parametrize("k", [1, 17, 20])
+def test_ctrl_c_at_step_k_keeps_every_step_done_and_resumes_to_identical_weights(tmp_path, k):
+    """No periodic save happens before k (resume_every is large): what the rerun resumes from is the state
+    saved on the interrupt itself."""
+    from labpy.errors import TrainingInterrupted
+
+    spec = TrainSpec(steps=30, lr=1e-2, eval_every=5, resume_every=1000, checkpoint_steps=(0, 10, 30))
+    expected, reference = _resume_reference(spec)
+    model, batch_fn, loss_fn = _problem()
+
+    def interrupted_at_k(step):
+        if step == k:
+            raise KeyboardInterrupt       # what Ctrl-C does while the batch of step k is being built
+        return batch_fn(step)
+
+    eval_fn = lambda m: {"w": m[0].weight.sum().item()}  # noqa: E731
+    with pytest.raises(TrainingInterrupted) as err:
+        train(model, interrupted_at_k, loss_fn, spec, eval_fn=eval_fn, work_dir=tmp_path)
+    assert err.value.step == k and err.value.kept == k and err.value.work_dir == tmp_path
+    assert f"progress up to step {k} is kept in {tmp_path}" in str(err.value)
+    assert isinstance(err.value, KeyboardInterrupt)
+    assert torch.load(tmp_path / "resume.pt", weights_only=False)["step"] == k
+    assert not list(tmp_path.glob("*.tmp*"))
+
+    model, batch_fn, loss_fn = _problem(seed=0)
+    for p in model.parameters():          # a different init: the resume state must overwrite it
+        torch.nn.init.normal_(p)
+    log = train(model, batch_fn, loss_fn, spec, eval_fn=eval_fn, work_dir=tmp_path)
+    assert all(torch.equal(expected[n], model.state_dict()[n]) for n in expected)
+    assert log.steps.loss.tolist() == reference.steps.loss.tolist()
+    pd.testing.assert_frame_equal(log.evals, reference.evals)
+    assert sorted(log.checkpoints) == [0, 10, 30]
+
+
+def test_ctrl_c_without_a_work_dir_says_the_run_starts_over():
+    from labpy.errors import TrainingInterrupted
+
+    model, batch_fn, loss_fn = _problem()
+
+    def interrupted(step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return batch_fn(step)
+
+    with pytest.raises(TrainingInterrupted) as err:
+        train(model, interrupted, loss_fn, TrainSpec(steps=10, lr=1e-2))
+    assert err.value.work_dir is None and err.value.kept is None and "starts it over" in str(err.value)
+
+
+def test_an_interrupt_in_the_middle_of_an_update_keeps_the_last_whole_step(tmp_path):
+    """A KeyboardInterrupt raised after the optimizer step but before the step is recorded (here: inside its
+    eval) must not save that half-recorded state; the periodic save before it stands, and resumes exactly."""
+    from labpy.errors import TrainingInterrupted
+
+    spec = TrainSpec(steps=20, lr=1e-2, eval_every=5, resume_every=10)
+    expected, reference = _resume_reference(spec)
+    model, batch_fn, loss_fn = _problem()
+    calls = []
+
+    def eval_fn(m):
+        calls.append(1)
+        if len(calls) == 4:               # evals at 0, 5, 10, then the one at step 15
+            raise KeyboardInterrupt
+        return {"w": m[0].weight.sum().item()}
+
+    with pytest.raises(TrainingInterrupted) as err:
+        train(model, batch_fn, loss_fn, spec, eval_fn=eval_fn, work_dir=tmp_path)
+    assert err.value.kept == 10 and torch.load(tmp_path / "resume.pt", weights_only=False)["step"] == 10
+    model, batch_fn, loss_fn = _problem()
+    log = train(model, batch_fn, loss_fn, spec, eval_fn=lambda m: {"w": m[0].weight.sum().item()}, work_dir=tmp_path)
+    assert all(torch.equal(expected[n], model.state_dict()[n]) for n in expected)
+    pd.testing.assert_frame_equal(log.evals, reference.evals)
+
+
+def test_a_real_sigint_during_an_update_waits_for_the_step_then_saves_it(tmp_path):
+    import signal
+
+    from labpy.errors import TrainingInterrupted
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT has a custom handler here; train() leaves it alone")
+    spec = TrainSpec(steps=20, lr=1e-2, eval_every=5, resume_every=10)
+    expected, reference = _resume_reference(spec)
+    model, batch_fn, loss_fn = _problem()
+    calls = []
+
+    def eval_fn(m):
+        calls.append(1)
+        if len(calls) == 4:               # during the eval of step 15: Ctrl-C is held until the step is recorded
+            signal.raise_signal(signal.SIGINT)
+        return {"w": m[0].weight.sum().item()}
+
+    with pytest.raises(TrainingInterrupted) as err:
+        train(model, batch_fn, loss_fn, spec, eval_fn=eval_fn, work_dir=tmp_path)
+    assert err.value.kept == 15 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    model, batch_fn, loss_fn = _problem()
+    log = train(model, batch_fn, loss_fn, spec, eval_fn=lambda m: {"w": m[0].weight.sum().item()}, work_dir=tmp_path)
+    assert all(torch.equal(expected[n], model.state_dict()[n]) for n in expected)
+    pd.testing.assert_frame_equal(log.evals, reference.evals)
+
+
+def _fail_with(monkeypatch, exc):
+    import labpy.cli
+
+    def run_config(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(labpy.cli, "run_config", run_config)
+
+
+@pytest.mark.parametrize("exc, code, expected", [
+    ("interrupted", 130, "lab: interrupted; progress up to step 7 is kept in /tmp/work; run the same command again"),
+    ("bare", 130, "lab: interrupted outside a training loop; entries already stored are kept"),
+    ("corrupt", 2, "lab: error: resume state /tmp/work/resume.pt is corrupt"),
+    ("diverged", 2, "lab: error: training diverged: the loss became nan at step 3 (lr=1e+12)"),
+])
+def test_cli_prints_one_line_for_interrupts_and_lab_errors(monkeypatch, capsys, tmp_store, exc, code, expected):
+    from pathlib import Path
+
+    from labpy.cli import main
+    from labpy.errors import ResumeStateError, TrainingDivergedError, TrainingInterrupted
+
+    error = {"interrupted": TrainingInterrupted(9, Path("/tmp/work"), 7), "bare": KeyboardInterrupt(),
+             "corrupt": ResumeStateError("resume state /tmp/work/resume.pt is corrupt or unreadable (...)"),
+             "diverged": TrainingDivergedError("training diverged: the loss became nan at step 3 (lr=1e+12); "
+                                               "lower the learning rate", step=3, lr=1e12, loss=math.nan)}[exc]
+    _fail_with(monkeypatch, error)
+    assert main(["run", "induction", "--scale", "smoke", "--config", "two_layer", "--quiet"]) == code
+    captured = capsys.readouterr()
+    assert captured.err.startswith(expected) and captured.err.count("\n") == 1
+    assert "Traceback" not in captured.err + captured.out

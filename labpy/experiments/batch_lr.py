@@ -22,11 +22,13 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from ..device import model_device
 from ..finetune import finetune, lm_loss, load_base, make_trainable
 from ..store import RunResult
 from ..tasks.corpus import lm_batch_fn
 from ..tasks.source_code import finetune_data
 from ..train import TrainSpec, step_generator
+from ..validation import check_ranges, int_at_least, one_of
 from .registry import Experiment, RunContext, StoredRuns, register
 
 BATCH_SIZES = (4, 8, 16, 32)
@@ -49,6 +51,13 @@ class BatchLRConfig:
     source_chars: int = 400_000
     noise_steps: tuple[int, ...] = (0, 16, 32, 64)         # "noise": checkpoints where it is measured
     noise_examples: int = 128                              # "noise": per-example gradients per measurement
+
+    def __post_init__(self) -> None:
+        check_ranges(self, nonneg_int=("rank", "seeds", "noise_steps"), positive=("lrs",),
+                     probability=("warmup_fraction",),
+                     positive_int=("batch_size", "examples", "seq_len", "eval_points", "eval_windows", "source_chars"),
+                     nonempty=("lrs", "seeds", "noise_steps"),
+                     rules={"kind": one_of("grid", "noise"), "noise_examples": int_at_least(2)})
 
 
 # ---- the gradient noise scale ----
@@ -116,7 +125,7 @@ def jackknife_b_simple(grads: torch.Tensor) -> float:
 
 def measure_noise(model: torch.nn.Module, windows: torch.Tensor) -> dict[str, float]:
     """B_simple at the model's current weights, its jackknife error, and the two-batch-size estimate."""
-    grads = per_example_grads(model, windows)
+    grads = per_example_grads(model, windows.to(model_device(model)))
     out = noise_scale_from_samples(grads)
     b_big = max(2, grads.shape[0] // 4)
     two = noise_scale_from_batches(1, mean_batch_grad_sq(grads, 1), b_big, mean_batch_grad_sq(grads, b_big))

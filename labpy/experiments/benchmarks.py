@@ -16,9 +16,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..device import lab_device, synchronize, to_device
 from ..interp.capture import capture
 from ..store import RunResult
 from ..train import TrainSpec, step_generator, train
+from ..validation import check_ranges
 from .induction import InductionConfig
 from .registry import Experiment, RunContext, register
 
@@ -33,6 +35,10 @@ class BenchmarkConfig:
     forward_repeats: int = 30
     execute_pages: bool = True
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive_int=("block_steps", "blocks", "forward_batch", "forward_repeats"),
+                     nonneg_int=("seed",))
 
 
 def _bare_loop(model, batches, lr: float) -> None:
@@ -52,21 +58,30 @@ def _lab_loop(model, batches, lr: float) -> None:
         return F.cross_entropy(m(tokens)[:, :-1].transpose(1, 2), tokens[:, 1:])
 
     spec = TrainSpec(steps=len(batches), lr=lr, eval_every=len(batches), grad_clip=1.0)
-    train(model, lambda step: batches[step], loss_fn, spec, progress=False)
+    train(model, lambda step: batches[step], loss_fn, spec, progress=False, device=batches[0].device)
+
+
+def _placed(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The model on `device` (built on the CPU; moved only when elsewhere: TL's `.to` prints a line)."""
+    return model if device.type == "cpu" else model.to(device)
 
 
 def training_loop_ratio(config: BenchmarkConfig) -> pd.DataFrame:
     from ..models.toy import build_toy_transformer
 
     base = InductionConfig()
+    device = lab_device()
     task_tokens = [torch.randint(0, base.vocab, (base.batch_size, base.seq_len), generator=step_generator(config.seed, s))
                    for s in range(config.block_steps)]
+    task_tokens = to_device(task_tokens, device)          # on the device before the clock starts, for both loops
     rows = []
     for block in range(config.blocks):
         for name, loop in (("bare PyTorch", _bare_loop), ("labpy.train", _lab_loop)):
-            model = build_toy_transformer(base.model_config(), seed=config.seed)
+            model = _placed(build_toy_transformer(base.model_config(), seed=config.seed), device)
+            synchronize(device)
             start = time.perf_counter()
             loop(model, task_tokens, base.lr)
+            synchronize(device)
             rows.append({"block": block, "loop": name,
                          "steps_per_s": config.block_steps / (time.perf_counter() - start)})
     return pd.DataFrame(rows)
@@ -77,14 +92,18 @@ def capture_ratio(config: BenchmarkConfig) -> pd.DataFrame:
     from ..models.toy import build_toy_transformer
 
     base = InductionConfig()
-    model = build_toy_transformer(base.model_config(), seed=config.seed).eval()
-    tokens = torch.randint(0, base.vocab, (config.forward_batch, base.seq_len), generator=step_generator(config.seed, 0))
+    device = lab_device()
+    model = _placed(build_toy_transformer(base.model_config(), seed=config.seed), device).eval()
+    tokens = torch.randint(0, base.vocab, (config.forward_batch, base.seq_len),
+                           generator=step_generator(config.seed, 0)).to(device)
     model(tokens), capture(model, tokens)  # warm-up
     rows = []
     for repeat in range(config.forward_repeats):
         for name, fn in (("plain forward", lambda: model(tokens)), ("capture patterns + residual", lambda: capture(model, tokens))):
+            synchronize(device)
             start = time.perf_counter()
             fn()
+            synchronize(device)
             rows.append({"repeat": repeat, "call": name, "ms": 1000 * (time.perf_counter() - start)})
     return pd.DataFrame(rows)
 

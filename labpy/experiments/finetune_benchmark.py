@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from ..device import lab_device, synchronize
 from ..store import RunResult
+from ..validation import check_ranges, int_at_least
 from .registry import Experiment, RunContext, register
 
 SIDES = ("labpy.train", "HF Trainer")
@@ -37,6 +39,10 @@ class FinetuneBenchmarkConfig:
     block_steps: int = 40
     blocks: int = 6
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("lr",), positive_int=("rank", "batch_size", "seq_len", "blocks"),
+                     nonneg_int=("seed",), rules={"block_steps": int_at_least(2)})   # a rate needs two step starts
 
 
 def _lora_model(config: FinetuneBenchmarkConfig):
@@ -74,7 +80,8 @@ def _hf_trainer(model, windows: torch.Tensor, config: FinetuneBenchmarkConfig, o
         output_dir=output_dir, per_device_train_batch_size=config.batch_size, max_steps=config.block_steps,
         learning_rate=config.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, logging_steps=1,
-        save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True, dataloader_num_workers=0,
+        save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+        use_cpu=lab_device().type == "cpu",     # else Trainer puts model and batches on the GPU, as labpy does
         dataloader_pin_memory=False, remove_unused_columns=False, seed=config.seed, data_seed=config.seed)
     sampler_free = _Windows(windows)
     trainer = Trainer(model=model, args=args, train_dataset=sampler_free, callbacks=[StepClock()])
@@ -122,8 +129,10 @@ def run(config: FinetuneBenchmarkConfig, ctx: RunContext) -> RunResult:
             order = SIDES if block % 2 else SIDES[::-1]
             for side in order:
                 starts[side].clear()
+                synchronize()
                 start = time.perf_counter()
                 blocks[side]()
+                synchronize()
                 seconds = time.perf_counter() - start
                 # steady state: from the start of the first step to the start of the last (no set-up)
                 steady = (len(starts[side]) - 1) / (starts[side][-1] - starts[side][0])

@@ -17,9 +17,11 @@ import torch.nn.functional as F
 
 from ..interp.heads import head_scores_table, induction_scores, patterns_with_head_ablated
 from ..models.toy import ToyTransformerConfig, build_toy_transformer, load_toy_transformer
-from ..store import RunEntry, RunResult
+from ..store import RunEntry, RunResult, checkpoint_name
 from ..tasks.repeated_tokens import RepeatedSegmentTask, repeated_random_tokens, sample
+from ..device import lab_device, to_device
 from ..train import TrainSpec, step_generator, train
+from ..validation import check_ranges, int_at_least, require
 from .registry import Experiment, RunContext, register
 
 EVAL_SEED = 1_000_000  # eval and scoring data never overlap training seeds
@@ -47,6 +49,20 @@ class InductionConfig:
     score_batch: int = 64
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_ranges(self, positive_int=("n_layers", "d_model", "n_heads", "d_head", "steps", "batch_size",
+                                         "eval_every", "eval_batch", "checkpoint_every", "score_batch"),
+                     nonneg_int=("warmup_steps", "seed"), positive=("lr",), nonneg=("weight_decay",),
+                     rules={"vocab": int_at_least(2), "seq_len": int_at_least(4), "min_segment": int_at_least(2),
+                            "score_half": int_at_least(2)})
+        require(self, self.min_segment <= self.max_segment, "max_segment",
+                f"is out of range; it must be >= min_segment = {self.min_segment}")
+        require(self, 2 * self.max_segment <= self.seq_len, "max_segment",
+                f"is out of range; two copies must fit in seq_len = {self.seq_len}, so it must be <= {self.seq_len // 2}")
+        require(self, 2 * self.score_half <= self.seq_len, "score_half",
+                f"is out of range; the [r, r] probe must fit in seq_len = {self.seq_len}, so it must be <= "
+                f"{self.seq_len // 2}")
+
     def model_config(self) -> ToyTransformerConfig:
         return ToyTransformerConfig(n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
                                     d_head=self.d_head, d_vocab=self.vocab, n_ctx=self.seq_len, attn_only=True)
@@ -66,9 +82,11 @@ def _next_token_losses(model, tokens: torch.Tensor) -> torch.Tensor:
 
 def run(config: InductionConfig, ctx: RunContext) -> RunResult:
     task = config.task()
+    device = lab_device()
     model = build_toy_transformer(config.model_config(), seed=config.seed)
     eval_batch = sample(task, config.eval_batch, step_generator(EVAL_SEED, config.seed))
-    first_mask, repeat_mask = eval_batch.target_masks()
+    first_mask, repeat_mask = to_device(eval_batch.target_masks(), device)  # (B, T-1) each
+    eval_tokens = eval_batch.tokens.to(device)                              # (B, T)
 
     def batch_fn(step: int) -> torch.Tensor:
         return sample(task, config.batch_size, step_generator(config.seed, step)).tokens
@@ -77,8 +95,8 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
         return _next_token_losses(model, tokens).mean()
 
     def eval_fn(model) -> dict[str, float]:
-        losses = _next_token_losses(model, eval_batch.tokens)
-        correct = model(eval_batch.tokens)[:, :-1].argmax(-1) == eval_batch.tokens[:, 1:]
+        losses = _next_token_losses(model, eval_tokens)
+        correct = model(eval_tokens)[:, :-1].argmax(-1) == eval_tokens[:, 1:]
         return {"loss_all": losses.mean().item(), "loss_first_copy": losses[first_mask].mean().item(),
                 "loss_repeat": losses[repeat_mask].mean().item(),
                 "acc_repeat": correct[repeat_mask].float().mean().item()}
@@ -88,12 +106,12 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
                      checkpoint_steps=config.checkpoint_steps(), seed=config.seed,
                      resume_every=min(500, max(20, config.steps // 5)))
     log = train(model, batch_fn, loss_fn, spec, eval_fn=eval_fn, work_dir=ctx.work_dir, progress=ctx.progress,
-                desc=f"induction {ctx.label}")
+                desc=f"induction {ctx.label}", device=device)
     final = log.evals.iloc[-1]
     summary = {"n_params": sum(p.numel() for p in model.parameters()), "final_train_loss": float(log.steps.loss.iloc[-1]),
                **{f"final_{k}": float(final[k]) for k in ("loss_all", "loss_first_copy", "loss_repeat", "acc_repeat")},
                "uniform_loss": math.log(config.vocab)}
-    checkpoints = {f"step_{step:06d}": state for step, state in log.checkpoints.items()}
+    checkpoints = {checkpoint_name(step): state for step, state in log.checkpoints.items()}
     return RunResult(tables={"steps": log.steps, "evals": log.evals}, summary=summary, checkpoints=checkpoints,
                      seed=config.seed)
 
@@ -119,14 +137,11 @@ register(Experiment(
 
 # ---- analysis used by the page (cheap: forward passes over stored checkpoints) ----
 
-def checkpoint_steps(entry: RunEntry) -> list[int]:
-    return [int(name.removeprefix("step_")) for name in entry.checkpoint_names()]
-
-
 def load_model(entry: RunEntry, step: int | None = None):
+    """The stored model at a training step (default: the last checkpoint)."""
     config = InductionConfig(**entry.config)
-    step = checkpoint_steps(entry)[-1] if step is None else step
-    return load_toy_transformer(config.model_config(), entry.checkpoint(f"step_{step:06d}"))
+    step = entry.checkpoint_steps()[-1] if step is None else step
+    return load_toy_transformer(config.model_config(), entry.step_checkpoint(step))
 
 
 def score_tokens(config: InductionConfig) -> torch.Tensor:
@@ -139,7 +154,7 @@ def head_scores_over_training(entry: RunEntry) -> pd.DataFrame:
     config = InductionConfig(**entry.config)
     tokens = score_tokens(config)
     frames = []
-    for step in checkpoint_steps(entry):
+    for step in entry.checkpoint_steps():
         table = head_scores_table(load_model(entry, step), tokens, config.score_half)
         frames.append(table.assign(step=step))
     return pd.concat(frames, ignore_index=True)

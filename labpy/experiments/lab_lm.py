@@ -22,7 +22,9 @@ from ..store import RunEntry, RunResult
 from ..tasks.corpus import (EOS, VAL_FRACTION, encode, eval_windows, kinds_in_context, lm_batch_fn,
                             ngram_cross_entropy, ngram_entropy, pydoc_text, split_ids, stdlib_docstrings,
                             token_kinds, train_tokenizer)
+from ..device import lab_device, to_cpu, to_device
 from ..train import StatsContext, TrainSpec, adam_eps, adam_moments, train
+from ..validation import POSITIVE_INT, check_ranges, int_at_least, one_of, require
 from .registry import Experiment, RunContext, register
 
 FREQUENCY_BANDS = ((0, 100, "top 100"), (100, 500, "rank 100-499"), (500, None, "rank 500+"))
@@ -49,6 +51,17 @@ class LabLMConfig:
     early_steps: tuple[int, ...] = (1, 2, 3, 5, 10, 20, 30, 40)      # extra evals, for a log-step axis
     token_stats_steps: tuple[int, ...] = (1, 10, 100, 500, 1500)    # per-embedding-row Adam statistics
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive_int=("hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
+                                         "seq_len", "batch_size", "steps", "eval_every", "eval_tokens"),
+                     positive=("lr",), nonneg=("weight_decay",), nonneg_int=("warmup_steps", "seed"),
+                     rules={"vocab_size": int_at_least(258), "schedule": one_of("constant", "cosine"),
+                            "early_steps": POSITIVE_INT, "token_stats_steps": POSITIVE_INT})
+        require(self, self.n_heads % self.n_kv_heads == 0, "n_heads",
+                f"is out of range; it must be a multiple of n_kv_heads = {self.n_kv_heads} (grouped-query attention)")
+        require(self, self.hidden_size % self.n_heads == 0, "hidden_size",
+                f"is out of range; it must be a multiple of n_heads = {self.n_heads}")
 
     def hf_config(self):
         return lab_lm_config(self.vocab_size, hidden_size=self.hidden_size, num_hidden_layers=self.n_layers,
@@ -127,6 +140,7 @@ def run(config: LabLMConfig, ctx: RunContext) -> RunResult:
     tokens = token_table(corpus)
     hf_config = config.hf_config()
     model = build_lab_lm(hf_config, config.seed)
+    device = lab_device()
     windows = {"val": eval_windows(corpus.val, config.seq_len, config.eval_tokens),
                "train": eval_windows(corpus.train, config.seq_len, config.eval_tokens),
                "val_pydoc": eval_windows(corpus.val_pydoc, config.seq_len, config.eval_tokens // 2)}
@@ -138,6 +152,7 @@ def run(config: LabLMConfig, ctx: RunContext) -> RunResult:
     kinds = [k for i, k in enumerate(kinds) if i % windows["val"].shape[1] != 0]         # targets only
     for kind in sorted(set(kinds)):
         groups[f"val_kind_{slug(kind)}"] = torch.tensor([k == kind for k in kinds])
+    windows, groups = to_device(windows, device), to_device(groups, device)           # eval tensors live there
 
     def eval_fn(model) -> dict[str, float]:
         out = {}
@@ -156,7 +171,7 @@ def run(config: LabLMConfig, ctx: RunContext) -> RunResult:
                      resume_every=min(250, max(10, config.steps // 5)))
     batch_fn = lm_batch_fn(corpus.train, config.batch_size, config.seq_len, config.seed)
     log = train(model, batch_fn, lm_loss, spec, eval_fn=eval_fn, work_dir=ctx.work_dir, progress=ctx.progress,
-                desc=f"lab_lm {ctx.label}", param_stats=True, stats_fn=stats_fn)
+                desc=f"lab_lm {ctx.label}", param_stats=True, stats_fn=stats_fn, device=device)
 
     v = config.vocab_size
     final = log.evals.iloc[-1]
@@ -178,7 +193,7 @@ def run(config: LabLMConfig, ctx: RunContext) -> RunResult:
     }
     return RunResult(tables={"steps": log.steps, "evals": log.evals, "param_stats": log.param_stats,
                              "token_stats": log.custom_stats, "tokens": tokens},
-                     summary=summary, checkpoints={CHECKPOINT: storable_state(model)},
+                     summary=summary, checkpoints={CHECKPOINT: to_cpu(storable_state(model))},
                      files={TOKENIZER_FILE: corpus.tokenizer.backend_tokenizer.to_str().encode()},
                      seed=config.seed)
 

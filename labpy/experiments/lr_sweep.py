@@ -20,7 +20,9 @@ from ..models.lab_lm import build_lab_lm, lab_lm_config, lm_loss, mean_loss
 from ..store import RunResult
 from ..tasks.corpus import (EOS, VAL_FRACTION, encode, eval_windows, lm_batch_fn, ngram_cross_entropy,
                             ngram_entropy, pydoc_text, split_ids, stdlib_docstrings, train_tokenizer)
+from ..device import lab_device
 from ..train import TrainSpec, train
+from ..validation import check_ranges, int_at_least, one_of, require
 from .registry import Experiment, RunContext, register
 
 SWEEP_LRS = (1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)
@@ -28,6 +30,7 @@ SWEEP_LRS = (1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2)
 HIGH_LRS = (1e-1, 2e-1, 5e-1, 1.0)
 NO_WARMUP_LRS = (2e-3, 5e-3, 1e-2, 2e-2)
 CURVE_EVERY = 5   # keep every 5th training-loss row: the store holds curves, not every step
+MIN_VOCAB = 258   # the byte-level BPE's 256 byte symbols, EOS and at least one merge
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,17 @@ class SweepConfig:
     eval_every: int = 50
     eval_tokens: int = 8192
 
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("lr",), nonneg_int=("seeds", "warmup_steps"), nonempty=("seeds",),
+                     positive_int=("hidden_size", "n_layers", "n_heads", "n_kv_heads", "intermediate_size",
+                                   "seq_len", "batch_size", "steps", "eval_every", "eval_tokens"),
+                     nonneg=("weight_decay",),
+                     rules={"vocab_size": int_at_least(MIN_VOCAB), "schedule": one_of("constant", "cosine")})
+        require(self, self.n_heads % self.n_kv_heads == 0, "n_heads",
+                f"is out of range; it must be a multiple of n_kv_heads = {self.n_kv_heads} (grouped-query attention)")
+        require(self, self.hidden_size % self.n_heads == 0, "hidden_size",
+                f"is out of range; it must be a multiple of n_heads = {self.n_heads}")
+
 
 @lru_cache(maxsize=2)
 def _corpus(vocab_size: int, docstrings: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,13 +78,16 @@ def _corpus(vocab_size: int, docstrings: bool) -> tuple[torch.Tensor, torch.Tens
 
 
 def nonfinite_step(err: FloatingPointError) -> float:
-    """The step named by `labpy.train`'s error for a non-finite loss ('loss became nan at step 12 (lr=...)')."""
-    return float(str(err).split(" at step ")[1].split(" ")[0])
+    """The step at which `labpy.train` found a non-finite loss: its `TrainingDivergedError.step`, or for a bare
+    FloatingPointError the step its message names ('loss became nan at step 12 (lr=...)')."""
+    step = getattr(err, "step", None)
+    return float(step) if step is not None else float(str(err).split(" at step ")[1].split(" ")[0])
 
 
 def run(config: SweepConfig, ctx: RunContext) -> RunResult:
     train_ids, val_ids = _corpus(config.vocab_size, config.docstrings)
-    val = eval_windows(val_ids, config.seq_len, config.eval_tokens)
+    device = lab_device()
+    val = eval_windows(val_ids, config.seq_len, config.eval_tokens).to(device)       # (N, T+1)
     hf_config = lab_lm_config(config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.n_layers,
                               num_attention_heads=config.n_heads, num_key_value_heads=config.n_kv_heads,
                               intermediate_size=config.intermediate_size)
@@ -84,7 +101,7 @@ def run(config: SweepConfig, ctx: RunContext) -> RunResult:
         diverged_at = math.nan
         try:
             log = train(model, batch_fn, lm_loss, spec, eval_fn=lambda m: {"val_loss": mean_loss(m, val)},
-                        progress=ctx.progress, desc=f"lr_sweep {ctx.label} seed {seed}")
+                        progress=ctx.progress, desc=f"lr_sweep {ctx.label} seed {seed}", device=device)
             steps, seed_evals = log.steps, log.evals
         except FloatingPointError as err:  # non-finite loss: the run diverged; keep what it did
             diverged_at = nonfinite_step(err)
@@ -208,6 +225,9 @@ def sweep_measurements(table: pd.DataFrame) -> dict:
 class CorpusConfig:
     vocab_size: int = 1024
     docstrings: bool = True
+
+    def __post_init__(self) -> None:
+        check_ranges(self, rules={"vocab_size": int_at_least(MIN_VOCAB)})
 
 
 def run_reference(config: CorpusConfig, ctx: RunContext) -> RunResult:

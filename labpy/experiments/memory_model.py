@@ -36,7 +36,9 @@ import torch
 from ..memory import (ALL_LINEAR, ATTN_TARGETS, GIB, QWEN25_7B, Arch, Setup, activation_bytes, fit_table,
                       optimizer_bytes, peak_bytes, resident_model_bytes, rope_buffer_bytes, saved_tensor_bytes,
                       tensor_peak_bytes, training_growth_bytes, weight_bytes)
+from ..errors import ConfigError
 from ..store import RunResult
+from ..validation import check_ranges, require
 from .registry import Experiment, RunContext, register
 
 TARGET_SETS = {"attn": ATTN_TARGETS, "all": ALL_LINEAR}
@@ -93,6 +95,31 @@ class MemoryModelConfig:
     seq_lens: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
     isolate: bool = True           # each case in a fresh process (smoke: in this one, for speed)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive_int=("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "steps",
+                                         "batches", "seq_lens"),
+                     nonneg_int=("target_rank", "seed"), positive=("capacity_gib",), nonneg=("reserve_gib",),
+                     nonempty=("cases", "batches", "seq_lens"))
+        require(self, self.hidden % self.heads == 0, "hidden",
+                f"is out of range; it must be a multiple of heads = {self.heads}")
+        require(self, self.heads % self.kv_heads == 0, "heads",
+                f"is out of range; it must be a multiple of kv_heads = {self.kv_heads} (grouped-query attention)")
+        require(self, self.reserve_gib < self.capacity_gib, "reserve_gib",
+                f"is out of range; it must be below capacity_gib = {self.capacity_gib}")
+        for text in self.cases:
+            try:
+                case = Case.parse(text)
+                case.setup()
+                ok = case.rank >= 0 and case.batch >= 1 and case.seq_len >= 1 and text.split(",")[4] in ("gc", "nogc")
+            except (ValueError, TypeError):
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"MemoryModelConfig.cases entry {text!r} is not a case; write quant,attn,targets,rank,gc,batch,"
+                    f"seq_len with quant fp32|8bit|4bit, attn sdpa|eager, targets attn|all, rank >= 0 (0: full "
+                    f"fine-tuning), gc|nogc, batch >= 1, seq_len >= 1, e.g. fp32,sdpa,attn,16,nogc,4,256",
+                    config="MemoryModelConfig", field="cases", value=self.cases)
 
     def arch(self) -> Arch:
         return Arch(hidden=self.hidden, layers=self.layers, heads=self.heads, kv_heads=self.kv_heads,
@@ -264,6 +291,7 @@ register(Experiment(
     scales={"smoke": {"check": SMOKE}, "cpu": {"check": MemoryModelConfig()}},
     run=run,
     description="Saved-tensor bytes and peak RSS of real steps vs the model; which batch × length fit 7B QLoRA.",
+    device="cpu",   # it measures the CPU process itself (resident size, CPU tensor bytes), whatever GPU is present
 ))
 
 

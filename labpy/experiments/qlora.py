@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from ..device import lab_device, synchronize, to_device
 from ..finetune import finetune, lm_loss, load_base, loss_summary
 from ..store import RunResult
 from ..train import TrainSpec
+from ..validation import check_ranges, one_of
 from .registry import Experiment, RunContext, register
 
 QUANTS = ("fp32", "8bit", "4bit")
@@ -42,6 +44,12 @@ class QLoRAConfig:
     timing_blocks: int = 6         # timing run: blocks per base, interleaved
     timing_steps: int = 10         # timing run: steps per block
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive=("lr",), nonneg_int=("warmup_steps", "seed"),
+                     positive_int=("rank", "steps", "batch_size", "seq_len", "eval_every", "eval_windows",
+                                   "source_chars", "timing_blocks", "timing_steps"),
+                     rules={"quant": one_of(*QUANTS, "all")})
 
     def quant_arg(self) -> str | None:
         if self.quant not in QUANTS:
@@ -140,15 +148,18 @@ def run_timing(config: QLoRAConfig, ctx: RunContext) -> RunResult:
         models[name] = model
         optimizers[name] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     _, batch_fn = _data(config, tokenizer)
-    batches = [batch_fn(step) for step in range(config.timing_steps)]          # (B, T+1) each, shared
+    device = lab_device()
+    batches = [to_device(batch_fn(step), device) for step in range(config.timing_steps)]  # (B, T+1) each, shared
 
     def block(name: str) -> float:
         model, optimizer = models[name], optimizers[name]
+        synchronize(device)
         start = time.perf_counter()
         for batch in batches:
             optimizer.zero_grad(set_to_none=True)
             lm_loss(model, batch).backward()
             optimizer.step()
+        synchronize(device)                                   # queued GPU work belongs to this block
         return (time.perf_counter() - start) / len(batches)
 
     torch.set_num_threads(1)

@@ -9,18 +9,31 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..device import use_device
 from ..errors import MissingRunError, UnknownChoiceError
 from ..provenance import collect as collect_provenance
 from ..provenance import code_files, git_commit
 from ..store import RunEntry, RunResult, RunStore, entry_key
 
 SCALES = ("smoke", "cpu", "gpu")  # smallest to largest
+# The one list of tracks, in reading order, with what each is about: the navbar's Experiments groups, page
+# subtitles ("Track: X · ...") and the front page follow it (tests/test_site.py checks that they do).
+TRACKS = {
+    "Training dynamics": "a lab language model (Qwen2 architecture, trained here on Python's own documentation) "
+                         "and how it learns",
+    "Fine-tuning": "LoRA, QLoRA and full fine-tuning of the lab LM: quality, memory and what is forgotten",
+    "Attention & circuits": "what attention heads look at, and the circuits built from them",
+    "Paper reproductions": "a paper's claims, each measured in the lab and given a verdict",
+    "The lab itself": "how fast the lab's own machinery is",
+}
 
 
 @dataclass
@@ -43,6 +56,8 @@ class Experiment:
     scales: Mapping[str, Mapping[str, Any]]         # scale -> {label: config instance}
     run: Callable[[Any, RunContext], RunResult]
     description: str = ""
+    device: str | None = None                       # pin runs to a device ("cpu": it measures the CPU itself);
+                                                    # None: the lab's device policy (`labpy.device.lab_device`)
 
     def configs(self, scale: str) -> Mapping[str, Any]:
         if scale not in self.scales:
@@ -60,6 +75,9 @@ _REGISTRY: dict[str, Experiment] = {}
 
 
 def register(experiment: Experiment) -> Experiment:
+    if experiment.track not in TRACKS:
+        raise ValueError(f"experiment {experiment.name!r} declares track {experiment.track!r}; "
+                         f"use one of {list(TRACKS)}")
     unknown = set(experiment.scales) - set(SCALES)
     if unknown:
         raise ValueError(f"experiment {experiment.name!r} declares unknown scales {sorted(unknown)}; use {SCALES}")
@@ -127,13 +145,17 @@ def run_config(experiment: Experiment, scale: str, label: str, config: Any, stor
     key = experiment.key(config, label)
     if store.has(experiment.name, key) and not force:
         return store.get(experiment.name, key)
-    store.check_writable(f"train {experiment.name}/{key} (run `{experiment.command(scale)}` where it may write)")
+    store.check_writable(f"train {experiment.name}/{key} (run `{experiment.command(scale)}` where it may write)",
+                         experiment.name)
     work_dir = store.work_dir(experiment.name, key)
+    if force:       # from scratch: a forced rerun never resumes from (possibly corrupt) state of an earlier try
+        shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     started, t0, commit = dt.datetime.now(dt.timezone.utc), time.perf_counter(), git_commit(code_files(experiment.run))
     resumed = any(work_dir.iterdir())  # an interrupted run left state: wall time covers only the rest
-    result = experiment.run(config, RunContext(work_dir=work_dir, progress=progress, label=label))
-    provenance = collect_provenance(result.seed, time.perf_counter() - t0, started, scale, commit)
+    with use_device(experiment.device) as device:   # the policy's choice, or the experiment's pinned device
+        result = experiment.run(config, RunContext(work_dir=work_dir, progress=progress, label=label))
+    provenance = collect_provenance(result.seed, time.perf_counter() - t0, started, scale, commit, device)
     provenance["resumed"] = resumed
     meta = {"label": label, "scale": scale, "version": experiment.version, "title": experiment.title,
             "config": dataclasses.asdict(config)}
@@ -164,11 +186,22 @@ def stored_runs(experiment: Experiment, scale: str, store: RunStore) -> StoredRu
     return StoredRuns(experiment, scale, entries)
 
 
-def results(name: str, scale: str | None = None, store: RunStore | None = None) -> StoredRuns:
+TRAIN_MISSING_ENV = "LAB_TRAIN_MISSING"
+
+
+def may_train_missing() -> bool:
+    """Only `lab run` (and tests of smoke runs) opt in; a page's kernel never trains, whatever the store allows."""
+    return os.environ.get(TRAIN_MISSING_ENV, "").lower() not in ("", "0", "false", "no")
+
+
+def results(name: str, scale: str | None = None, store: RunStore | None = None,
+            train_missing: bool | None = None) -> StoredRuns:
     """What a page reads: the largest scale whose every config is stored (or the `scale` asked for).
 
-    With nothing stored, a read-only store (tests, CI) raises an error naming the `lab run` command; otherwise
-    the `cpu` scale is trained and stored first, like a cache, with no progress output in the page.
+    Nothing missing is ever trained from a page: `quarto render` would silently start hours of training in the
+    page's kernel. A missing scale raises `MissingRunError` naming the `lab run` command. `train_missing=True`
+    (or `$LAB_TRAIN_MISSING=1`, which `lab run` sets for the runs an experiment depends on) trains and stores
+    the `cpu` scale (or the `scale` asked for) first, with no progress output.
     """
     experiment, store = get_experiment(name), store or RunStore()
     candidates = [scale] if scale else [s for s in reversed(SCALES) if s in experiment.scales]
@@ -177,7 +210,7 @@ def results(name: str, scale: str | None = None, store: RunStore | None = None) 
         if found is not None:
             return found
     target = scale or ("cpu" if "cpu" in experiment.scales else candidates[-1])
-    if store.read_only:
+    if store.read_only or not (may_train_missing() if train_missing is None else train_missing):
         raise MissingRunError(
             f"no stored runs of {name!r} at scale {target!r} in {store.root}; produce them with: "
             f"{experiment.command(target)}"

@@ -17,6 +17,7 @@ Metrics (the reference leaves them ambiguous; our choices):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -26,10 +27,12 @@ import torch.nn.functional as F
 
 from ..models.context_mlp import ContextMLP, ContextMLPConfig, matched_config, padded_prefixes
 from ..models.toy import ToyTransformerConfig, build_toy_transformer, load_toy_transformer
-from ..store import RunEntry, RunResult
+from ..store import RunEntry, RunResult, checkpoint_name
 from ..tasks import bijection, hmm
 from ..tasks.posterior_math import entropy_bits, kl_bits
+from ..device import lab_device, model_device, to_device
 from ..train import TrainSpec, step_generator, train
+from ..validation import check_ranges, int_at_least, number_at_least, one_of, require
 from .registry import Experiment, RunContext, register
 
 EVAL_SEED = 2_000_000  # evaluation sequences never overlap training batches
@@ -61,10 +64,14 @@ class WindTunnelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, value, choices in (("task", self.task, ("bijection", "hmm")),
-                                     ("model", self.model, ("transformer", "mlp"))):
-            if value not in choices:
-                raise ValueError(f"unknown {name} {value!r}; valid choices: {', '.join(choices)}")
+        check_ranges(self, rules={"task": one_of("bijection", "hmm"), "model": one_of("transformer", "mlp"),
+                                  "vocab": int_at_least(2), "hmm_states": int_at_least(2),
+                                  "test_length_factor": number_at_least(1)},
+                     positive_int=("hmm_length", "hmm_grid", "n_layers", "d_model", "n_heads", "d_mlp", "mlp_depth",
+                                   "mlp_embed", "steps", "batch", "eval_every", "eval_size"),
+                     nonneg_int=("warmup", "n_checkpoints", "seed"), positive=("lr",), nonneg=("weight_decay",))
+        require(self, self.d_model % self.n_heads == 0, "d_model",
+                f"is out of range; it must be a multiple of n_heads = {self.n_heads} (d_head = d_model / n_heads)")
 
     # --- the task, as the models see it -------------------------------------------------------------------
     def hmm_task(self, length: int | None = None) -> hmm.HMMTask:
@@ -139,7 +146,9 @@ def build_model(config: WindTunnelConfig) -> torch.nn.Module:
 def predict_logits(model: torch.nn.Module, batch: TunnelBatch) -> torch.Tensor:
     """Logits (B, P, C) at the prediction positions, whichever model it is."""
     if isinstance(model, ContextMLP):
-        rows = padded_prefixes(batch.tokens, batch.positions, model.config.context, model.pad_id)  # (B, P, C_ctx)
+        on = batch.tokens.device            # build the prefixes where the tokens are (factories default to the CPU)
+        with contextlib.nullcontext() if on.type == "cpu" else torch.device(on):
+            rows = padded_prefixes(batch.tokens, batch.positions, model.config.context, model.pad_id)  # (B, P, C_ctx)
         B, P, C = rows.shape
         return model(rows.reshape(B * P, C)).reshape(B, P, -1)
     return model(batch.tokens)[:, batch.positions]                                             # (B, P, C)
@@ -168,15 +177,18 @@ def errors_by_position(q: torch.Tensor, p: torch.Tensor) -> pd.DataFrame:
 
 @torch.no_grad()
 def position_errors(model: torch.nn.Module, batch: TunnelBatch, chunk: int = 500) -> pd.DataFrame:
-    """`errors_by_position` of a model on a batch, evaluated in chunks to bound memory."""
+    """`errors_by_position` of a model on a batch, evaluated in chunks to bound memory, on the model's device
+    (the batch may live anywhere); the errors are computed on the CPU."""
     was_training = model.training
     model.eval()
-    q = torch.cat([F.softmax(predict_logits(model, TunnelBatch(batch.tokens[i:i + chunk], batch.positions,
-                                                                batch.posterior[i:i + chunk],
-                                                                batch.labels[i:i + chunk])).double(), dim=-1)
+    device = model_device(model)
+    q = torch.cat([F.softmax(predict_logits(model, to_device(TunnelBatch(batch.tokens[i:i + chunk], batch.positions,
+                                                                          batch.posterior[i:i + chunk],
+                                                                          batch.labels[i:i + chunk]), device)
+                                            ).double(), dim=-1).cpu()
                    for i in range(0, batch.tokens.shape[0], chunk)])                 # (N, P, C)
     model.train(was_training)
-    return errors_by_position(q, batch.posterior)
+    return errors_by_position(q, batch.posterior.cpu())
 
 
 def eval_batch(config: WindTunnelConfig, n: int | None = None, length: int | None = None) -> TunnelBatch:
@@ -184,8 +196,9 @@ def eval_batch(config: WindTunnelConfig, n: int | None = None, length: int | Non
 
 
 def run(config: WindTunnelConfig, ctx: RunContext) -> RunResult:
+    device = lab_device()
     model = build_model(config)
-    small_eval = eval_batch(config, 500)
+    small_eval = to_device(eval_batch(config, 500), device)
 
     def eval_fn(m: torch.nn.Module) -> dict[str, float]:
         errors = position_errors(m, small_eval)
@@ -196,7 +209,7 @@ def run(config: WindTunnelConfig, ctx: RunContext) -> RunResult:
                      checkpoint_steps=config.checkpoint_steps(), seed=config.seed)
     log = train(model, lambda step: make_batch(config, config.batch, step_generator(config.seed, step)),
                 lambda m, b: loss_on(config, m, b), spec, eval_fn=eval_fn, work_dir=ctx.work_dir,
-                progress=ctx.progress, desc=f"wind tunnel {ctx.label}")
+                progress=ctx.progress, desc=f"wind tunnel {ctx.label}", device=device)
 
     final = position_errors(model, eval_batch(config))
     tables = {"steps": log.steps, "evals": log.evals, "positions": final}
@@ -210,7 +223,7 @@ def run(config: WindTunnelConfig, ctx: RunContext) -> RunResult:
         summary["mlp_config"] = asdict(config.mlp_config())
     else:
         summary["transformer_config"] = asdict(config.transformer_config())
-    checkpoints = {_checkpoint_name(step): state for step, state in log.checkpoints.items()}
+    checkpoints = {checkpoint_name(step): state for step, state in log.checkpoints.items()}
     return RunResult(tables=tables, summary=summary, checkpoints=checkpoints, seed=config.seed)
 
 
@@ -221,21 +234,13 @@ def length_generalization(config: WindTunnelConfig, model: torch.nn.Module) -> p
     return pd.concat(frames, ignore_index=True)
 
 
-def _checkpoint_name(step: int) -> str:
-    return f"step{step:06d}"
-
-
-def checkpoint_step(name: str) -> int:
-    return int(name.removeprefix("step"))
-
-
-def load_model(entry: RunEntry, checkpoint: str | None = None) -> torch.nn.Module:
-    """A stored transformer at a checkpoint (default: the last one), in eval mode."""
-    names = entry.checkpoint_names()
-    if not names:
+def load_model(entry: RunEntry, step: int | None = None) -> torch.nn.Module:
+    """A stored transformer at a training step (default: the last checkpoint), in eval mode."""
+    steps = entry.checkpoint_steps()
+    if not steps:
         raise ValueError(f"run {entry.experiment}/{entry.key} stores no weights (only transformer runs do)")
     config = WindTunnelConfig(**entry.config)
-    model = load_toy_transformer(config.transformer_config(), entry.checkpoint(checkpoint or names[-1]))
+    model = load_toy_transformer(config.transformer_config(), entry.step_checkpoint(steps[-1] if step is None else step))
     return model
 
 

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from ..interp import bayes_geometry as geo
+from ..store import checkpoint_name
 from ..tasks.posterior_math import entropy_bits
 from .registry import StoredRuns, results
-from .wind_tunnels import (TunnelBatch, WindTunnelConfig, checkpoint_step, errors_by_position, eval_batch,
+from .wind_tunnels import (TunnelBatch, WindTunnelConfig, errors_by_position, eval_batch,
                            load_model)
 
 ANALYSIS_SEQUENCES = 500   # sequences for geometry and ablations: seconds on a CPU, spread well under 1e-3 bits
@@ -102,8 +103,8 @@ class WindTunnelReport:
     def config(self, task: str) -> WindTunnelConfig:
         return WindTunnelConfig(**self.entry(task, "transformer").config)
 
-    def model(self, task: str, seed: int = 0, checkpoint: str | None = None):
-        return load_model(self.entry(task, "transformer", seed), checkpoint)
+    def model(self, task: str, seed: int = 0, step: int | None = None):
+        return load_model(self.entry(task, "transformer", seed), step)
 
     def batch(self, task: str, n: int = ANALYSIS_SEQUENCES, length: int | None = None) -> TunnelBatch:
         return eval_batch(self.config(task), n, length)
@@ -137,11 +138,11 @@ class WindTunnelReport:
         frames = []
         for seed in self.seeds:
             entry = self.entry("bijection", "transformer", seed)
-            state = entry.checkpoint(entry.checkpoint_names()[-1])
+            state = entry.step_checkpoint(entry.checkpoint_steps()[-1])
             frames.append(geo.key_orthogonality(state, config.n_heads, range(config.vocab)).assign(seed=seed, weights="trained"))
         first = self.entry("bijection", "transformer", 0)
-        if "step000000" in first.checkpoint_names():
-            frames.append(geo.key_orthogonality(first.checkpoint("step000000"), config.n_heads, range(config.vocab))
+        if 0 in first.checkpoint_steps():
+            frames.append(geo.key_orthogonality(first.step_checkpoint(0), config.n_heads, range(config.vocab))
                           .assign(seed=0, weights="initial"))
         return pd.concat(frames, ignore_index=True)
 
@@ -172,10 +173,10 @@ class WindTunnelReport:
         return geo.elimination_attention(self.bijection_cache["pattern"], self.config("bijection").vocab - 1)
 
     @_memo
-    def manifold(self, task: str, seed: int = 0, checkpoint: str | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
-        """PCA points (PC1, PC2, entropy, position) and the manifold statistics."""
+    def manifold(self, task: str, seed: int = 0, step: int | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+        """PCA points (PC1, PC2, entropy, position) and the manifold statistics, at a training step (default: last)."""
         batch = self.batch(task)
-        reps = geo.final_representations(self.model(task, seed, checkpoint), batch.tokens, batch.positions)  # (B, P, d)
+        reps = geo.final_representations(self.model(task, seed, step), batch.tokens, batch.positions)  # (B, P, d)
         B, P, d = reps.shape
         h = entropy_bits(batch.posterior.double())                                  # (B, P)
         position = torch.arange(1, P + 1).repeat(B)                                 # (B·P,)
@@ -216,24 +217,24 @@ class WindTunnelReport:
         divergence of attention rows at prediction positions, bits), representation change (1 − linear CKA of
         final-layer representations), PC1–entropy correlation, and the error of that checkpoint."""
         entry = self.entry("bijection", "transformer", 0)
-        names = entry.checkpoint_names()
+        steps = entry.checkpoint_steps()
         batch = self.batch("bijection", n)
         h = entropy_bits(batch.posterior.double()).reshape(-1)
         snapshots = {}
-        for name in names:
-            model = load_model(entry, name)
+        for step in steps:
+            model = load_model(entry, step)
             patterns = geo.attention_and_qk(model, batch.tokens)["pattern"][:, :, :, batch.positions]  # (L, B, H, P, T)
             reps = geo.final_representations(model, batch.tokens, batch.positions).reshape(-1, model.cfg.d_model)
             with torch.no_grad():
                 errors = _errors_from_logits(model(batch.tokens), batch)
-            snapshots[name] = (patterns, reps, errors)
-        final_patterns, final_reps, _ = snapshots[names[-1]]
+            snapshots[step] = (patterns, reps, errors)
+        final_patterns, final_reps, _ = snapshots[steps[-1]]
         rows = []
-        for name in names:
-            patterns, reps, errors = snapshots[name]
+        for step in steps:
+            patterns, reps, errors = snapshots[step]
             pc1 = torch.as_tensor(geo.pca_points(reps, 1)[:, 0])
             corr = abs(float(torch.corrcoef(torch.stack([pc1, h]))[0, 1]))
-            rows.append({"step": checkpoint_step(name), "checkpoint": name,
+            rows.append({"step": step, "checkpoint": checkpoint_name(step),
                          "attention_js": float(geo.js_divergence_bits(patterns, final_patterns).mean()),
                          "representation_change": 1 - geo.linear_cka(reps, final_reps),
                          "pc1_entropy_corr": corr, **errors})

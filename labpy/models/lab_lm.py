@@ -10,6 +10,7 @@ which `Qwen2ForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` / `la
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -111,16 +112,22 @@ def lab_lm_dir(scale: str | None = None) -> Path:
 
     store = RunStore()
     entry = results(EXPERIMENT, scale, store)[LABEL]
-    target = store.root / WORK_DIR / HF_SUBDIR / f"{EXPERIMENT}-{entry.key}"
+    # Keyed by the hashes of the weights and tokenizer it is built from (verified against the entry's manifest
+    # by `results`): `lab run lab_lm --force` makes a new folder instead of leaving a stale copy in use.
+    digest = hashlib.sha256("".join(entry.file_digest(f) for f in (f"checkpoints/{CHECKPOINT}.safetensors",
+                                                                   f"files/{TOKENIZER_FILE}")).encode()).hexdigest()
+    target = store.root / WORK_DIR / HF_SUBDIR / f"{EXPERIMENT}-{entry.key}-{digest[:12]}"
     if (target / READY_MARKER).is_file():
         return target
+    for stale in target.parent.glob(f"{EXPERIMENT}-{entry.key}-*"):   # copies of weights no longer stored
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         model, tokenizer = load_lab_lm(entry)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / READY_MARKER).write_text(json.dumps({"experiment": EXPERIMENT, "key": entry.key,
+        (tmp / READY_MARKER).write_text(json.dumps({"experiment": EXPERIMENT, "key": entry.key, "digest": digest,
                                                     "scale": entry.scale, "eos_token": EOS}))
         if target.exists():
             shutil.rmtree(target)

@@ -8,7 +8,7 @@ ablation helpers in `labpy.interp` work on it unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from transformer_lens.config import TransformerBridgeConfig
@@ -50,7 +50,3 @@ def load_toy_transformer(config: ToyTransformerConfig | Mapping, state: Mapping[
     model.load_state_dict(dict(state))
     model.eval()
     return model
-
-
-def config_dict(config: ToyTransformerConfig) -> dict:
-    return asdict(config)

@@ -1,0 +1,100 @@
+"""The rendered site as a reader's browser sees it: headless Chromium opens every page of the real `_site/`.
+
+Checks, per page: no request leaves the local server (math, charts and scripts all offline), no console
+error, every chart draws marks, no Markdown table left as raw pipe text, no raw TeX. A full-page screenshot
+of each lands in `_site_build/screenshots/` for developers to look at.
+
+`_site/` comes from `bash scripts/render.sh` (the test command renders first and sets LAB_REQUIRE_SITE=1, so
+a missing site or browser fails there instead of skipping).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SITE = ROOT / "_site"
+SHOTS = ROOT / "_site_build" / "screenshots"
+REQUIRED = os.environ.get("LAB_REQUIRE_SITE", "").lower() not in ("", "0", "false", "no")
+PAGES = sorted(p.relative_to(SITE).as_posix() for p in SITE.rglob("*.html")
+               if "site_libs" not in p.parts) if SITE.is_dir() else []
+
+# Marks Vega draws inside a chart's SVG: a chart whose every mark group is empty drew nothing.
+CHART_STATE = """() => Array.from(document.querySelectorAll('.lab-chart')).map(div => ({
+  id: div.id,
+  marks: div.querySelectorAll('svg .role-mark > path, svg .role-mark > rect, svg .role-mark > circle, '
+                              + 'svg .role-mark > line, svg .role-mark > text, svg .role-mark > g > path').length,
+  error: div.innerText.includes('chart error'),
+}))"""
+RAW_TABLE = re.compile(r"^\s*\|.*\|\s*$")
+RAW_TEX = re.compile(r"\$\$|\\(frac|sum|mathrm|text|log|hat|le|ge)\b|\$[^$\s][^$]*\\[a-z]+[^$]*\$")
+
+
+def _require(condition: bool, reason: str) -> None:
+    if condition:
+        return
+    if REQUIRED:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def server():
+    _require(bool(PAGES), "no rendered site in _site/: run `bash scripts/render.sh` first")
+    handler = functools.partial(_QuietHandler, directory=str(SITE))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    _require(chromium is not None, "no Chromium on this machine (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api") if not REQUIRED else __import__(
+        "playwright.sync_api", fromlist=["sync_playwright"])
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        yield browser
+        browser.close()
+
+
+@pytest.mark.parametrize("page_path", PAGES or ["(no site)"])
+def test_page_in_a_browser(page_path, server, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    outside, errors = [], []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server, "data:", "blob:",
+                                                                                 "about:")) else None)
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{server}/{page_path}", wait_until="networkidle")
+    page.wait_for_timeout(300)  # vegaEmbed renders asynchronously after load
+    charts = page.evaluate(CHART_STATE)
+    text = page.evaluate("() => document.querySelector('main') ? document.querySelector('main').innerText : ''")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / (page_path.replace("/", "__").removesuffix(".html") + ".png")), full_page=True)
+    page.close()
+
+    assert not outside, f"{page_path} reaches beyond the local server: {sorted(set(outside))[:5]}"
+    assert not errors, f"{page_path} logs console errors: {errors[:3]}"
+    blank = [c["id"] for c in charts if c["marks"] == 0 or c["error"]]
+    assert not blank, f"{page_path}: {len(blank)} of {len(charts)} charts draw nothing: {blank}"
+    raw_rows = [line for line in text.splitlines() if RAW_TABLE.match(line)]
+    assert not raw_rows, f"{page_path} shows a Markdown table as raw text: {raw_rows[:2]}"
+    tex = RAW_TEX.search(text)
+    assert not tex, f"{page_path} shows raw TeX near {text[max(0, tex.start() - 40):tex.end() + 40]!r}"
