@@ -102,16 +102,10 @@ def parse_page(path: Path, root: Path | None = None) -> tuple[dict[str, Any], nb
     return front, nb
 
 
-def inline_expressions(nb: nbformat.NotebookNode) -> list[str]:
-    exprs: list[str] = []
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            exprs += [e for e in INLINE.findall(cell.source) if e not in exprs]
-    return exprs
-
-
 def _inline_cell(exprs: list[str]) -> nbformat.NotebookNode:
-    """A last cell that evaluates each inline expression like Quarto does (strings shown without quotes)."""
+    """A cell that evaluates a Markdown cell's inline expressions right after it, where Quarto evaluates them
+    (so one that uses a variable from a later cell fails here as it does in `quarto render`); strings are
+    shown without quotes."""
     code = (
         "import json as _lab_json\n"
         f"_lab_exprs = {exprs!r}\n"
@@ -142,9 +136,12 @@ def execute_page(path: Path, root: Path | None = None, read_only: bool = True, t
     root = root or project_root()
     path = Path(path).resolve()
     _, nb = parse_page(path, root)
-    exprs = inline_expressions(nb)
-    if exprs:
-        nb.cells.append(_inline_cell(exprs))
+    cells = []
+    for cell in nb.cells:
+        cells.append(cell)
+        if cell.cell_type == "markdown" and (exprs := list(dict.fromkeys(INLINE.findall(cell.source)))):
+            cells.append(_inline_cell(exprs))
+    nb.cells = cells
     client = NotebookClient(nb, kernel_name="python3", timeout=timeout, allow_errors=False,
                             resources={"metadata": {"path": str(path.parent)}})
     start, error, values = time.perf_counter(), None, {}
@@ -156,11 +153,12 @@ def execute_page(path: Path, root: Path | None = None, read_only: bool = True, t
         except Exception as err:  # kernel death, timeouts: still a page failure to report, not a crash
             error = f"{type(err).__name__}: {err}"
     seconds = time.perf_counter() - start
-    if exprs and error is None:
-        out = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", []) if o.get("name") == "stdout")
-        values = json.loads(out.split("LAB-INLINE", 1)[1])
-    if exprs:
-        nb.cells.pop()
+    for cell in nb.cells:
+        if "lab-inline" in cell.metadata.get("tags", []):
+            out = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("name") == "stdout")
+            if "LAB-INLINE" in out:
+                values.update(json.loads(out.split("LAB-INLINE", 1)[1]))
+    nb.cells = [c for c in nb.cells if "lab-inline" not in c.metadata.get("tags", [])]
     return PageRun(path, seconds, nb, values, error)
 
 

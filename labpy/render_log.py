@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")   # Quarto colours its progress and warnings
 PAGE_LINE = re.compile(r"^\s*\[\s*(\d+)/(\d+)\]\s+(\S+\.qmd)\s*$")
 WARNING_LINE = re.compile(r"^\s*(WARN(ING)?\b|\[WARNING\])", re.I)
 OUT_DIR = Path("_site_build")
@@ -32,9 +33,10 @@ def main(argv: list[str]) -> int:
     page, page_start, t0 = "(project)", time.perf_counter(), time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
+    for raw in proc.stdout:   # text mode: the "\r" before each "[i/n] page" also ends a line
+        sys.stdout.write(raw)
         sys.stdout.flush()
+        line = ANSI.sub("", raw)
         if match := PAGE_LINE.match(line):
             now = time.perf_counter()
             if page != "(project)":
@@ -51,6 +53,9 @@ def main(argv: list[str]) -> int:
     (OUT_DIR / "page_times.json").write_text(json.dumps({"total_s": round(end - t0, 2), "pages": times}, indent=1))
     if status != 0:
         return status
+    if not times:
+        print("render_log: no page was announced in Quarto's output; cannot time the pages", file=sys.stderr)
+        return 1
     if warnings:
         print(f"\nrender_log: {len(warnings)} warning(s); the site must render without any:", file=sys.stderr)
         for where, text in warnings:

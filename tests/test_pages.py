@@ -23,13 +23,13 @@ execute:
   echo: false
 ---
 
-Inline: `{python} answer * 2` and `{python} "text"`.
-
 ```{python}
 import os
 answer = 21
 cwd = os.getcwd()
 ```
+
+Inline: `{python} answer * 2` and `{python} "text"`.
 
 ```python
 raise RuntimeError("a plain python block is text, never run")
@@ -83,3 +83,11 @@ def test_a_page_never_trains_a_missing_run_even_with_a_writable_store(tmp_path, 
     assert not run.ok and "lab run induction --scale cpu" in run.error
     assert "Traceback" not in run.error.split("MissingRunError")[-1]
     assert not (tmp_path / "empty" / "induction").exists() or not any((tmp_path / "empty" / "induction").iterdir())
+
+
+def test_inline_expressions_are_evaluated_where_they_stand(tmp_path):
+    """As in `quarto render`: an inline expression that needs a variable from a later cell fails."""
+    page = _toy_project(tmp_path, "---\ntitle: x\n---\n\n```{python}\na = 1\n```\n\nA is `{python} a`, "
+                                  "B is `{python} b`.\n\n```{python}\nb = 2\n```\n")
+    run = execute_page(page, tmp_path)
+    assert not run.ok and "NameError" in run.error and "'b'" in run.error

@@ -64,8 +64,9 @@ def run(config: SiteRenderConfig, ctx: RunContext) -> RunResult:
         copy_project(project)
         env = {**os.environ, "LAB_RUNS_DIR": str(runs_dir()), READONLY_ENV: "1", "LAB_ROOT": str(project),
                "QUARTO_PYTHON": sys.executable, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        show = ctx.progress if ctx.progress is not None else sys.stderr.isatty()   # Quarto's page list as progress
         done = subprocess.run([sys.executable, "-m", "labpy.render_log", quarto, "render", *config.pages],
-                              cwd=project, env=env, capture_output=not ctx.progress, text=True)
+                              cwd=project, env=env, capture_output=not show, text=True)
         if done.returncode != 0:
             tail = (done.stdout or "")[-2000:] + (done.stderr or "")[-2000:]
             raise LabError(f"quarto render of the site failed (exit {done.returncode}); fix the render first "
