@@ -63,3 +63,44 @@ def test_prediction_errors_are_clear():
         notebook.verdicts({})
     with pytest.raises(TypeError, match="check must be a function"):
         notebook.predict("p", "s", check=True)
+
+
+def test_table_escapes_pipes_humanizes_headers_and_formats_numbers():
+    frame = pd.DataFrame({"final_val_loss": [3.14159, 2.0], "lr": [3e-4, 1e-2], "note": ["|cosine|", "a|b"],
+                          "steps": [1000, 20000]})
+    text = notebook.table(frame).data
+    header, rule, *rows = text.strip().splitlines()
+    assert header == "| final val loss | lr | note | steps |"
+    assert rows[0] == "| 3.142 | 0.0003 | \\|cosine\\| | 1000 |"
+    assert rows[1] == "| 2 | 0.010 | a\\|b | 20,000 |"
+    assert all(line.count("|") - line.count("\\|") == 5 for line in [header, rule, *rows])  # 4 cells each
+    assert notebook.table(frame, columns={"lr": "learning rate"}).data.startswith("| final val loss | learning rate |")
+
+
+def test_verdict_cells_escape_pipes():
+    notebook.clear_predictions()
+    notebook.predict("cos", "|cosine| < 0.2 for every pair", check=lambda r: True, measure=lambda r: "|r| = 0.1")
+    markdown = notebook.verdicts({})._repr_markdown_()
+    row = markdown.splitlines()[2]
+    assert "\\|cosine\\|" in row and "\\|r\\|" in row and row.count("|") - row.count("\\|") == 5
+    notebook.clear_predictions()
+
+
+def test_claim_shows_when_it_holds_and_fails_the_page_when_it_does_not(capsys):
+    notebook.claim("the loss fell", check=True, measured="4.1 → 2.0")
+    with pytest.raises(notebook.ClaimContradicted, match="the data contradict this learning: 'warm-up helps'"):
+        notebook.claim("warm-up helps", check=lambda: -0.35 > 0, measured="-0.35 nats")
+    assert [c.holds for c in notebook.claims()[-2:]] == [True, False]
+
+
+def test_log_axis_refuses_non_positive_values_and_palettes_tell_series_apart(curve):
+    zero = curve.assign(loss=[4, 3, 2, 0, 4, 4, 4, 4])
+    with pytest.raises(ValueError, match="log y axis of 'loss' gets 1 non-positive value"):
+        plots.line_chart(zero, "step", "loss", log_y=True)
+    many = pd.DataFrame({"step": list(range(4)) * 16, "loss": range(64), "run": [f"r{i // 4}" for i in range(64)]})
+    spec = plots.line_chart(many, "step", "loss", color="run").to_dict()
+    assert spec["encoding"]["color"]["scale"]["scheme"] == "tableau20"
+    lrs = many.assign(lr=[10 ** -(i // 4) for i in range(64)])
+    spec = plots.line_chart(lrs, "step", "loss", color="lr").to_dict()
+    assert spec["encoding"]["color"]["type"] == "ordinal" and spec["encoding"]["color"]["scale"]["scheme"] == "viridis"
+    assert spec["encoding"]["x"]["title"] == "step" and plots.human("final_val_loss") == "final val loss"

@@ -206,3 +206,15 @@ def test_step_checkpoints_one_api_for_both_historical_names(tmp_store):
     assert entry.step_checkpoint(100)["w"].item() == 2.0 and entry.step_checkpoint(200)["w"].item() == 1.0
     with pytest.raises(MissingRunError, match="no checkpoint at step 300; it has steps 100, 200"):
         entry.step_checkpoint(300)
+
+
+def test_every_committed_entry_reads_back_as_its_experiments_dataclass(root):
+    """`config_of(entry)` rebuilds the exact config that made the entry: its key hashes the same."""
+    from labpy.experiments import config_of, get_experiment
+
+    store = RunStore(root / "runs", read_only=True)
+    for entry in store.entries():
+        experiment = get_experiment(entry.experiment)
+        config = config_of(entry)
+        assert isinstance(config, experiment.config_type), entry
+        assert experiment.key(config, entry.label) == entry.key, f"{entry}: typed config does not hash to its key"

@@ -25,7 +25,7 @@ from ..tasks.corpus import (EOS, VAL_FRACTION, encode, eval_windows, kinds_in_co
 from ..device import lab_device, to_cpu, to_device
 from ..train import StatsContext, TrainSpec, adam_eps, adam_moments, train
 from ..validation import POSITIVE_INT, check_ranges, int_at_least, one_of, require
-from .registry import Experiment, RunContext, register
+from .registry import Experiment, RunContext, config_of, register
 
 FREQUENCY_BANDS = ((0, 100, "top 100"), (100, 500, "rank 100-499"), (500, None, "rank 500+"))
 
@@ -219,7 +219,7 @@ register(Experiment(
 
 def stored_corpus(entry: RunEntry) -> Corpus:
     """The run's corpus rebuilt with its stored tokenizer (the same ids as in training)."""
-    config = LabLMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in entry.config.items()})
+    config = config_of(entry)
     _, tokenizer = load_lab_lm(entry)
     pydoc = pydoc_text()
     pydoc_ids = encode(tokenizer, pydoc)

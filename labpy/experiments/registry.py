@@ -70,6 +70,10 @@ class Experiment:
     def command(self, scale: str) -> str:
         return f"lab run {self.name} --scale {scale}"
 
+    def config_from(self, stored: Mapping[str, Any]) -> Any:
+        """A stored config (JSON: tuples came back as lists) as this experiment's dataclass, validated again."""
+        return self.config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+
 
 _REGISTRY: dict[str, Experiment] = {}
 
@@ -160,6 +164,11 @@ def run_config(experiment: Experiment, scale: str, label: str, config: Any, stor
     meta = {"label": label, "scale": scale, "version": experiment.version, "title": experiment.title,
             "config": dataclasses.asdict(config)}
     return store.put(experiment.name, key, meta, result, provenance)
+
+
+def config_of(entry: RunEntry) -> Any:
+    """An entry's config as its experiment's dataclass: `config_of(entry).steps`, never a hand-rebuilt dict."""
+    return get_experiment(entry.experiment).config_from(entry.config)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from ..tasks.posterior_math import entropy_bits, kl_bits
 from ..device import lab_device, model_device, to_device
 from ..train import TrainSpec, step_generator, train
 from ..validation import check_ranges, int_at_least, number_at_least, one_of, require
-from .registry import Experiment, RunContext, register
+from .registry import Experiment, RunContext, config_of, register
 
 EVAL_SEED = 2_000_000  # evaluation sequences never overlap training batches
 
@@ -239,7 +239,7 @@ def load_model(entry: RunEntry, step: int | None = None) -> torch.nn.Module:
     steps = entry.checkpoint_steps()
     if not steps:
         raise ValueError(f"run {entry.experiment}/{entry.key} stores no weights (only transformer runs do)")
-    config = WindTunnelConfig(**entry.config)
+    config = config_of(entry)
     model = load_toy_transformer(config.transformer_config(), entry.step_checkpoint(steps[-1] if step is None else step))
     return model
 
