@@ -82,6 +82,7 @@ def test_page_in_a_browser(page_path, server, browser):
                                                                                  "about:")) else None)
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("response", lambda r: errors.append(f"{r.status} for {r.url}") if r.status >= 400 else None)
     page.goto(f"{server}/{page_path}", wait_until="networkidle")
     page.wait_for_timeout(300)  # vegaEmbed renders asynchronously after load
     charts = page.evaluate(CHART_STATE)
