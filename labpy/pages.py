@@ -59,6 +59,21 @@ def project_execute_options(root: Path) -> dict[str, Any]:
     return dict(config.get("execute") or {})
 
 
+def navbar_groups(root: Path | None = None) -> dict[str | None, list[str]]:
+    """The pages of the navbar's Experiments menu by group heading (a track, see `registry.TRACKS`), in order."""
+    root = root or project_root()
+    navbar = yaml.safe_load((root / "_quarto.yml").read_text())["website"]["navbar"]["left"]
+    menu = next(item for item in navbar if item.get("text") == "Experiments")["menu"]
+    groups: dict[str | None, list[str]] = {}
+    current = None
+    for item in menu:
+        if "href" in item:
+            groups.setdefault(current, []).append(item["href"])
+        elif item.get("text", "---") != "---":
+            current = item["text"]
+    return groups
+
+
 def split_options(source: str) -> tuple[dict[str, Any], str]:
     """Split leading `#|` YAML option lines from a cell's code."""
     lines = source.splitlines()

@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from labpy.pages import list_pages, parse_page
+from labpy.pages import list_pages, navbar_groups, parse_page
 from labpy.questions import STATUSES, load_questions
 
 
@@ -135,25 +135,12 @@ def test_every_table_and_chart_is_displayed(page):
     assert not lost, f"{page.name} builds output it never displays (make it the cell's last line or display(...)): {lost}"
 
 
-def _navbar_groups(root) -> dict[str, str]:
-    """Page -> the heading of the Experiments menu group it sits under."""
-    config = yaml.safe_load((root / "_quarto.yml").read_text())
-    menu = next(item for item in config["website"]["navbar"]["left"] if item.get("text") == "Experiments")["menu"]
-    groups, current = {}, None
-    for item in menu:
-        if "href" in item:
-            groups[item["href"]] = current
-        elif item.get("text") and item["text"] != "---":
-            current = item["text"]
-    return groups
-
-
 def test_track_is_declared_once_in_the_registry(root):
     """The registry's track is the one source: each experiment page's subtitle and navbar group must agree."""
     from labpy.experiments import all_experiments
     from labpy.experiments.registry import TRACKS
 
-    groups = _navbar_groups(root)
+    groups = {page: group for group, pages in navbar_groups(root).items() for page in pages}
     for exp in all_experiments():
         assert exp.track in TRACKS, f"{exp.name}: track {exp.track!r} is not one of {list(TRACKS)}"
         front, _ = parse_page(root / exp.page)

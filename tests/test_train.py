@@ -227,6 +227,14 @@ def test_ctrl_c_without_a_work_dir_says_the_run_starts_over():
     assert err.value.work_dir is None and err.value.kept is None and "starts it over" in str(err.value)
 
 
+def _resume_matches(tmp_path, spec, expected, reference) -> None:
+    """Rerun from the resume state in `tmp_path`: weights and evals equal the uninterrupted reference run."""
+    model, batch_fn, loss_fn = _problem()
+    log = train(model, batch_fn, loss_fn, spec, eval_fn=lambda m: {"w": m[0].weight.sum().item()}, work_dir=tmp_path)
+    assert all(torch.equal(expected[n], model.state_dict()[n]) for n in expected)
+    pd.testing.assert_frame_equal(log.evals, reference.evals)
+
+
 def test_an_interrupt_in_the_middle_of_an_update_keeps_the_last_whole_step(tmp_path):
     """A KeyboardInterrupt raised after the optimizer step but before the step is recorded (here: inside its
     eval) must not save that half-recorded state; the periodic save before it stands, and resumes exactly."""
@@ -246,10 +254,7 @@ def test_an_interrupt_in_the_middle_of_an_update_keeps_the_last_whole_step(tmp_p
     with pytest.raises(TrainingInterrupted) as err:
         train(model, batch_fn, loss_fn, spec, eval_fn=eval_fn, work_dir=tmp_path)
     assert err.value.kept == 10 and torch.load(tmp_path / "resume.pt", weights_only=False)["step"] == 10
-    model, batch_fn, loss_fn = _problem()
-    log = train(model, batch_fn, loss_fn, spec, eval_fn=lambda m: {"w": m[0].weight.sum().item()}, work_dir=tmp_path)
-    assert all(torch.equal(expected[n], model.state_dict()[n]) for n in expected)
-    pd.testing.assert_frame_equal(log.evals, reference.evals)
+    _resume_matches(tmp_path, spec, expected, reference)
 
 
 def test_a_real_sigint_during_an_update_waits_for_the_step_then_saves_it(tmp_path):
@@ -273,10 +278,7 @@ def test_a_real_sigint_during_an_update_waits_for_the_step_then_saves_it(tmp_pat
     with pytest.raises(TrainingInterrupted) as err:
         train(model, batch_fn, loss_fn, spec, eval_fn=eval_fn, work_dir=tmp_path)
     assert err.value.kept == 15 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    model, batch_fn, loss_fn = _problem()
-    log = train(model, batch_fn, loss_fn, spec, eval_fn=lambda m: {"w": m[0].weight.sum().item()}, work_dir=tmp_path)
-    assert all(torch.equal(expected[n], model.state_dict()[n]) for n in expected)
-    pd.testing.assert_frame_equal(log.evals, reference.evals)
+    _resume_matches(tmp_path, spec, expected, reference)
 
 
 def _fail_with(monkeypatch, exc):

@@ -25,9 +25,9 @@ from ..errors import LabError
 from ..paths import project_root, runs_dir
 from ..store import READONLY_ENV, RunResult
 from ..validation import check_ranges
+from .benchmarks import PAGE_OF_RESULTS
 from .registry import Experiment, RunContext, register
 
-PAGE_OF_RESULTS = "experiments/benchmarks.qmd"
 SKIP = {".git", ".venv", "_site", "_site_build", "_preview", ".quarto", ".quarto-cli", "runs", "__pycache__",
         ".pytest_cache", "_freeze"}
 
