@@ -17,9 +17,9 @@ _torch.set_num_threads(int(_os.environ.get("LAB_TORCH_THREADS", "1")))
 
 from . import plots  # noqa: F401  (registers the offline Altair renderer)
 from .experiments import results
-from .notebook import claim, predict, provenance_badge, table, verdicts
+from .notebook import claim, config_table, predict, provenance_badge, table, verdicts
 from .questions import questions_log, show_questions
 from .store import RunStore
 
-__all__ = ["claim", "plots", "predict", "provenance_badge", "questions_log", "results", "RunStore", "show_questions",
+__all__ = ["claim", "config_table", "plots", "predict", "provenance_badge", "questions_log", "results", "RunStore", "show_questions",
            "table", "verdicts"]

@@ -182,6 +182,12 @@ def table(frame: pd.DataFrame, floatfmt: str | None = None, columns: Mapping[str
     return Markdown(text + "\n")
 
 
+def config_table(entry: Any, exclude: tuple[str, ...] = ()) -> Markdown:
+    """A stored run's config, field by field as stored (the method section's "exactly what ran")."""
+    config = {k: v for k, v in entry.config_dict.items() if k not in exclude}
+    return table(pd.DataFrame({"config field": [f"`{k}`" for k in config], "value": [str(v) for v in config.values()]}))
+
+
 @dataclass(frozen=True)
 class Claim:
     statement: str

@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -42,7 +42,17 @@ READONLY_ENV = "LAB_STORE_READONLY"
 WORK_DIR = ".work"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-STEP_CHECKPOINT = re.compile(r"step_?(\d+)")
+STEP_CHECKPOINT = re.compile(r"step_(\d+)")   # `checkpoint_name`; older names: `labpy.store_migrate`
+
+
+# (experiment name, stored config dict) -> that experiment's config dataclass. The experiment registry installs
+# it (`set_config_reader`), so the store reads typed configs without importing upward.
+_config_reader: Callable[[str, Mapping[str, Any]], Any] | None = None
+
+
+def set_config_reader(reader: Callable[[str, Mapping[str, Any]], Any]) -> None:
+    global _config_reader
+    _config_reader = reader
 
 
 def checkpoint_name(step: int) -> str:
@@ -160,8 +170,15 @@ class RunEntry:
         return self.meta["scale"]
 
     @property
-    def config(self) -> dict[str, Any]:
+    def config_dict(self) -> dict[str, Any]:
+        """The config exactly as stored (JSON): what the key and the manifest hash."""
         return self.meta["config"]
+
+    @cached_property
+    def config(self) -> Any:
+        """The config as its experiment's dataclass (`entry.config.steps`) when the experiment is registered;
+        the stored dict for entries of experiments no module declares (tests' ad-hoc entries)."""
+        return _config_reader(self.experiment, self.config_dict) if _config_reader else self.config_dict
 
     @cached_property
     def summary(self) -> dict[str, Any]:
@@ -255,16 +272,13 @@ class RunEntry:
         return {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(path).items()}
 
     def checkpoint_steps(self) -> list[int]:
-        """Training steps with a stored checkpoint, in order (`step_000200`; entries made before the naming was
-        unified also say `step000200`)."""
+        """Training steps with a stored checkpoint (named by `checkpoint_name`), in order."""
         return sorted(int(m.group(1)) for name in self.checkpoint_names() if (m := STEP_CHECKPOINT.fullmatch(name)))
 
     def step_checkpoint(self, step: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-        """The weights saved at `step`, whichever of the two historical names it was stored under."""
-        names = set(self.checkpoint_names())
-        for name in (checkpoint_name(step), f"step{step:06d}"):
-            if name in names:
-                return self.checkpoint(name, dtype)
+        """The weights saved at `step`."""
+        if checkpoint_name(step) in self.checkpoint_names():
+            return self.checkpoint(checkpoint_name(step), dtype)
         raise MissingRunError(f"run {self.name} has no checkpoint at step {step}; it has steps "
                               f"{', '.join(map(str, self.checkpoint_steps())) or '(none)'}")
 

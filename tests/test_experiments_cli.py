@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from labpy.cli import main
-from labpy.experiments import get_experiment, results, run_config, with_overrides
+from labpy.experiments import get_experiment, results, with_overrides
 from labpy.experiments import induction
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Qwen2ForCausalLM
 
-from labpy.models.lab_lm import build_lab_lm, lab_lm_config, lab_lm_dir, lm_loss, load_lab_lm, per_token_loss
+from labpy.experiments.lab_lm import lab_lm_dir
+from labpy.models.lab_lm import build_lab_lm, lab_lm_config, lm_loss, load_lab_lm, per_token_loss
 from labpy.tasks.corpus import (encode, eval_windows, kinds_in_context, lm_batch_fn, ngram_cross_entropy,
                                 ngram_entropy, pydoc_text, split_ids, train_tokenizer)
 from labpy.train import TrainSpec, adam_moments, step_generator, train

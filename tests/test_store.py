@@ -195,11 +195,12 @@ def test_an_unwritable_store_is_refused_before_training(tmp_path, monkeypatch):
     assert called == []
 
 
-def test_step_checkpoints_one_api_for_both_historical_names(tmp_store):
+def test_step_checkpoints_are_listed_and_loaded_by_step(tmp_store):
     from labpy.store import checkpoint_name
 
     w = {"w": torch.tensor([1.0])}
-    result = RunResult(checkpoints={checkpoint_name(200): w, "step000100": {"w": torch.tensor([2.0])}, "final": w})
+    result = RunResult(checkpoints={checkpoint_name(200): w, checkpoint_name(100): {"w": torch.tensor([2.0])},
+                                    "final": w})
     entry = tmp_store.put("exp", KEY, META, result, {})
     assert checkpoint_name(200) == "step_000200"
     assert entry.checkpoint_steps() == [100, 200]
@@ -208,13 +209,47 @@ def test_step_checkpoints_one_api_for_both_historical_names(tmp_store):
         entry.step_checkpoint(300)
 
 
+def test_migration_renames_fields_and_legacy_checkpoints_and_reseals(tmp_store):
+    """A renamed config field moves the entry to the key its new config hashes to; `step000100` becomes
+    `step_000100`; the result verifies, and its tables and weights are the old ones."""
+    from labpy.store_migrate import migrate_experiment
+
+    key, meta = _meta({"batch": 8, "lr": 0.1}, label="a")
+    result = _result()
+    result.checkpoints = {"step000100": {"w": torch.tensor([2.0])}}
+    tmp_store.put("exp", key, meta, result, {})
+    changed = migrate_experiment(tmp_store, "exp", {"batch": "batch_size"})
+    new_key = entry_key("a", {"batch_size": 8, "lr": 0.1}, 1)
+    assert changed == [(key, new_key)] and not tmp_store.has("exp", key)
+    entry = tmp_store.get("exp", new_key)      # verifies the resealed manifest
+    assert entry.config == {"batch_size": 8, "lr": 0.1} and entry.key == new_key
+    assert entry.checkpoint_steps() == [100] and entry.step_checkpoint(100)["w"].item() == 2.0
+    assert entry.table("curve").loss.tolist() == [2.5, 1.25]
+    assert migrate_experiment(tmp_store, "exp", {"batch": "batch_size"}) == []     # idempotent
+    assert not list((tmp_store.root / "exp").glob(".*"))                           # no leftovers
+
+
+def test_migration_refuses_a_damaged_entry(tmp_store):
+    """Re-sealing a truncated table would launder it into a 'verified' entry: the migration must refuse."""
+    from labpy.errors import DamagedEntryError
+    from labpy.store_migrate import migrate_experiment
+
+    key, meta = _meta({"batch": 8}, label="a")
+    entry = tmp_store.put("exp", key, meta, _result(), {})
+    (entry.path / "tables" / "curve.csv").write_text("step,loss\n0,2.5\n")
+    with pytest.raises(DamagedEntryError, match="curve.csv"):
+        migrate_experiment(tmp_store, "exp", {"batch": "batch_size"})
+    assert tmp_store.has("exp", key)
+
+
 def test_every_committed_entry_reads_back_as_its_experiments_dataclass(root):
-    """`config_of(entry)` rebuilds the exact config that made the entry: its key hashes the same."""
-    from labpy.experiments import config_of, get_experiment
+    """`entry.config` is the experiment's dataclass and rebuilds the exact config that made the entry: its key
+    hashes the same (so no stored field was renamed without a migration)."""
+    from labpy.experiments import get_experiment
 
     store = RunStore(root / "runs", read_only=True)
     for entry in store.entries():
         experiment = get_experiment(entry.experiment)
-        config = config_of(entry)
+        config = entry.config
         assert isinstance(config, experiment.config_type), entry
         assert experiment.key(config, entry.label) == entry.key, f"{entry}: typed config does not hash to its key"

@@ -27,7 +27,7 @@ from ..finetune import finetune, lm_loss, load_base, make_trainable
 from ..store import RunResult
 from ..tasks.corpus import lm_batch_fn
 from ..tasks.source_code import finetune_data
-from ..train import TrainSpec, step_generator
+from ..train import TrainSpec
 from ..validation import check_ranges, int_at_least, one_of
 from .registry import Experiment, RunContext, StoredRuns, register
 

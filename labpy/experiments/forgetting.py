@@ -9,6 +9,7 @@ experiment's axis; the page reads both. Stored: curves and summaries only (no we
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pandas as pd
 
@@ -56,14 +57,14 @@ register(Experiment(
 
 # ---- analysis used by the page ----
 
-def family(label: str, config: dict) -> str:
-    if config["replay_rows"]:
+def family(label: str, config: Any) -> str:
+    if config.replay_rows:
         return "LoRA r8 + replay"
-    if config["rank"] == 0:
+    if config.rank == 0:
         return "full fine-tuning"
     if label.startswith("long"):
         return "LoRA r8, long"
-    return f"LoRA r{config['rank']}"
+    return f"LoRA r{config.rank}"
 
 
 def tradeoff_table(*runs: StoredRuns) -> pd.DataFrame:
@@ -76,8 +77,8 @@ def tradeoff_table(*runs: StoredRuns) -> pd.DataFrame:
         for label, entry in stored.entries.items():
             c, s = entry.config, entry.summary
             rows.append({"experiment": stored.experiment.name, "run": label, "family": family(label, c),
-                         "rank": c["rank"], "lr": c["lr"], "steps": c["steps"], "replay_rows": c["replay_rows"],
-                         "batch_size": c["batch_size"], "gain": -s["delta_source"], "forgetting": s["delta_pydoc"],
+                         "rank": c.rank, "lr": c.lr, "steps": c.steps, "replay_rows": c.replay_rows,
+                         "batch_size": c.batch_size, "gain": -s["delta_source"], "forgetting": s["delta_pydoc"],
                          "final_source": s["final_source"], "final_pydoc": s["final_pydoc"],
                          "base_pydoc": s["base_pydoc"], "base_source": s["base_source"]})
     return pd.DataFrame(rows)

@@ -22,7 +22,7 @@ from ..tasks.repeated_tokens import RepeatedSegmentTask, repeated_random_tokens,
 from ..device import lab_device, to_device
 from ..train import TrainSpec, step_generator, train
 from ..validation import check_ranges, int_at_least, require
-from .registry import Experiment, RunContext, config_of, register
+from .registry import Experiment, RunContext, register
 
 EVAL_SEED = 1_000_000  # eval and scoring data never overlap training seeds
 
@@ -139,7 +139,7 @@ register(Experiment(
 
 def load_model(entry: RunEntry, step: int | None = None):
     """The stored model at a training step (default: the last checkpoint)."""
-    config = config_of(entry)
+    config = entry.config
     step = entry.checkpoint_steps()[-1] if step is None else step
     return load_toy_transformer(config.model_config(), entry.step_checkpoint(step))
 
@@ -151,7 +151,7 @@ def score_tokens(config: InductionConfig) -> torch.Tensor:
 
 def head_scores_over_training(entry: RunEntry) -> pd.DataFrame:
     """Previous-token and induction score of every head at every stored checkpoint."""
-    config = config_of(entry)
+    config = entry.config
     tokens = score_tokens(config)
     frames = []
     for step in entry.checkpoint_steps():
@@ -191,7 +191,7 @@ def first_crossing(scores: pd.DataFrame, column: str, threshold: float = 0.4) ->
 
 def ablation_table(entry: RunEntry) -> pd.DataFrame:
     """Induction score of the strongest layer-1 induction head: intact, and with each layer-0 head zero-ablated."""
-    config = config_of(entry)
+    config = entry.config
     model, tokens = load_model(entry), score_tokens(config)
     scores = head_scores_table(model, tokens, config.score_half)
     top = scores[scores.layer == config.n_layers - 1].sort_values("induction").iloc[-1]
@@ -219,7 +219,7 @@ def loss_by_earlier_occurrence(entry: RunEntry) -> pd.DataFrame:
     Outside the repeat every token is random, so an ideal model scores ln V on both groups. A model that has
     learned "predict tokens already in the context" scores lower on the seen group and higher on the unseen.
     """
-    config = config_of(entry)
+    config = entry.config
     batch = sample(config.task(), config.eval_batch, step_generator(EVAL_SEED, config.seed))
     _, repeat = batch.target_masks()
     losses = _next_token_losses(load_model(entry), batch.tokens)            # (B, T-1)

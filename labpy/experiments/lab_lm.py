@@ -13,19 +13,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pathlib import Path
+
 import pandas as pd
 import torch
 
-from ..models.lab_lm import (CHECKPOINT, TOKENIZER_FILE, build_lab_lm, lab_lm_config, lm_loss, load_lab_lm,
-                             per_token_loss, storable_state)
-from ..store import RunEntry, RunResult
+from ..models.lab_lm import (CHECKPOINT, HF_SUBDIR, LABEL, TOKENIZER_FILE, build_lab_lm, hf_copy_dir, lab_lm_config,
+                             lm_loss, load_lab_lm, per_token_loss, storable_state)
+from ..store import WORK_DIR, RunEntry, RunResult, RunStore
 from ..tasks.corpus import (EOS, VAL_FRACTION, encode, eval_windows, kinds_in_context, lm_batch_fn,
                             ngram_cross_entropy, ngram_entropy, pydoc_text, split_ids, stdlib_docstrings,
                             token_kinds, train_tokenizer)
 from ..device import lab_device, to_cpu, to_device
 from ..train import StatsContext, TrainSpec, adam_eps, adam_moments, train
 from ..validation import POSITIVE_INT, check_ranges, int_at_least, one_of, require
-from .registry import Experiment, RunContext, config_of, register
+from .registry import Experiment, RunContext, register, results
 
 FREQUENCY_BANDS = ((0, 100, "top 100"), (100, 500, "rank 100-499"), (500, None, "rank 500+"))
 
@@ -217,9 +219,16 @@ register(Experiment(
 
 # ---- analysis used by the pages (cheap: one forward pass over held-out text) ----
 
+def lab_lm_dir(scale: str | None = None) -> Path:
+    """A `save_pretrained` folder of the stored lab LM (largest stored scale, or `scale`): what
+    `load_lm("lab-lm")` opens. A missing entry raises the `lab run lab_lm` fix (or trains, where allowed)."""
+    store = RunStore()
+    return hf_copy_dir(results("lab_lm", scale, store)[LABEL], store.root / WORK_DIR / HF_SUBDIR)
+
+
 def stored_corpus(entry: RunEntry) -> Corpus:
     """The run's corpus rebuilt with its stored tokenizer (the same ids as in training)."""
-    config = config_of(entry)
+    config = entry.config
     _, tokenizer = load_lab_lm(entry)
     pydoc = pydoc_text()
     pydoc_ids = encode(tokenizer, pydoc)
@@ -238,7 +247,7 @@ def per_token_frame(entry: RunEntry, max_tokens: int = 16384, pydoc_only: bool =
     config = entry.config
     pydoc_ids = encode(tokenizer, pydoc_text())
     held = split_ids(pydoc_ids, VAL_FRACTION)[1] if pydoc_only else stored_corpus(entry).val
-    windows = eval_windows(held, config["seq_len"], max_tokens)                          # (N, T+1)
+    windows = eval_windows(held, config.seq_len, max_tokens)                          # (N, T+1)
     losses = torch.cat([per_token_loss(model, windows[i:i + 32]) for i in range(0, len(windows), 32)])
     kinds = kinds_in_context(windows.flatten(), tokenizer)
     t1 = windows.shape[1]
@@ -356,7 +365,7 @@ def optimizer_measurements(entry: RunEntry) -> dict:
         "first_update_spread": float((first.update_rms.max() - first.update_rms.min()) / first.update_rms.mean()),
         "first_grad_range": float(first.grad_rms.max() / first.grad_rms.min()),
         "last_step": int(last.step.iloc[0]), "last_snr_max": float(last.snr.max()),
-        "last_snr_median": float(last.snr.median()), "noise_floor": noise_floor_snr(entry.config.get("beta1", 0.9)),
+        "last_snr_median": float(last.snr.median()), "noise_floor": noise_floor_snr(TrainSpec.betas[0]),  # lab_lm trains with the default betas
         "mid_step": int(mid_step), "mid_ratio_min": float(mid.update_to_weight.min()),
         "mid_ratio_max": float(mid.update_to_weight.max()),
         "rare_sqrt_v_ratio": float(band.loc["top 100", "sqrt_v"] / band.loc["rank 500+", "sqrt_v"]),

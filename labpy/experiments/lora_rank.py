@@ -98,7 +98,7 @@ register(Experiment(
 
 def stored_deltas(entry: RunEntry) -> dict[str, torch.Tensor]:
     """ΔW of every adapted layer of a run, rebuilt from its stored tensors (fp16 → fp32)."""
-    if entry.config["rank"]:
+    if entry.config.rank:
         return {name: lora_delta(f) for name, f in unflatten_factors(entry.checkpoint("adapter")).items()}
     return entry.checkpoint("delta")
 
@@ -110,7 +110,7 @@ def spectra(runs: StoredRuns) -> pd.DataFrame:
         for name, delta in stored_deltas(entry).items():
             layer, proj = module_kind(name)
             s = singular_values(delta)
-            rows += [{"run": label, "rank": entry.config["rank"], "module": name, "layer": layer, "proj": proj,
+            rows += [{"run": label, "rank": entry.config.rank, "module": name, "layer": layer, "proj": proj,
                       "index": i + 1, "sv": float(v), "sv_rel": float(v / s[0])} for i, v in enumerate(s)]
     return pd.DataFrame(rows)
 
@@ -132,7 +132,7 @@ def quality_table(runs: StoredRuns) -> pd.DataFrame:
     rows = []
     for label, entry in runs.entries.items():
         s = entry.summary
-        rows.append({"run": label, "rank": entry.config["rank"], "lr": entry.config["lr"],
+        rows.append({"run": label, "rank": entry.config.rank, "lr": entry.config.lr,
                      "trainable_params": s["trainable_params"], "final_source": s["final_source"],
                      "delta_source": s["delta_source"], "final_pydoc": s["final_pydoc"],
                      "delta_pydoc": s["delta_pydoc"], "wall_time_s": entry.provenance["wall_time_s"]})
@@ -153,7 +153,7 @@ def curves(runs: StoredRuns) -> pd.DataFrame:
 def config_frames(runs: StoredRuns) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(fields shared by every config, one row per run of the fields that vary): the method tables of a page."""
     configs = pd.DataFrame({label: {k: ", ".join(map(str, v)) if isinstance(v, list) else v
-                                    for k, v in e.config.items()} for label, e in runs.entries.items()})
+                                    for k, v in e.config_dict.items()} for label, e in runs.entries.items()})
     same = configs.astype(str).nunique(axis=1) == 1
     fixed = configs[same].iloc[:, 0].astype(str).rename("value").rename_axis("field").reset_index()
     varying = configs[~same].T.reset_index(names="run")

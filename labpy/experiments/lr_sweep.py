@@ -159,13 +159,13 @@ def sweep_table(runs) -> pd.DataFrame:
     """One row per (learning rate, warm-up, seed): final losses and divergence markers."""
     frames = []
     for lab, entry in runs.entries.items():
-        frames.append(entry.table("seeds").assign(label=lab, lr=entry.config["lr"],
-                                                  warmup=entry.config["warmup_steps"] > 0))
+        frames.append(entry.table("seeds").assign(label=lab, lr=entry.config.lr,
+                                                  warmup=entry.config.warmup_steps > 0))
     return pd.concat(frames, ignore_index=True)
 
 
 def curves_table(runs) -> pd.DataFrame:
-    frames = [entry.table("curves").assign(label=lab, lr=entry.config["lr"], warmup=entry.config["warmup_steps"] > 0)
+    frames = [entry.table("curves").assign(label=lab, lr=entry.config.lr, warmup=entry.config.warmup_steps > 0)
               for lab, entry in runs.entries.items()]
     return pd.concat(frames, ignore_index=True)
 
@@ -183,7 +183,7 @@ def per_run_table(runs) -> pd.DataFrame:
     """`sweep_table` plus the largest loss spike of every run."""
     table = sweep_table(runs)
     curves = curves_table(runs)
-    spikes = {(lab, seed): largest_spike(c, runs[lab].config["warmup_steps"])
+    spikes = {(lab, seed): largest_spike(c, runs[lab].config.warmup_steps)
               for (lab, seed), c in curves.groupby(["label", "seed"])}
     table["spike"] = [spikes.get((lab, seed), math.nan) for lab, seed in zip(table.label, table.seed)]
     return table

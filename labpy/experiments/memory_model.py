@@ -39,7 +39,7 @@ from ..memory import (ALL_LINEAR, ATTN_TARGETS, GIB, QWEN25_7B, Arch, Setup, act
 from ..errors import ConfigError
 from ..store import RunResult
 from ..validation import check_ranges, require
-from .registry import Experiment, RunContext, config_of, register
+from .registry import Experiment, RunContext, register
 
 TARGET_SETS = {"attn": ATTN_TARGETS, "all": ALL_LINEAR}
 
@@ -323,7 +323,7 @@ def vocab_vs_layers(setup: Setup, batch: int, seq_len: int, arch: Arch = QWEN25_
 
 def measurements(entry) -> dict[str, float]:
     """Every number the page's predictions are checked against."""
-    config = config_of(entry)
+    config = entry.config
     cases, fits = entry.table("cases"), entry.table("fits")
     setups = qwen7b_setups(config.target_rank)
     at = fits.set_index(["setup", "batch", "seq_len"])

@@ -21,7 +21,7 @@ from ..device import use_device
 from ..errors import MissingRunError, UnknownChoiceError
 from ..provenance import collect as collect_provenance
 from ..provenance import code_files, git_commit
-from ..store import RunEntry, RunResult, RunStore, entry_key
+from ..store import RunEntry, RunResult, RunStore, entry_key, set_config_reader
 
 SCALES = ("smoke", "cpu", "gpu")  # smallest to largest
 # The one list of tracks, in reading order, with what each is about: the navbar's Experiments groups, page
@@ -167,8 +167,17 @@ def run_config(experiment: Experiment, scale: str, label: str, config: Any, stor
 
 
 def config_of(entry: RunEntry) -> Any:
-    """An entry's config as its experiment's dataclass: `config_of(entry).steps`, never a hand-rebuilt dict."""
-    return get_experiment(entry.experiment).config_from(entry.config)
+    """An entry's config as its experiment's dataclass (the same as `entry.config`)."""
+    return entry.config
+
+
+def _typed_config(experiment: str, stored: Mapping[str, Any]) -> Any:
+    """What `RunEntry.config` returns: the experiment's dataclass, or the stored dict for an unregistered name."""
+    _load_builtin()
+    return _REGISTRY[experiment].config_from(stored) if experiment in _REGISTRY else dict(stored)
+
+
+set_config_reader(_typed_config)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from ..tasks.posterior_math import entropy_bits, kl_bits
 from ..device import lab_device, model_device, to_device
 from ..train import TrainSpec, step_generator, train
 from ..validation import check_ranges, int_at_least, number_at_least, one_of, require
-from .registry import Experiment, RunContext, config_of, register
+from .registry import Experiment, RunContext, register
 
 EVAL_SEED = 2_000_000  # evaluation sequences never overlap training batches
 
@@ -54,9 +54,9 @@ class WindTunnelConfig:
     mlp_depth: int = 4
     mlp_embed: int = 16
     steps: int = 6000
-    batch: int = 64
+    batch_size: int = 64
     lr: float = 1e-3
-    warmup: int = 200
+    warmup_steps: int = 200
     weight_decay: float = 0.01
     eval_every: int = 250
     eval_size: int = 2000
@@ -68,8 +68,8 @@ class WindTunnelConfig:
                                   "vocab": int_at_least(2), "hmm_states": int_at_least(2),
                                   "test_length_factor": number_at_least(1)},
                      positive_int=("hmm_length", "hmm_grid", "n_layers", "d_model", "n_heads", "d_mlp", "mlp_depth",
-                                   "mlp_embed", "steps", "batch", "eval_every", "eval_size"),
-                     nonneg_int=("warmup", "n_checkpoints", "seed"), positive=("lr",), nonneg=("weight_decay",))
+                                   "mlp_embed", "steps", "batch_size", "eval_every", "eval_size"),
+                     nonneg_int=("warmup_steps", "n_checkpoints", "seed"), positive=("lr",), nonneg=("weight_decay",))
         require(self, self.d_model % self.n_heads == 0, "d_model",
                 f"is out of range; it must be a multiple of n_heads = {self.n_heads} (d_head = d_model / n_heads)")
 
@@ -204,10 +204,10 @@ def run(config: WindTunnelConfig, ctx: RunContext) -> RunResult:
         errors = position_errors(m, small_eval)
         return {"entropy_mae": float(errors.entropy_error.mean()), "kl": float(errors.kl.mean())}
 
-    spec = TrainSpec(steps=config.steps, lr=config.lr, warmup_steps=config.warmup, schedule="cosine",
+    spec = TrainSpec(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps, schedule="cosine",
                      weight_decay=config.weight_decay, eval_every=config.eval_every,
                      checkpoint_steps=config.checkpoint_steps(), seed=config.seed)
-    log = train(model, lambda step: make_batch(config, config.batch, step_generator(config.seed, step)),
+    log = train(model, lambda step: make_batch(config, config.batch_size, step_generator(config.seed, step)),
                 lambda m, b: loss_on(config, m, b), spec, eval_fn=eval_fn, work_dir=ctx.work_dir,
                 progress=ctx.progress, desc=f"wind tunnel {ctx.label}", device=device)
 
@@ -239,7 +239,7 @@ def load_model(entry: RunEntry, step: int | None = None) -> torch.nn.Module:
     steps = entry.checkpoint_steps()
     if not steps:
         raise ValueError(f"run {entry.experiment}/{entry.key} stores no weights (only transformer runs do)")
-    config = config_of(entry)
+    config = entry.config
     model = load_toy_transformer(config.transformer_config(), entry.step_checkpoint(steps[-1] if step is None else step))
     return model
 
@@ -247,13 +247,13 @@ def load_model(entry: RunEntry, step: int | None = None) -> torch.nn.Module:
 def _configs(scale: str) -> dict[str, WindTunnelConfig]:
     if scale == "smoke":
         base = WindTunnelConfig(vocab=5, hmm_length=4, n_layers=2, d_model=32, n_heads=2, d_mlp=64, mlp_depth=2,
-                                steps=30, batch=16, warmup=5, eval_every=10, eval_size=64)
+                                steps=30, batch_size=16, warmup_steps=5, eval_every=10, eval_size=64)
         seeds = (0,)
     elif scale == "cpu":
         base, seeds = WindTunnelConfig(), (0, 1, 2)
     else:  # gpu: the paper's sizes (V=20, K=20; 6 layers × 6 heads, d=192 for bijection)
         base = WindTunnelConfig(vocab=20, hmm_length=20, n_layers=6, d_model=192, n_heads=6, d_mlp=768,
-                                mlp_depth=18, mlp_embed=32, steps=100_000, batch=128, lr=3e-4, warmup=2000,
+                                mlp_depth=18, mlp_embed=32, steps=100_000, batch_size=128, lr=3e-4, warmup_steps=2000,
                                 eval_every=1000)
         seeds = (0, 1, 2, 3, 4)
     configs = {}

