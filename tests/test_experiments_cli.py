@@ -9,7 +9,7 @@ import torch
 
 from labpy.cli import main
 from labpy.experiments import get_experiment, results, with_overrides
-from labpy.experiments import induction
+from labpy.experiments import induction_analysis
 
 
 def _lab(*args, env=None):
@@ -25,9 +25,9 @@ def test_induction_smoke_run_stores_everything_the_page_needs(tmp_store):
     assert two.checkpoint_names() == ["step_000000", "step_000030", "step_000060"]
     assert two.provenance["scale"] == "smoke" and "cpu" in two.provenance["device"]
     assert "1 torch thread)" in two.provenance["device"]
-    scores = induction.head_scores_over_training(two)
+    scores = induction_analysis.head_scores_over_training(two)
     assert len(scores) == 3 * 8 and set(scores.step) == {0, 30, 60}
-    ablation = induction.ablation_table(two)
+    ablation = induction_analysis.ablation_table(two)
     assert ablation.ablated.tolist() == ["none", "L0H0", "L0H1", "L0H2", "L0H3"]
     # a second call reads the store instead of training again
     before = two.path.stat().st_mtime
@@ -39,7 +39,7 @@ def test_phase_change_on_a_synthetic_curve():
 
     steps = list(range(0, 2001, 50))
     loss = [4.0 if s < 1000 else (1.0 if s > 1200 else 4.0 - 3.0 * (s - 1000) / 200) for s in steps]
-    found = induction.phase_change(pd.DataFrame({"step": steps, "loss_repeat": loss}))
+    found = induction_analysis.phase_change(pd.DataFrame({"step": steps, "loss_repeat": loss}))
     assert found["fall"] == pytest.approx(3.0)
     assert 1000 <= found["start_step"] <= found["middle_step"] <= found["end_step"] <= 1250
     assert found["middle_step"] == pytest.approx(1100, abs=60)
@@ -47,7 +47,7 @@ def test_phase_change_on_a_synthetic_curve():
 
 def test_the_same_stored_model_is_rebuilt(tmp_store):
     entry = results("induction", scale="smoke")["two_layer"]
-    model = induction.load_model(entry)
+    model = induction_analysis.load_model(entry)
     state = entry.checkpoint("step_000060")
     assert torch.equal(model.state_dict()["embed.weight"], state["embed.weight"])
 
@@ -63,7 +63,7 @@ def test_overrides_are_typed_and_unknown_keys_named():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "nope"], "unknown experiment 'nope'; valid choices: batch_lr, benchmarks, finetune_benchmark, forgetting, induction"),
+    (["run", "nope"], "unknown experiment 'nope'; valid choices: attention_atlas, batch_lr, benchmarks, finetune_benchmark, forgetting, induction"),
     (["run", "induction", "--scale", "huge"], "unknown scale 'huge' for experiment 'induction'; valid choices: cpu, smoke"),
     (["run", "induction", "--config", "three"], "unknown config 'three'"),
     (["run", "induction", "--set", "stepz=3"], "unknown config key 'stepz'"),
@@ -127,8 +127,10 @@ def test_provenance_checks_the_code_a_run_uses_and_only_that():
     from labpy.experiments.registry import get_experiment
     from labpy.provenance import code_files
     names = {f"{f.parent.name}/{f.name}" for f in code_files(get_experiment("induction").run)}
-    assert {"experiments/induction.py", "labpy/train.py", "interp/heads.py", "labpy/store.py"} <= names
+    assert {"experiments/induction.py", "labpy/train.py", "models/toy.py", "labpy/store.py"} <= names
     assert "experiments/wind_tunnels.py" not in names and "experiments/benchmarks.py" not in names
+    # the page's analysis is not code the run uses: editing it does not mark stored runs dirty
+    assert "experiments/induction_analysis.py" not in names
 
 
 def test_corrupt_resume_state_is_named_and_force_starts_from_scratch(tmp_store, capsys):

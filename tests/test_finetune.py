@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from labpy.experiments import batch_lr, forgetting, lora_rank, results
+from labpy.experiments import (batch_lr, batch_lr_analysis, forgetting_analysis, lora_rank, lora_rank_analysis,
+                               results)
 from labpy.finetune import (FinetuneConfig, finetune, flatten_factors, lora_delta, lora_factors, make_trainable,
                             mixed_batch_fn, prepare_model, unflatten_factors)
 from labpy.tasks import source_code
@@ -227,8 +228,8 @@ def test_per_example_grads_average_to_the_batch_gradient(smoke_store):
 def test_lora_rank_smoke(smoke_store):
     runs = results("lora_rank", scale="smoke")
     assert set(runs.entries) == {"r1_lr0.003", "r4_lr0.003", "full_lr0.001"}
-    spec = lora_rank.spectra(runs)
-    table = lora_rank.rank_table(spec)
+    spec = lora_rank_analysis.spectra(runs)
+    table = lora_rank_analysis.rank_table(spec)
     assert (table[table["rank"] == 1].energy_rank_90 == 1).all()
     assert (table[table["rank"] == 4].energy_rank_90 <= 4).all()
     # the fp16 store reproduces the fp32 effective ranks computed at run time
@@ -236,25 +237,25 @@ def test_lora_rank_smoke(smoke_store):
         live = table[table.run == label].set_index("module").effective_rank
         stored = entry.table("ranks_fp32").set_index("module").effective_rank
         assert (live.reindex(stored.index) - stored).abs().max() < 0.05 * stored.max()
-    quality = lora_rank.quality_table(runs)
+    quality = lora_rank_analysis.quality_table(runs)
     assert quality.set_index("run").trainable_params["r4_lr0.003"] == 4 * quality.set_index("run").trainable_params["r1_lr0.003"]
 
 
 def test_forgetting_smoke(smoke_store):
     runs = results("forgetting", scale="smoke")
-    table = forgetting.tradeoff_table(runs)
+    table = forgetting_analysis.tradeoff_table(runs)
     assert len(table) == 4 and table.forgetting.notna().all()
     assert set(table.family) == {"LoRA r8", "full fine-tuning", "LoRA r8 + replay", "LoRA r8, long"}
-    curves = forgetting.curves(runs)
+    curves = forgetting_analysis.curves(runs)
     assert (curves[curves.step == 0].change == 0).all()
 
 
 def test_batch_lr_smoke(smoke_store):
     runs = results("batch_lr", scale="smoke")
-    grid = batch_lr.grid_table(runs)
+    grid = batch_lr_analysis.grid_table(runs)
     assert len(grid) == 4 and set(grid.batch_size) == {4, 8}
     assert grid.groupby("batch_size").steps.first().to_dict() == {4: 8, 8: 4}      # equal examples seen
-    best = batch_lr.best_lrs(grid)
+    best = batch_lr_analysis.best_lrs(grid)
     assert len(best) == 2
     noise = runs["noise"].table("noise")
     assert list(noise.step) == [0, 4] and (noise.trace_sigma > 0).all()
@@ -268,22 +269,23 @@ def test_fitted_best_lr_finds_the_vertex_between_grid_points_and_the_slope():
         for lr in (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2):
             rows.append({"batch_size": batch, "lr": lr, "seed": 0, "diverged": False,
                          "final_source": (math.log(lr) - math.log(optimum)) ** 2})
-    fitted = batch_lr.fitted_best_lr(pd.DataFrame(rows))
+    fitted = batch_lr_analysis.fitted_best_lr(pd.DataFrame(rows))
     assert fitted.best_lr.tolist() == pytest.approx([3e-3, 6e-3], rel=1e-6)
-    assert batch_lr.scaling_exponent(fitted) == pytest.approx(0.5, rel=1e-6)
-    grid_best = batch_lr.best_lrs(pd.DataFrame(rows))
+    assert batch_lr_analysis.scaling_exponent(fitted) == pytest.approx(0.5, rel=1e-6)
+    grid_best = batch_lr_analysis.best_lrs(pd.DataFrame(rows))
     assert grid_best.best_lr.tolist() == [4e-3, 8e-3]                    # the grid points nearest the optima
 
 
 def test_subspace_overlap_known_cases():
     a = _matrix_with_singular_values([3.0, 2.0, 1.0], rows=24, cols=16, seed=0)
-    assert lora_rank.subspace_overlap(a, 5 * a, 3) == pytest.approx(1.0)
+    assert lora_rank_analysis.subspace_overlap(a, 5 * a, 3) == pytest.approx(1.0)
     u = torch.linalg.svd(a, full_matrices=False).U[:, :3]
     q, _ = torch.linalg.qr(torch.cat([u, torch.randn(24, 3, dtype=torch.float64)], 1))
     orth = q[:, 3:] @ torch.randn(3, 16, dtype=torch.float64)               # columns orthogonal to a's
-    assert lora_rank.subspace_overlap(a, orth, 3) == pytest.approx(0.0, abs=1e-12)
+    assert lora_rank_analysis.subspace_overlap(a, orth, 3) == pytest.approx(0.0, abs=1e-12)
     g = torch.Generator().manual_seed(3)
-    randoms = [lora_rank.subspace_overlap(torch.randn(64, 64, generator=g), torch.randn(64, 64, generator=g), 4)
+    randoms = [lora_rank_analysis.subspace_overlap(torch.randn(64, 64, generator=g),
+                                                   torch.randn(64, 64, generator=g), 4)
                for _ in range(50)]
     assert sum(randoms) / 50 == pytest.approx(4 / 64, rel=0.3)
 
@@ -292,7 +294,7 @@ def test_examples_to_reach_interpolates_and_mccandlish_ratio():
     import pandas as pd
 
     curve = pd.DataFrame({"step": [0, 10, 20], "loss_source": [5.0, 4.0, 3.0]})
-    assert batch_lr.examples_to_reach(curve, 4, 3.5) == pytest.approx(15 * 4)
-    assert math.isnan(batch_lr.examples_to_reach(curve, 4, 2.0))
-    assert batch_lr.mccandlish_examples_ratio(4, 32, 28) == pytest.approx((1 + 32 / 28) / (1 + 4 / 28))
-    assert batch_lr.mccandlish_examples_ratio(4, 32, 1e12) == pytest.approx(1.0)     # far below B_noise: free
+    assert batch_lr_analysis.examples_to_reach(curve, 4, 3.5) == pytest.approx(15 * 4)
+    assert math.isnan(batch_lr_analysis.examples_to_reach(curve, 4, 2.0))
+    assert batch_lr_analysis.mccandlish_examples_ratio(4, 32, 28) == pytest.approx((1 + 32 / 28) / (1 + 4 / 28))
+    assert batch_lr_analysis.mccandlish_examples_ratio(4, 32, 1e12) == pytest.approx(1.0)     # far below B_noise: free

@@ -243,22 +243,22 @@ def test_measure_steps_and_stats_survive_a_resume(tmp_path):
 # ---- the learning-rate sweep ----
 
 def test_sweep_smoke_shares_init_and_data_across_learning_rates(tmp_store):
-    from labpy.experiments import lr_sweep, results
+    from labpy.experiments import lr_sweep_analysis, results
 
     runs = results("lr_sweep", scale="smoke")
-    table = lr_sweep.per_run_table(runs)
+    table = lr_sweep_analysis.per_run_table(runs)
     assert len(table) == 3 * 2 and table.final_val_loss.notna().all()
     # the first loss is computed before any update: equal across learning rates for the same seed
     first = table.groupby("seed").initial_loss.agg(["min", "max"])
     assert (first["max"] - first["min"]).max() < 1e-6
     assert table.groupby("seed").initial_loss.first().nunique() == 2          # ...and differs across seeds
-    assert set(lr_sweep.curves_table(runs).step) == {5, 10}
+    assert set(lr_sweep_analysis.curves_table(runs).step) == {5, 10}
 
 
 def test_largest_spike_by_hand():
     import pandas as pd
 
-    from labpy.experiments.lr_sweep import largest_spike
+    from labpy.experiments.lr_sweep_analysis import largest_spike
 
     curve = pd.DataFrame({"step": [5, 10, 15, 20, 25], "loss": [9.0, 4.0, 3.0, 4.5, 2.0]})
     assert largest_spike(curve, after_step=0) == pytest.approx(1.5)
@@ -268,7 +268,7 @@ def test_largest_spike_by_hand():
 def test_sweep_measurements_find_the_cliff():
     import pandas as pd
 
-    from labpy.experiments.lr_sweep import sweep_measurements
+    from labpy.experiments.lr_sweep_analysis import sweep_measurements
 
     lrs = [1e-4, 1e-3, 2e-3, 5e-3, 1e-2]
     loss = {1e-4: 5.0, 1e-3: 3.05, 2e-3: 3.0, 5e-3: 3.2, 1e-2: 4.6}

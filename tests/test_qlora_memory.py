@@ -146,11 +146,11 @@ def test_model_predicts_the_peak_of_live_tensors(tmp_path):
 # ---- smoke runs of the experiments ----
 
 def test_qlora_smoke(tmp_store):
-    from labpy.experiments import qlora, results
+    from labpy.experiments import qlora, qlora_analysis, results
 
     runs = results("qlora", scale="smoke")
     assert set(runs.entries) == {"fp32", "8bit", "4bit", "timing"}
-    m = qlora.measurements(runs)
+    m = qlora_analysis.measurements(runs)
     assert m["footprint_4bit"] < m["footprint_8bit"] < m["footprint_fp32"]
     assert 0 < m["mean_rel_error_8bit"] < m["mean_rel_error_4bit"] < 0.3
     errors = runs["4bit"].table("quant_error")

@@ -74,6 +74,28 @@ def browser():
         browser.close()
 
 
+def _exercise_explorers(page) -> list[dict]:
+    """Hover a token of each attention explorer (labpy.explorer), change the head and flip the direction: the
+    tokens must take colours from the weights, and the status line must name the hovered token."""
+    found = []
+    for index in range(page.locator(".lab-explorer").count()):
+        root = page.locator(".lab-explorer").nth(index)
+        tokens = root.locator(".lab-explorer-token")
+        target = min(5, tokens.count() - 1)
+        tokens.nth(target).hover()
+        coloured = root.evaluate("r => Array.from(r.querySelectorAll('.lab-explorer-token'))"
+                                 ".filter(s => s.style.backgroundColor).length")
+        weights = root.evaluate("r => Array.from(r.querySelectorAll('.lab-explorer-token'))"
+                                ".map(s => parseFloat(s.dataset.weight || '0')).reduce((a, b) => a + b, 0)")
+        status = root.locator(".lab-explorer-status").inner_text()
+        root.locator(".lab-explorer-mode").select_option("in")
+        status_in = root.locator(".lab-explorer-status").inner_text()
+        found.append({"explorer": index, "coloured": coloured, "row_sum": weights, "status": status,
+                      "ok": coloured > 0 and abs(weights - 1) < 0.05 and f"token {target}" in status
+                      and "look" in status_in and status_in != status})
+    return found
+
+
 @pytest.mark.parametrize("page_path", PAGES or ["(no site)"])
 def test_page_in_a_browser(page_path, server, browser):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -86,6 +108,7 @@ def test_page_in_a_browser(page_path, server, browser):
     page.goto(f"{server}/{page_path}", wait_until="networkidle")
     page.wait_for_timeout(300)  # vegaEmbed renders asynchronously after load
     charts = page.evaluate(CHART_STATE)
+    explorers = _exercise_explorers(page)
     text = page.evaluate("() => document.querySelector('main') ? document.querySelector('main').innerText : ''")
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / (page_path.replace("/", "__").removesuffix(".html") + ".png")), full_page=True)
@@ -97,5 +120,7 @@ def test_page_in_a_browser(page_path, server, browser):
     assert not blank, f"{page_path}: {len(blank)} of {len(charts)} charts draw nothing: {blank}"
     raw_rows = [line for line in text.splitlines() if RAW_TABLE.match(line)]
     assert not raw_rows, f"{page_path} shows a Markdown table as raw text: {raw_rows[:2]}"
+    dead = [e for e in explorers if not e["ok"]]
+    assert not dead, f"{page_path}: attention explorer does not respond: {dead[:2]}"
     tex = RAW_TEX.search(text)
     assert not tex, f"{page_path} shows raw TeX near {text[max(0, tex.start() - 40):tex.end() + 40]!r}"

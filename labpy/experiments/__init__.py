@@ -1,11 +1,10 @@
 """Experiments: a registry of named experiments with configs per scale, run into the run store."""
 
 from ..models.lm import provide_named_model
-
-from .registry import (SCALES, TRACKS, Experiment, RunContext, StoredRuns, all_experiments, config_of,
+from .registry import (SCALES, TRACKS, Experiment, RunContext, StoredRuns, all_experiments,
                        get_experiment, register, results, run_config, with_overrides)
 
-__all__ = ["SCALES", "TRACKS", "Experiment", "RunContext", "StoredRuns", "all_experiments", "config_of",
+__all__ = ["SCALES", "TRACKS", "Experiment", "RunContext", "StoredRuns", "all_experiments",
            "get_experiment", "register", "results", "run_config", "with_overrides"]
 
 

@@ -77,6 +77,10 @@ class Experiment:
 
 _REGISTRY: dict[str, Experiment] = {}
 
+# Page-side modules beside an experiment's training code (`induction_analysis.py` beside `induction.py`): they
+# import the training module, never the reverse, and register nothing, so the registry does not load them.
+ANALYSIS_SUFFIXES = ("_analysis", "_report")
+
 
 def register(experiment: Experiment) -> Experiment:
     if experiment.track not in TRACKS:
@@ -102,14 +106,14 @@ def get_experiment(name: str) -> Experiment:
 
 
 def _load_builtin() -> None:
-    """Import every module of `labpy.experiments`; each registers its experiments on import."""
+    """Import every training module of `labpy.experiments`; each registers its experiments on import."""
     import importlib
     import pkgutil
 
     from .. import experiments as package
 
     for module in pkgutil.iter_modules(package.__path__):
-        if module.name != "registry":
+        if module.name != "registry" and not module.name.endswith(ANALYSIS_SUFFIXES):
             importlib.import_module(f"{package.__name__}.{module.name}")
 
 
@@ -164,11 +168,6 @@ def run_config(experiment: Experiment, scale: str, label: str, config: Any, stor
     meta = {"label": label, "scale": scale, "version": experiment.version, "title": experiment.title,
             "config": dataclasses.asdict(config)}
     return store.put(experiment.name, key, meta, result, provenance)
-
-
-def config_of(entry: RunEntry) -> Any:
-    """An entry's config as its experiment's dataclass (the same as `entry.config`)."""
-    return entry.config
 
 
 def _typed_config(experiment: str, stored: Mapping[str, Any]) -> Any:

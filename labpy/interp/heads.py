@@ -27,6 +27,33 @@ def induction_scores(patterns: torch.Tensor, half: int) -> torch.Tensor:
     return patterns.diagonal(offset=-(half - 1), dim1=-2, dim2=-1)[..., 1:].mean(dim=(1, -1))
 
 
+def duplicate_token_scores(patterns: torch.Tensor, half: int) -> torch.Tensor:
+    """(n_layers, B, H, 2L, 2L) on repeated random tokens -> (n_layers, H): mean attention from second-copy
+    query i to key i - L, the earlier occurrence of the same token."""
+    return patterns.diagonal(offset=-half, dim1=-2, dim2=-1).mean(dim=(1, -1))
+
+
+def first_token_scores(patterns: torch.Tensor) -> torch.Tensor:
+    """(n_layers, B, H, T, T) -> (n_layers, H): mean attention on position 0 from queries t >= 1 — the
+    "attention sink" a head parks its weight on when nothing else is worth reading."""
+    return patterns[..., 1:, 0].mean(dim=(1, -1))
+
+
+def local_window_scores(patterns: torch.Tensor, width: int = 4) -> torch.Tensor:
+    """(n_layers, B, H, T, T) -> (n_layers, H): mean attention mass on the `width` most recent keys (t-width+1
+    .. t), over queries t >= width - 1 (earlier queries have fewer keys, which would inflate the score)."""
+    T = patterns.shape[-1]
+    mass = sum(patterns.diagonal(offset=-k, dim1=-2, dim2=-1)[..., width - 1 - k:] for k in range(width))
+    return mass.mean(dim=(1, -1)) if T >= width else torch.full(patterns.shape[:1] + patterns.shape[2:3], float("nan"))
+
+
+def entropy_bits(patterns: torch.Tensor) -> torch.Tensor:
+    """(n_layers, B, H, T, T) -> (n_layers, H): mean entropy of each query's attention, in bits, over queries
+    t >= 1 (query 0 has one key). log2(t + 1) is the uniform maximum at query t."""
+    p = patterns[..., 1:, :]
+    return -(p * torch.log2(p.clamp_min(1e-12))).sum(-1).mean(dim=(1, -1))
+
+
 def head_scores_table(model: TransformerBridge, tokens: torch.Tensor, half: int) -> pd.DataFrame:
     """One row per head: layer, head, previous-token score, induction score."""
     patterns = attention_patterns(model, tokens)

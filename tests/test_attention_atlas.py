@@ -1,0 +1,57 @@
+"""Head scores against hand-built attention patterns, and the attention atlas at smoke scale."""
+
+import math
+
+import torch
+
+from labpy.interp.heads import (duplicate_token_scores, entropy_bits, first_token_scores, induction_scores,
+                                local_window_scores, previous_token_scores)
+
+T, HALF = 8, 4
+
+
+def _one(rows: list[int]) -> torch.Tensor:
+    """A (1, 1, 1, T, T) pattern where query t puts all its weight on key rows[t]."""
+    p = torch.zeros(T, T)
+    p[torch.arange(T), torch.tensor(rows)] = 1.0
+    return p[None, None, None]
+
+
+def test_scores_of_hand_built_patterns():
+    previous = _one([0] + list(range(T - 1)))                          # t -> t-1
+    induction = _one([0, 0, 1, 2, 1, 2, 3, 4])                         # second copy t -> t - HALF + 1 (t >= 4)
+    duplicate = _one([0, 0, 1, 2, 0, 1, 2, 3])                         # second copy t -> t - HALF
+    sink = _one([0] * T)
+    assert previous_token_scores(previous).item() == 1.0
+    assert first_token_scores(sink).item() == 1.0 and abs(first_token_scores(previous).item() - 1 / (T - 1)) < 1e-7
+    assert induction_scores(induction, HALF).item() == 1.0 and duplicate_token_scores(induction, HALF).item() == 0
+    assert duplicate_token_scores(duplicate, HALF).item() == 1.0
+    assert local_window_scores(previous, 4).item() == 1.0 and abs(local_window_scores(sink, 4).item() - 1 / 5) < 1e-6   # only query 3 has key 0 in its window
+    assert entropy_bits(sink).item() == 0.0
+
+
+def test_entropy_of_uniform_causal_attention_is_log2_of_the_keys():
+    uniform = torch.tril(torch.ones(T, T))
+    uniform = (uniform / uniform.sum(-1, keepdim=True))[None, None, None]
+    expected = sum(math.log2(t + 1) for t in range(1, T)) / (T - 1)
+    assert abs(entropy_bits(uniform).item() - expected) < 1e-5
+    # the 4 most recent keys hold min(4, t+1)/(t+1) of uniform attention, averaged over t >= 3
+    assert abs(local_window_scores(uniform, 4).item() - sum(4 / (t + 1) for t in range(3, T)) / (T - 3)) < 1e-6
+
+
+def test_atlas_smoke_run_scores_every_head_on_every_kind(tmp_store):
+    from labpy import results
+    from labpy.experiments.attention_atlas import KINDS, SCORES
+
+    entry = results("attention_atlas", "smoke")["lab-lm"]
+    heads = entry.table("heads")
+    n_layers, n_heads = entry.summary["n_layers"], entry.summary["n_heads"]
+    assert len(heads) == len(KINDS) * n_layers * n_heads and set(heads.kind) == set(KINDS)
+    assert set(SCORES) <= set(heads.columns)
+    repeated = heads[heads.kind == "repeated random"]
+    assert repeated.induction.notna().all() and heads[heads.kind == "prose"].induction.isna().all()
+    assert heads[list(set(SCORES) - {"entropy_bits"})].stack().dropna().between(0, 1).all()
+    patterns = entry.checkpoint("explorer_code")["patterns"].float()                   # (L, H, T, T)
+    assert patterns.shape[:2] == (n_layers, n_heads)
+    assert torch.allclose(patterns.sum(-1), torch.ones(patterns.shape[:-1]), atol=5e-3)   # fp16 rows sum to 1
+    assert len(entry.summary["explorer_tokens"]["code"]) == patterns.shape[-1]
