@@ -31,6 +31,7 @@ TRACKS = {
                          "and how it learns",
     "Fine-tuning": "LoRA, QLoRA and full fine-tuning of the lab LM: quality, memory and what is forgotten",
     "Attention & circuits": "what attention heads look at, and the circuits built from them",
+    "Representations": "what the residual stream of a real language model holds, layer by layer, and who writes it",
     "Paper reproductions": "a paper's claims, each measured in the lab and given a verdict",
     "The lab itself": "how fast the lab's own machinery is",
 }
