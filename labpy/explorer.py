@@ -47,11 +47,15 @@ _SCRIPT = r"""
     const kv = d.kv_head_of ? ` (key/value head ${d.kv_head_of[h]})` : "";
     if (i === null) { status.textContent = `L${l}H${h}${kv}: hover a token, click to pin it.`; return; }
     const tok = j => JSON.stringify(d.tokens[j]);
+    const pct = v => `${(v * 100).toFixed(0)}%`;
+    const self = out ? at(l, h, i, i) : 0;
     status.textContent = out
-      ? `L${l}H${h}${kv}: token ${i} ${tok(i)} puts ${(at(l, h, i, best) * 100).toFixed(0)}% on token ${best} ${tok(best)}` +
-        ` and ${(at(l, h, i, i) * 100).toFixed(0)}% on itself.`
-      : `L${l}H${h}${kv}: token ${i} ${tok(i)} gets most attention from token ${best} ${tok(best)} ` +
-        `(${(bestW * 100).toFixed(0)}%).`;
+      ? (bestW > 0
+          ? `L${l}H${h}${kv}: token ${i} ${tok(i)} puts ${pct(bestW)} on token ${best} ${tok(best)} and ${pct(self)} on itself.`
+          : `L${l}H${h}${kv}: token ${i} ${tok(i)} looks only at itself (${pct(self)}).`)
+      : (bestW > 0
+          ? `L${l}H${h}${kv}: token ${i} ${tok(i)} gets most attention from token ${best} ${tok(best)} (${pct(bestW)}).`
+          : `L${l}H${h}${kv}: token ${i} ${tok(i)} gets most attention from no other token (none looks at it).`);
   }
   spans.forEach((s, i) => {
     s.addEventListener("mouseenter", () => { if (pinned === null) show(i); });
@@ -96,9 +100,18 @@ def attention_explorer(patterns: np.ndarray, tokens: Sequence[str], kv_head_of: 
         '<option value="in">which tokens look at it</option></select></label></div>'
         f'<div class="lab-explorer-tokens">{token_spans}</div>'
         '<div class="lab-explorer-status"></div></div>'
-        f'<script>{_SCRIPT.replace("ROOT_ID", json.dumps(root_id)).replace("DATA", json.dumps(data))}</script>'
+        f'<script>{_SCRIPT.replace("ROOT_ID", json.dumps(root_id)).replace("DATA", script_json(data))}</script>'
     )
     return Markdown(f"\n```{{=html}}\n{block}\n```\n")
+
+
+def script_json(value: object) -> str:
+    """JSON safe inside an HTML <script>: a token such as `</script>` or `<!--` cannot end or derail it."""
+    text = json.dumps(value)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                         ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
 
 
 def _visible(token: str) -> str:

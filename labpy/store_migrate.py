@@ -15,7 +15,9 @@ import re
 import shutil
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 
+from .errors import DamagedEntryError
 from .store import RunEntry, RunStore, checkpoint_name, entry_key, write_manifest
 
 LEGACY_CHECKPOINT = re.compile(r"step(\d{6,})")   # `step000200`: the wind tunnels' name before `step_000200`
@@ -25,9 +27,18 @@ def renamed_config(config: Mapping[str, object], renames: Mapping[str, str]) -> 
     """The config with fields renamed in place (the stored order kept); a rename onto an existing field is
     refused: it would silently drop one of two values."""
     clash = [new for old, new in renames.items() if old in config and new in config]
-    if clash:
-        raise ValueError(f"cannot rename config fields onto existing ones: {clash}")
+    if clash or len(set(renames.values())) < len(renames):
+        raise ValueError(f"cannot rename config fields onto existing or shared names: {clash or dict(renames)}")
     return {renames.get(k, k): v for k, v in config.items()}
+
+
+def _check_copy(entry: RunEntry, copy: Path) -> None:
+    """The copy's files against the manifest they were sealed with (its folder name is not its key yet)."""
+    damage = [p for p in RunEntry(copy).problems()
+              if not p.startswith("meta.json names key") and "no longer matches its key" not in p]
+    if damage:
+        raise DamagedEntryError(f"run store entry {entry.name} changed while it was being migrated: {damage[0]}; "
+                                f"check it with `lab status --verify`")
 
 
 def migrate_entry(store: RunStore, entry: RunEntry, renames: Mapping[str, str]) -> RunEntry:
@@ -44,25 +55,27 @@ def migrate_entry(store: RunStore, entry: RunEntry, renames: Mapping[str, str]) 
     if final.exists() and final != entry.path:
         raise FileExistsError(f"migrating {entry.name} would overwrite {final}; remove one of them first")
     tmp = entry.path.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+    old = entry.path.parent / f".old-{entry.key}-{uuid.uuid4().hex[:8]}"
     shutil.copytree(entry.path, tmp)
     try:
+        _check_copy(entry, tmp)               # against the old manifest: nothing damaged gets resealed
         for path in tmp.glob("checkpoints/*.safetensors"):
             if m := LEGACY_CHECKPOINT.fullmatch(path.stem):
-                path.rename(path.with_name(f"{checkpoint_name(int(m.group(1)))}.safetensors"))
+                target = path.with_name(f"{checkpoint_name(int(m.group(1)))}.safetensors")
+                if target.exists():
+                    raise FileExistsError(f"{entry.name} holds both {path.name} and {target.name}; keep one")
+                path.rename(target)
         meta |= {"config": config, "key": key}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         write_manifest(tmp, meta)
-        if final == entry.path:              # same key (only checkpoints renamed): swap the folders
-            old = entry.path.parent / f".old-{key}-{uuid.uuid4().hex[:8]}"
-            os.replace(entry.path, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-            shutil.rmtree(entry.path)
+        os.replace(entry.path, old)           # hidden first: an interruption never leaves half an entry visible
+        os.replace(tmp, final)
     except BaseException:
+        if old.exists() and not entry.path.exists():
+            os.replace(old, entry.path)       # put the original back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)
     migrated = RunEntry(final)
     migrated.verify()
     return migrated

@@ -30,6 +30,15 @@ def test_scores_of_hand_built_patterns():
     assert entropy_bits(sink).item() == 0.0
 
 
+def test_scores_are_per_head_and_averaged_over_the_batch():
+    """Three heads with three different jobs in a batch of two: each score picks out its own head."""
+    heads = torch.cat([_one([0] + list(range(T - 1))), _one([0] * T), _one([0, 0, 1, 2, 1, 2, 3, 4])], dim=2)
+    patterns = torch.cat([heads, heads], dim=1)                                  # (1 layer, B=2, H=3, T, T)
+    assert previous_token_scores(patterns)[0, 0].item() == 1.0 and previous_token_scores(patterns).shape == (1, 3)
+    assert first_token_scores(patterns)[0].argmax().item() == 1
+    assert induction_scores(patterns, HALF)[0].tolist() == [0.0, 0.0, 1.0]
+
+
 def test_entropy_of_uniform_causal_attention_is_log2_of_the_keys():
     uniform = torch.tril(torch.ones(T, T))
     uniform = (uniform / uniform.sum(-1, keepdim=True))[None, None, None]

@@ -33,3 +33,13 @@ def test_weights_round_trip_to_a_byte_and_tokens_are_escaped():
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match=r"\(layers, heads, T, T\) with T = 3 tokens; got \(2, 4, 4\)"):
         attention_explorer(np.zeros((2, 4, 4)), ["a", "b", "c"])
+
+
+def test_a_token_cannot_break_out_of_the_script():
+    """Token strings reach the page twice: escaped in the HTML, and as JSON inside <script>, where `</script>`
+    would end the script and run what follows."""
+    hostile = ["</script><img src=x onerror=alert(1)>", "<!--", "a&b", "\u2028"]
+    out = attention_explorer(np.full((1, 1, 4, 4), 0.25), hostile).data
+    script = out.split("<script>", 1)[1].rsplit("</script>", 1)[0]
+    assert "</script" not in script and "<!--" not in script and "<img" not in out
+    assert _payload(attention_explorer(np.full((1, 1, 4, 4), 0.25), hostile))["tokens"] == hostile

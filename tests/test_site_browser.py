@@ -74,6 +74,9 @@ def browser():
         browser.close()
 
 
+EXPLORERS = {"experiments/attention-heads.html": 3}   # pages with attention explorers, and how many
+
+
 def _exercise_explorers(page) -> list[dict]:
     """Hover a token of each attention explorer (labpy.explorer), change the head and flip the direction: the
     tokens must take colours from the weights, and the status line must name the hovered token."""
@@ -89,10 +92,12 @@ def _exercise_explorers(page) -> list[dict]:
                                 ".map(s => parseFloat(s.dataset.weight || '0')).reduce((a, b) => a + b, 0)")
         status = root.locator(".lab-explorer-status").inner_text()
         root.locator(".lab-explorer-mode").select_option("in")
+        tokens.nth(target).hover()
         status_in = root.locator(".lab-explorer-status").inner_text()
         found.append({"explorer": index, "coloured": coloured, "row_sum": weights, "status": status,
+                      "status_in": status_in,
                       "ok": coloured > 0 and abs(weights - 1) < 0.05 and f"token {target}" in status
-                      and "look" in status_in and status_in != status})
+                      and "gets most attention from" in status_in and f"token {target}" in status_in})
     return found
 
 
@@ -120,6 +125,8 @@ def test_page_in_a_browser(page_path, server, browser):
     assert not blank, f"{page_path}: {len(blank)} of {len(charts)} charts draw nothing: {blank}"
     raw_rows = [line for line in text.splitlines() if RAW_TABLE.match(line)]
     assert not raw_rows, f"{page_path} shows a Markdown table as raw text: {raw_rows[:2]}"
+    assert len(explorers) == EXPLORERS.get(page_path, 0), \
+        f"{page_path}: {len(explorers)} attention explorers drawn, expected {EXPLORERS.get(page_path, 0)}"
     dead = [e for e in explorers if not e["ok"]]
     assert not dead, f"{page_path}: attention explorer does not respond: {dead[:2]}"
     tex = RAW_TEX.search(text)

@@ -229,6 +229,43 @@ def test_migration_renames_fields_and_legacy_checkpoints_and_reseals(tmp_store):
     assert not list((tmp_store.root / "exp").glob(".*"))                           # no leftovers
 
 
+def test_migration_with_only_checkpoints_to_rename_keeps_the_key(tmp_store):
+    from labpy.store_migrate import migrate_experiment
+
+    key, meta = _meta({"lr": 0.1}, label="a")
+    result = _result()
+    result.checkpoints = {"step000300": {"w": torch.tensor([3.0])}}
+    tmp_store.put("exp", key, meta, result, {})
+    assert migrate_experiment(tmp_store, "exp", {}) == [(key, key)]
+    entry = tmp_store.get("exp", key)
+    assert entry.checkpoint_names() == ["step_000300"] and entry.step_checkpoint(300)["w"].item() == 3.0
+    assert not list((tmp_store.root / "exp").glob(".*"))
+
+
+def test_an_interrupted_migration_leaves_the_original_entry(tmp_store, monkeypatch):
+    """Killed between moving the original aside and moving the new entry in: the original comes back whole."""
+    import os
+
+    from labpy import store_migrate
+
+    key, meta = _meta({"batch": 8}, label="a")
+    tmp_store.put("exp", key, meta, _result(), {})
+    real, calls = os.replace, []
+
+    def replace_then_die(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(store_migrate.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        store_migrate.migrate_experiment(tmp_store, "exp", {"batch": "batch_size"})
+    monkeypatch.setattr(store_migrate.os, "replace", real)
+    assert tmp_store.get("exp", key).config == {"batch": 8}          # verified, as before
+    assert [p.name for p in (tmp_store.root / "exp").iterdir()] == [key]
+
+
 def test_migration_refuses_a_damaged_entry(tmp_store):
     """Re-sealing a truncated table would launder it into a 'verified' entry: the migration must refuse."""
     from labpy.errors import DamagedEntryError

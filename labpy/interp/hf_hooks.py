@@ -26,9 +26,12 @@ Why hooks on HF modules rather than TransformerLens' `TransformerBridge` for the
 `save_pretrained` folder and a tokenizer to boot from, adds dozens of hook points per block to every forward
 pass, and its adapters must be checked per architecture (Qwen2's q/k/v biases were a known risk). Module hooks
 observe the very computation `model(...)` performs, on 4-bit bitsandbytes layers too.
-The names are TransformerLens 4's, and `tests/test_hf_hooks.py` checks the values against the bridge
-(`TransformerBridge.boot_transformers(path, hf_model=model)`, exact on Llama and on Qwen2 with q/k/v biases),
-HF's own `output_hidden_states`/`output_attentions`, and a hand computation of attention with RoPE and GQA.
+The names are TransformerLens 4's. `tests/test_hf_hooks.py` checks the values against a hand computation of
+attention (RMSNorm, RoPE, grouped-query heads), exact invariants (the writes add up to the stream, W_O reads z,
+an ablated head removes exactly its write), HF's own `output_hidden_states`/`output_attentions` (which HF
+collects with hooks of its own, so they check names and indices more than arithmetic) and TransformerLens'
+bridge (`TransformerBridge.boot_transformers(path, hf_model=copy)`: booting rewrites the modules of the model
+it wraps, so it gets a copy), exact on Llama and on Qwen2 with q/k/v biases.
 
 A hook function gets `(activation, hook)` like TransformerLens (`hook.name`, `hook.layer`) and returns a
 replacement or None. Hooks run in the model's own dtype and device.

@@ -106,8 +106,15 @@ def packaged_model_dir(name: str, gguf: Path) -> Path:
 
     from ..paths import runs_dir
 
+    import transformers
+
+    sha = hashlib.sha256()
     with gguf.open("rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    # the converter's versions are part of the key: an upgrade that converts differently makes a new copy
+    versions = f"transformers {transformers.__version__}, gguf {_version('gguf')}"
+    digest = hashlib.sha256(f"{sha.hexdigest()} {versions}".encode()).hexdigest()
     target = runs_dir() / ".work" / "hf" / f"{name}-{digest[:12]}"
     marker = target / "packaged_model.json"
     if marker.is_file():
@@ -122,9 +129,15 @@ def packaged_model_dir(name: str, gguf: Path) -> Path:
         model.config.__dict__.pop("quantization_config", None)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / marker.name).write_text(json.dumps({"model": name, "gguf": gguf.name, "sha256": digest}))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        (tmp / marker.name).write_text(json.dumps({"model": name, "gguf": gguf.name, "gguf_sha256": sha.hexdigest(),
+                                                   "converted_with": versions}))
+        if not marker.is_file():             # another process may have finished first: keep its copy
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not marker.is_file():
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -206,15 +219,27 @@ def _silence_int8_cast_note() -> None:
         log.addFilter(_DropInt8CastNote())
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "absent"
+
+
 @contextlib.contextmanager
 def _gguf_progress_on_terminal_only():
     """transformers' GGUF reader shows a tqdm bar of its own; keep it for a terminal, never inside a page."""
     import sys
     from functools import partial
 
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
-
-    bar = gguf_utils.tqdm
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+        bar = gguf_utils.tqdm
+    except (ImportError, AttributeError):    # moved in another transformers version: a bar is only cosmetic
+        yield
+        return
     gguf_utils.tqdm = partial(bar, disable=not sys.stderr.isatty())
     try:
         yield
