@@ -31,7 +31,7 @@ _SCRIPT = r"""
   const layer = root.querySelector(".lab-explorer-layer"), head = root.querySelector(".lab-explorer-head");
   const mode = root.querySelector(".lab-explorer-mode"), status = root.querySelector(".lab-explorer-status");
   const spans = Array.from(root.querySelectorAll(".lab-explorer-token"));
-  let pinned = null;
+  let pinned = null, hovered = null;
   const at = (l, h, q, k) => w[((l * H + h) * T + q) * T + k] / 255;
   function show(i) {
     const l = +layer.value, h = +head.value, out = mode.value === "out";
@@ -58,11 +58,12 @@ _SCRIPT = r"""
           : `L${l}H${h}${kv}: token ${i} ${tok(i)} gets most attention from no other token (none looks at it).`);
   }
   spans.forEach((s, i) => {
-    s.addEventListener("mouseenter", () => { if (pinned === null) show(i); });
+    s.addEventListener("mouseenter", () => { hovered = i; if (pinned === null) show(i); });
     s.addEventListener("click", () => { pinned = pinned === i ? null : i; show(pinned === null ? i : pinned); });
   });
-  root.querySelector(".lab-explorer-tokens").addEventListener("mouseleave", () => show(pinned));
-  [layer, head, mode].forEach(el => el.addEventListener("change", () => show(pinned)));
+  root.querySelector(".lab-explorer-tokens").addEventListener("mouseleave", () => { hovered = null; show(pinned); });
+  // a new layer, head or direction redraws what is pinned, or else what was last hovered
+  [layer, head, mode].forEach(el => el.addEventListener("change", () => show(pinned !== null ? pinned : hovered)));
   show(null);
 })();
 """

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from IPython.display import HTML, Markdown
+from IPython.display import Markdown
 
 from .errors import LabError, UnknownChoiceError
 from .notebook import table
@@ -411,13 +411,14 @@ def counts_table(questions: dict[str, Question] | None = None) -> Markdown:
     return table(counts_frame(questions), caption="Questions by track and status")
 
 
-def filter_controls(questions: dict[str, Question] | None = None) -> HTML:
-    """Two selects that hide questions by status and track: an inline script, no network."""
+def filter_controls(questions: dict[str, Question] | None = None) -> Markdown:
+    """Two selects that hide questions by status and track: an inline script, no network. A Markdown raw-HTML
+    block, not `text/html`: Quarto adds require.js and jQuery from a CDN to any page with an HTML output."""
     questions = load_questions() if questions is None else questions
     status_opts = "".join(f'<option value="{s}">{s}</option>' for s in STATUSES)
     tracks = [t for t in TRACKS if any(q.track == t for q in questions.values())]
     track_opts = "".join(f'<option value="{_slug(t)}">{html.escape(t)}</option>' for t in tracks)
-    return HTML(f"""<div class="lab-question-filter">
+    return Markdown(f"""\n```{{=html}}\n<div class="lab-question-filter">
 <label>Status <select id="lab-q-status"><option value="">all</option>{status_opts}</select></label>
 <label>Track <select id="lab-q-track"><option value="">all</option>{track_opts}</select></label>
 <span id="lab-q-shown" aria-live="polite"></span>
@@ -443,7 +444,7 @@ def filter_controls(questions: dict[str, Question] | None = None) -> HTML:
     apply();
   }});
 }})();
-</script>""")
+</script>\n```\n""")
 
 
 def _title_attr(text: str) -> str:

@@ -91,8 +91,7 @@ def _exercise_explorers(page) -> list[dict]:
         weights = root.evaluate("r => Array.from(r.querySelectorAll('.lab-explorer-token'))"
                                 ".map(s => parseFloat(s.dataset.weight || '0')).reduce((a, b) => a + b, 0)")
         status = root.locator(".lab-explorer-status").inner_text()
-        root.locator(".lab-explorer-mode").select_option("in")
-        tokens.nth(target).hover()
+        root.locator(".lab-explorer-mode").select_option("in")      # redraws the token last hovered
         status_in = root.locator(".lab-explorer-status").inner_text()
         found.append({"explorer": index, "coloured": coloured, "row_sum": weights, "status": status,
                       "status_in": status_in,
