@@ -34,7 +34,9 @@ bridge (`TransformerBridge.boot_transformers(path, hf_model=copy)`: booting rewr
 it wraps, so it gets a copy), exact on Llama and on Qwen2 with q/k/v biases.
 
 A hook function gets `(activation, hook)` like TransformerLens (`hook.name`, `hook.layer`) and returns a
-replacement or None. Hooks run in the model's own dtype and device.
+replacement or None. Hooks run in the model's own dtype and device. As in TransformerLens, cached tensors may
+be shared (`hook_embed` is `blocks.0.hook_resid_pre`): clone before editing one in place. With padded batches
+pass `attention_mask`; padded positions still appear in the cache, so leave them out of any average.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def _replace_first(output: Any, value: torch.Tensor) -> Any:
 
 
 def _split_heads(z: torch.Tensor, n_heads: int) -> torch.Tensor:
-    return z.view(*z.shape[:-1], n_heads, z.shape[-1] // n_heads)                 # (B, T, H*h) -> (B, T, H, h)
+    return z.unflatten(-1, (n_heads, -1))                                          # (B, T, H*h) -> (B, T, H, h)
 
 
 @contextlib.contextmanager
