@@ -140,6 +140,9 @@ def packaged_model_dir(name: str, gguf: Path) -> Path:
                     raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for stale in target.parent.glob(f"{name}-*"):      # copies from another GGUF or converter: 0.5 GB each
+        if stale != target:
+            shutil.rmtree(stale, ignore_errors=True)
     return target
 
 
