@@ -19,9 +19,8 @@ from ..interp.heads import (duplicate_token_scores, entropy_bits, first_token_sc
 from ..interp.hf_hooks import kv_head_of, run_with_cache
 from ..models.lm import load_lm
 from ..store import RunResult
-from ..tasks.corpus import encode, pydoc_text
 from ..tasks.repeated_tokens import repeated_random_tokens
-from ..tasks.source_code import source_corpus, spaced_windows
+from ..tasks.source_code import prose_and_code_windows
 from ..train import step_generator
 from ..validation import Rule, check_ranges, one_of
 from .registry import Experiment, RunContext, register
@@ -50,12 +49,9 @@ class AtlasConfig:
 def text_windows(tokenizer, config: AtlasConfig) -> dict[str, torch.Tensor]:
     """{kind: (n_windows, seq_len) token ids}: prose and code spread evenly over their text; repeated random
     tokens drawn from the tokenizer's ordinary ids (above the first 100, where special tokens live)."""
-    prose = spaced_windows(encode(tokenizer, pydoc_text()), config.n_windows, config.seq_len - 1)
-    code = spaced_windows(encode(tokenizer, source_corpus("heldout", max_chars=200_000).text), config.n_windows,
-                          config.seq_len - 1)
     half = config.seq_len // 2
     random = repeated_random_tokens(config.n_windows, half, len(tokenizer) - 100, step_generator(config.seed, 0)) + 100
-    return {"prose": prose, "code": code, "repeated random": random}
+    return {**prose_and_code_windows(tokenizer, config.n_windows, config.seq_len), "repeated random": random}
 
 
 @torch.no_grad()

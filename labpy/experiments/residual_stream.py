@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from ..interp.hf_hooks import run_with_cache
 from ..models.lm import load_lm
 from ..store import RunResult
-from ..tasks.corpus import encode, pydoc_text
-from ..tasks.source_code import source_corpus, spaced_windows
+from ..tasks.source_code import prose_and_code_windows
 from ..validation import check_ranges, one_of
 from .registry import Experiment, RunContext, register
 
@@ -46,9 +45,7 @@ class ResidualConfig:
 
 def windows(tokenizer, config: ResidualConfig) -> dict[str, torch.Tensor]:
     """{kind: (n_windows, seq_len + 1)} token ids: inputs and, shifted by one, their next tokens."""
-    texts = {"prose": pydoc_text(), "code": source_corpus("heldout", max_chars=200_000).text}
-    return {kind: spaced_windows(encode(tokenizer, text), config.n_windows, config.seq_len)
-            for kind, text in texts.items()}
+    return prose_and_code_windows(tokenizer, config.n_windows, config.seq_len + 1)
 
 
 def final_norm_scale(model, resid: torch.Tensor) -> torch.Tensor:

@@ -147,3 +147,13 @@ def finetune_data(tokenizer, seq_len: int, n_eval_windows: int, source_chars: in
             "source_heldout_tokens": source_heldout.numel(), "pydoc_train_tokens": pydoc_train.numel(),
             "pydoc_heldout_tokens": pydoc_heldout.numel(), "chars_per_token_source": len(train.text) / source_train.numel()}
     return FinetuneData(source_train, pydoc_train, eval_sets, info)
+
+
+def prose_and_code_windows(tokenizer, n_windows: int, length: int) -> dict[str, torch.Tensor]:
+    """{"prose", "code"}: (n_windows, length) token ids spread evenly over the pydoc topics (English prose, the
+    lab LM's own training text) and held-out stdlib source (Python the lab LM never saw) — the two kinds of
+    text the interpretability experiments compare."""
+    from .corpus import encode, pydoc_text   # as finetune_data does: corpus pulls in the training stack
+
+    texts = {"prose": pydoc_text(), "code": source_corpus("heldout", max_chars=200_000).text}
+    return {kind: spaced_windows(encode(tokenizer, text), n_windows, length - 1) for kind, text in texts.items()}
