@@ -7,7 +7,7 @@ with a capital, position bucket). The stream after every block (and the embeddin
 probe per property, trained on 70% of the windows and scored on the rest, beside the same probe on a
 Hewitt & Liang control task (`labpy.interp.probes`) and the majority-class baseline. Position 0 is left out
 (in a model with an attention sink its stream is a different object). The embedding, middle and last
-streams are also projected on their first two principal components, to colour by property on the page.
+streams are also standardised and projected on their first two principal components, to colour by property on the page.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.decomposition import PCA
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from ..interp.hf_hooks import run_with_cache
@@ -77,19 +79,23 @@ def run(config: ProbesConfig, ctx: RunContext) -> RunResult:
         y = labels[prop].to_numpy()
         control = control_labels(token_ids, y, seed=config.seed + prop_index)
         majority = majority_accuracy(y[train], y[test])
+        control_majority = majority_accuracy(control[train], control[test])   # the control's own baseline
         for layer, x in enumerate(features):
             accuracy = probe_accuracy(x[train], y[train], x[test], y[test], config.c, config.seed)
             control_accuracy = probe_accuracy(x[train], control[train], x[test], control[test], config.c, config.seed)
             rows.append({"property": prop, "layer": layer - 1, "accuracy": accuracy,
                          "control_accuracy": control_accuracy, "selectivity": accuracy - control_accuracy,
-                         "majority": majority})
+                         "majority": majority, "control_majority": control_majority})
             bar.update()
     bar.close()
     n_layers = model.config.num_hidden_layers
     pca_rows = []
     for layer in sorted({-1, n_layers // 2 - 1, n_layers - 1}):
-        pca = PCA(n_components=2, random_state=config.seed)
+        # standardised first, as the probes see it: a few huge coordinates (the residual stream's outlier
+        # dimensions) would otherwise be the whole first component
+        pca = make_pipeline(StandardScaler(), PCA(n_components=2, random_state=config.seed))
         coords = pca.fit_transform(features[layer + 1][keep])                          # (kept tokens, 2)
+        pca = pca[-1]
         pca_rows.append(pd.DataFrame({"layer": layer, "token": np.flatnonzero(keep), "pc1": coords[:, 0],
                                       "pc2": coords[:, 1], "explained_1": pca.explained_variance_ratio_[0],
                                       "explained_2": pca.explained_variance_ratio_[1]}))
