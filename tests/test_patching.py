@@ -44,6 +44,8 @@ def test_too_many_pairs_is_one_clear_error(lm):
         ioi_pairs(tokenizer, words="python words", n_pairs=99)
     with pytest.raises(LabError, match="unknown template 'zoo'"):
         ioi_pairs(tokenizer, template="zoo")
+    with pytest.raises(LabError, match="unknown words 'planets'"):
+        ioi_pairs(tokenizer, words="planets")
 
 
 def test_running_from_any_layer_reproduces_the_full_forward_pass(lm):
@@ -128,3 +130,30 @@ def test_the_experiment_stores_exact_endpoints(tmp_store):
     assert len(heads) == entry.summary["n_layers"] * entry.summary["n_heads"]
     ablation = entry.table("ablation")
     assert (ablation[ablation.set == "top heads"].k.diff().dropna() == 1).all()
+
+
+def test_attribution_estimates_a_small_patch_at_each_point(lm):
+    """`attribution`'s reduction (sum over width, mean over prompts) and sign, against real patches of sources a
+    small random step either side of the target (the central difference cancels the second-order term)."""
+    model, _, pairs = lm
+    corrupt, logits = P.residual_streams(model, pairs.corrupted)
+    z = P.head_outputs(model, pairs.corrupted)                                       # (L, B, T, H, h)
+    g_stream, g_z, _ = P.gradients(model, pairs.corrupted, pairs.io, pairs.s)
+    gen = torch.Generator().manual_seed(3)
+    layer, pos, head, eps = 1, pairs.s2_position, 1, 1e-2
+    step = eps * torch.randn(corrupt.shape, generator=gen)
+    estimate = P.attribution(g_stream, corrupt, corrupt + step, 1.0, (-1,), 1)      # (L+1, T), in logits
+
+    def resid_metric(source):
+        return P.logit_diff(P.patch_residual(model, corrupt, source, layer, pos), pairs.io, pairs.s).double().mean()
+
+    central = (resid_metric(corrupt + step) - resid_metric(corrupt - step)) / 2
+    assert central.item() == pytest.approx(estimate[layer, pos].item(), rel=0.03)
+    z_step = eps * torch.randn(z.shape, generator=gen)
+    head_estimate = P.attribution(g_z, z, z + z_step, 1.0, (2, 4), 1)               # (L, H)
+
+    def head_metric(source):
+        return P.logit_diff(P.patch_head(model, corrupt, source[layer], layer, head), pairs.io, pairs.s).double().mean()
+
+    central_head = (head_metric(z + z_step) - head_metric(z - z_step)) / 2
+    assert central_head.item() == pytest.approx(head_estimate[layer, head].item(), rel=0.03)

@@ -60,3 +60,11 @@ def test_the_experiment_reports_selectivity_against_its_control(tmp_store):
     pca = entry.table("pca")
     assert set(pca.layer) == {-1, entry.summary["n_layers"] // 2 - 1, entry.summary["n_layers"] - 1}
     assert (tokens.loc[pca.token, "position"] > 0).all()           # the sink position is left out
+
+
+def test_too_few_windows_is_one_clear_error():
+    from labpy.errors import ConfigError
+    from labpy.experiments.probes import ProbesConfig
+
+    with pytest.raises(ConfigError, match=r"ProbesConfig.n_windows = 1 is out of range; 70% of the windows train"):
+        ProbesConfig(n_windows=1)

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..interp.hf_hooks import HookInfo, heads, run_with_cache, run_with_hooks
-from ..interp.patching import (gradients, head_outputs, logit_diff, patch_head, patch_residual,
+from ..interp.patching import (attribution, gradients, head_outputs, logit_diff, patch_head, patch_residual,
                                residual_streams)
 from ..models.lm import load_lm
 from ..store import RunResult
@@ -61,9 +61,8 @@ def residual_table(model, pairs, streams: dict, grads: dict, metric: dict, ctx: 
     span = metric["clean"] - metric["corrupted"]
     n_points, _, n_pos, _ = clean.shape
     same_before = torch.equal(clean[:, :, :pairs.s2_position], corrupt[:, :, :pairs.s2_position])
-    delta = clean - corrupt                                                             # (L+1, B, T, d)
-    den_attr = (grads["corrupted"] * delta).sum(-1).mean(1) / span                      # (L+1, T)
-    noi_attr = (grads["clean"] * delta).sum(-1).mean(1) / span
+    den_attr = attribution(grads["corrupted"], corrupt, clean, span, (-1,), 1)          # (L+1, T) share restored
+    noi_attr = -attribution(grads["clean"], clean, corrupt, span, (-1,), 1)             # (L+1, T) share destroyed
     rows = []
     bar = _bar(n_points * n_pos, "residual patches", ctx)
     for layer in range(n_points):
@@ -87,9 +86,9 @@ def residual_table(model, pairs, streams: dict, grads: dict, metric: dict, ctx: 
 def head_table(model, pairs, streams: dict, z: dict, grads_z: dict, metric: dict, ctx: RunContext) -> pd.DataFrame:
     span = metric["clean"] - metric["corrupted"]
     n_layers, _, _, n_heads, _ = z["clean"].shape
-    delta = z["clean"] - z["corrupted"]                                                 # (L, B, T, H, h)
-    den_attr = (grads_z["corrupted"] * delta).sum((2, 4)).mean(1) / span                # (L, H)
-    noi_attr = (grads_z["clean"] * delta).sum((2, 4)).mean(1) / span
+    # z: (L, B, T, H, h); sum over positions and the head's width, mean over prompts -> (L, H)
+    den_attr = attribution(grads_z["corrupted"], z["corrupted"], z["clean"], span, (2, 4), 1)
+    noi_attr = -attribution(grads_z["clean"], z["clean"], z["corrupted"], span, (2, 4), 1)
     _, patterns = run_with_cache(model, pairs.clean, lambda n: n.endswith("attn.hook_pattern"))
     rows = []
     bar = _bar(n_layers * n_heads, "head patches", ctx)

@@ -27,7 +27,7 @@ from ..interp.probes import control_labels, majority_accuracy, probe_accuracy
 from ..models.lm import load_lm
 from ..store import RunResult
 from ..tasks.code_labels import PROPERTIES, labelled_windows
-from ..validation import check_ranges, one_of
+from ..validation import check_ranges, one_of, require
 from .registry import Experiment, RunContext, register
 
 MODELS = ("smollm2-135m", "lab-lm", "lab-lm:smoke")
@@ -46,6 +46,9 @@ class ProbesConfig:
     def __post_init__(self) -> None:
         check_ranges(self, positive_int=("n_windows", "seq_len"), nonneg_int=("seed",), positive=("c",),
                      rules={"model": one_of(*MODELS)})
+        require(self, 0 < int(TRAIN_SHARE * self.n_windows) < self.n_windows, "n_windows",
+                f"is out of range; {TRAIN_SHARE:.0%} of the windows train the probes and the rest test them, so "
+                f"it needs at least 2 (e.g. --set n_windows=48)", hint=False)
 
 
 @torch.no_grad()

@@ -57,6 +57,17 @@ def last_logits_from(model, resid_pre: torch.Tensor, layer: int) -> torch.Tensor
     return model.lm_head(hidden[:, -1])
 
 
+def attribution(grad: torch.Tensor, target: torch.Tensor, source: torch.Tensor, span: torch.Tensor | float,
+                sum_dims: tuple[int, ...], prompt_dim: int) -> torch.Tensor:
+    """Attribution patching's estimate of every patch of `source` into `target` at once, as a share of `span`:
+    mean over prompts of ∇metric(target) · (source − target), summed over `sum_dims`.
+
+    grad: per-prompt gradients of the metric at the target run (from `gradients`), shaped like target and
+    source. Denoising: target = corrupted, source = clean, span = clean − corrupted metric (share restored).
+    Noising: target = clean, source = corrupted, and the share destroyed is minus that estimate."""
+    return (grad * (source - target)).sum(sum_dims).mean(prompt_dim) / span
+
+
 @torch.no_grad()
 def residual_streams(model, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(streams (L+1, B, T, d): the stream entering each block and, last, leaving the final block;

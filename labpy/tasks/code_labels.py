@@ -67,7 +67,7 @@ def char_labels(source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def labelled_windows(tokenizer, n_windows: int, seq_len: int, windows_per_file: int = 3) -> LabelledWindows:
-    """`n_windows` windows of `seq_len` tokens, `windows_per_file` from the start of each held-out file."""
+    """`n_windows` windows of `seq_len` tokens, `windows_per_file` spread evenly over each held-out file."""
     files = [p for p in candidate_files() if split_of(p.name, 0.2) == "heldout"]
     windows, rows = [], []
     for path in files:

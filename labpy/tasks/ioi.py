@@ -47,10 +47,12 @@ def single_token(tokenizer, word: str) -> int | None:
 
 
 def ioi_pairs(tokenizer, template: str = "store", words: str = "names", n_pairs: int = 8) -> IOIPairs:
-    """`n_pairs` prompts: consecutive word pairs (A, B), each also swapped (B, A), so each word is the answer
-    as often as the distractor."""
+    """`n_pairs` prompts: consecutive word pairs (A, B), each also swapped (B, A), so that (for even `n_pairs`)
+    each word is the answer as often as the distractor."""
     if template not in TEMPLATES:
         raise LabError(f"unknown template {template!r}; choose one of {sorted(TEMPLATES)}")
+    if words not in WORDS:
+        raise LabError(f"unknown words {words!r}; choose one of {sorted(WORDS)}")
     ids = [(w, single_token(tokenizer, w)) for w in WORDS[words]]
     usable = [(w, i) for w, i in ids if i is not None]
     if len(usable) < 2 or n_pairs > len(usable) // 2 * 2:
