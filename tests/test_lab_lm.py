@@ -296,3 +296,12 @@ def test_sweep_corpus_yardsticks_smoke(tmp_store):
     assert s["uniform_loss"] == pytest.approx(math.log(300))
     assert s["bigram_entropy"] < s["unigram_entropy"] < s["uniform_loss"]
     assert s["unigram_heldout"] > s["unigram_entropy"] - 0.1 and s["bigram_heldout"] > s["bigram_entropy"]
+
+
+def test_building_the_hf_copy_draws_no_progress_bar(smoke_store, tmp_path, capfd):
+    """Pages build this copy inside a Jupyter kernel, where a tqdm bar becomes a widget that loads require.js
+    from a CDN (the browser check caught it on a fresh machine)."""
+    from labpy.models.lab_lm import hf_copy_dir
+
+    hf_copy_dir(smoke_store, tmp_path)
+    assert "Writing model shards" not in capfd.readouterr().err

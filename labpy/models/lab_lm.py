@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from ..store import RunEntry
 from ..tasks.corpus import EOS, tokenizer_from_json
+from .lm import quiet_hf_progress
 
 EXPERIMENT, LABEL, CHECKPOINT, TOKENIZER_FILE = "lab_lm", "base", "final", "tokenizer.json"
 HF_SUBDIR = "hf"
@@ -119,8 +120,9 @@ def hf_copy_dir(entry: RunEntry, cache_root: Path) -> Path:
     tmp.mkdir(parents=True)
     try:
         model, tokenizer = load_lab_lm(entry)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        with quiet_hf_progress():          # a progress bar in a page's kernel is a widget that needs a CDN
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         (tmp / READY_MARKER).write_text(json.dumps({"experiment": EXPERIMENT, "key": entry.key, "digest": digest,
                                                     "scale": entry.scale, "eos_token": EOS}))
         if target.exists():

@@ -121,14 +121,15 @@ def packaged_model_dir(name: str, gguf: Path) -> Path:
         return target
     tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     try:
-        with _quiet_loading(), _gguf_progress_on_terminal_only():
+        with quiet_hf_progress(), _gguf_progress_on_terminal_only():
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # the weights are dequantized fp32 now; without this, transformers refuses to save a "gguf-quantized" model
         model.hf_quantizer = None
         model.config.__dict__.pop("quantization_config", None)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        with quiet_hf_progress():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         (tmp / marker.name).write_text(json.dumps({"model": name, "gguf": gguf.name, "gguf_sha256": sha.hexdigest(),
                                                    "converted_with": versions}))
         if not marker.is_file():             # another process may have finished first: keep its copy
@@ -251,8 +252,9 @@ def _gguf_progress_on_terminal_only():
 
 
 @contextlib.contextmanager
-def _quiet_loading():
-    """No 'Loading weights' progress bar inside pages and tests; restores the previous setting."""
+def quiet_hf_progress():
+    """No transformers progress bar ('Loading weights', 'Writing model shards') inside pages and tests: in a
+    Jupyter kernel tqdm draws a widget, which pulls require.js from a CDN; restores the previous setting."""
     from transformers.utils import logging as hf_logging
 
     enabled = hf_logging.is_progress_bar_enabled()
@@ -288,7 +290,7 @@ def load_lm(name_or_path: str, quant: str | None = None, *, dtype: torch.dtype =
             _silence_int8_cast_note()
     if device_map is not None:
         kwargs["device_map"] = device_map
-    with _quiet_loading():
+    with quiet_hf_progress():
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
         has_tokenizer = kind == "hub" or any((path / f).is_file() for f in _TOKENIZER_FILES)
         tokenizer = AutoTokenizer.from_pretrained(where, **source) if has_tokenizer else None
