@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..errors import LabError
 from ..store import RunEntry
+from .attention_atlas_analysis import head_label  # one spelling of a head's name across pages
 from .finetune_heads import BASE
 from .registry import results
 
@@ -26,10 +27,6 @@ def check_adapters_current(entry: RunEntry) -> None:
     if stale:
         raise StaleAdaptersError(f"{entry.name} compared adapters {stale} of lora_rank runs the store no longer "
                                  f"holds; re-run it: lab run finetune_heads --scale {entry.scale} --force")
-
-
-def head_label(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
 
 
 def tables(entry: RunEntry) -> dict[str, pd.DataFrame]:
