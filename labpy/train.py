@@ -172,6 +172,7 @@ def train(
     param_stats: bool = False,
     stats_fn: Callable[[StatsContext], list[dict[str, Any]]] | None = None,
     device: torch.device | str | None = None,
+    stop_fn: Callable[[list[dict[str, float]]], bool] | None = None,
 ) -> TrainLog:
     """Train `model` in place for `spec.steps` steps with AdamW; resume from `work_dir` if a run was cut off.
 
@@ -184,6 +185,9 @@ def train(
     At each measured step (every `eval_every`, the last, and `spec.measure_steps`), `param_stats=True` records
     `parameter_statistics` per parameter tensor, and `stats_fn(StatsContext)` may return rows of its own
     (e.g. per embedding row); both land in the log, with a `step` column, and survive a resume.
+    `stop_fn(eval_rows)`, asked after each evaluation, ends training early when it returns True (grokking runs
+    stop once the test accuracy has held); it must depend on the evaluations alone, so a resumed run stops at
+    the same step, and the log then holds fewer than `spec.steps` steps.
 
     Errors a user can act on: a non-finite loss raises `TrainingDivergedError` (a FloatingPointError) naming
     the step and the learning rate; an unreadable `resume.pt` raises `ResumeStateError` naming the file; Ctrl-C
@@ -195,7 +199,7 @@ def train(
     torch.set_num_threads(spec.threads)
     try:
         return _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, parameters,
-                      param_stats, stats_fn, device)
+                      param_stats, stats_fn, device, stop_fn)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -232,7 +236,7 @@ def _on_device(model: torch.nn.Module, device: torch.device) -> bool:
 
 
 def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, parameters, param_stats,
-           stats_fn, device) -> TrainLog:
+           stats_fn, device, stop_fn=None) -> TrainLog:
     if not _on_device(model, device):
         model.to(device)   # in place: Parameter objects keep their identity, so `parameters` stays valid
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
@@ -332,6 +336,8 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
             guard.critical = False
             if guard.pending:
                 raise KeyboardInterrupt
+            if measure and stop_fn is not None and stop_fn(eval_rows):
+                break
     except KeyboardInterrupt as interrupt:
         if isinstance(interrupt, TrainingInterrupted):
             raise

@@ -32,6 +32,8 @@ TRACKS = {
     "Fine-tuning": "LoRA, QLoRA and full fine-tuning of the lab LM: quality, memory and what is forgotten",
     "Attention & circuits": "what attention heads look at, and the circuits built from them",
     "Representations": "what the residual stream of a real language model holds, layer by layer, and who writes it",
+    "Toy models": "small networks trained here so that a question has a clean answer: grokking, superposition, "
+                  "single neurons",
     "Paper reproductions": "a paper's claims, each measured in the lab and given a verdict",
     "The lab itself": "how fast the lab's own machinery is",
 }

@@ -1,0 +1,1 @@
+"""Small models trained in the lab so that a question has a clean answer: grokking, superposition, MLP neurons."""
