@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from labpy.toy.modular_addition import (ModularAdditionSpec, ModularAdditionTransformer, all_pairs,
-                                        embedding_frequency_norms, excluded_logits, fourier_basis,
+                                        embedding_frequency_norms, excluded_logits, fast_logits, fourier_basis,
                                         logit_frequency_norms, restricted_logits, sum_directions, top_frequencies,
                                         train_split)
 
@@ -43,6 +43,10 @@ def test_model_matches_a_hand_computation_and_exposes_hooks():
     logits = model(tokens[:20])
     assert logits.shape == (20, SPEC.p)
     assert torch.allclose(logits, by_hand(model, tokens[:20]), atol=1e-5)
+    assert torch.allclose(fast_logits(model, tokens), model(tokens), atol=1e-5)    # training's shortcut
+    fast_grads = torch.autograd.grad(fast_logits(model, tokens[:30]).square().sum(), list(model.parameters()))
+    grads = torch.autograd.grad(model(tokens[:30]).square().sum(), list(model.parameters()))
+    assert all(torch.allclose(f, g, atol=1e-4) for f, g in zip(fast_grads, grads))
     _, cache = model.run_with_cache(tokens[:5])
     assert cache["blocks.0.attn.hook_pattern"].shape == (5, SPEC.n_heads, 1, 3)
     assert torch.allclose(cache["blocks.0.attn.hook_pattern"].sum(-1), torch.ones(5, SPEC.n_heads, 1))
