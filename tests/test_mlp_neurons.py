@@ -1,0 +1,223 @@
+"""The `mlp_neurons` experiment and its analysis (`labpy.toy.mlp`, `labpy.tasks.digits`), against hand-computed
+values on tiny networks, identities that must hold exactly, and a network whose neurons were permuted on purpose."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from labpy.tasks.digits import digit_pair, xor_split
+from labpy.toy.mlp import (LOGIC, MLP, bar_path, bar_pixels, boundary_segment, class_selectivity, correlation_matrix,
+                           exclusive_neurons, hidden_activations, knockout_effect, knockout_sweep, logic_pattern,
+                           match_neurons, neuron_changes, train_mlp)
+
+
+def hand_network() -> MLP:
+    """2 inputs -> 2 hidden (identity weights, no bias: hidden = ReLU(x)) -> 2 logits."""
+    model = MLP(2, 2, 2)
+    with torch.no_grad():
+        model.w_in.weight.copy_(torch.eye(2))
+        model.w_in.bias.zero_()
+        model.w_out.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+        model.w_out.bias.copy_(torch.tensor([0.5, -0.5]))
+    return model
+
+
+def random_network(n_in: int = 6, n_hidden: int = 16, seed: int = 0) -> MLP:
+    torch.manual_seed(seed)
+    return MLP(n_in, n_hidden, 2).eval()
+
+
+def test_selectivity_matches_a_hand_computation():
+    x = torch.tensor([[1.0, -1.0], [3.0, 0.0], [-2.0, 2.0], [0.0, -5.0]])     # hidden = ReLU(x)
+    y = np.array([0, 0, 1, 1])
+    sel = class_selectivity(hidden_activations(hand_network(), x), y).set_index("neuron")
+    # neuron 0 sees 1, 3 on class 0 and 0, 0 on class 1; neuron 1 sees 0, 0 and 2, 0
+    assert sel.loc[0, ["mean_0", "mean_1", "difference", "index", "active_0", "active_1"]].tolist() == \
+        pytest.approx([2.0, 0.0, -2.0, -1.0, 1.0, 0.0])
+    assert sel.loc[1, ["mean_0", "mean_1", "difference", "index", "active_0", "active_1"]].tolist() == \
+        pytest.approx([0.0, 1.0, 1.0, 1.0, 0.0, 0.5])
+    exclusive = exclusive_neurons(sel.reset_index())
+    assert exclusive.neuron.tolist() == [0] and exclusive.fires_for.tolist() == [0]   # neuron 1: half of class 1
+
+
+def test_a_neuron_that_never_fires_has_index_zero_not_nan():
+    sel = class_selectivity(np.zeros((4, 3)), np.array([0, 1, 0, 1]))
+    assert (sel["index"] == 0).all() and (sel.difference == 0).all()
+
+
+def test_knocking_out_every_neuron_leaves_the_output_bias():
+    model = random_network()
+    x = torch.randn(50, 6)
+    y = torch.randint(0, 2, (50,))
+    bias_class = int(model.w_out.bias.argmax())
+    assert torch.allclose(model(x, torch.zeros(16)), model.w_out.bias.expand(50, 2))
+    effect = knockout_effect(model, x, y, list(range(16)))
+    assert effect["accuracy"] == pytest.approx((y == bias_class).float().mean().item())
+    assert effect["flipped"] == pytest.approx((model(x).argmax(-1) != bias_class).float().mean().item())
+    nothing = knockout_effect(model, x, y, [])
+    assert nothing["flipped"] == 0 and nothing["margin_drop"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_sweep_agrees_with_itself_at_its_ends_and_orders_by_size():
+    model = random_network()
+    x, y = torch.randn(40, 6), torch.randint(0, 2, (40,))
+    difference = np.linspace(-2, 3, 16)
+    sweep = knockout_sweep(model, x, y, difference, random_draws=3, seed=0)
+    assert sorted(sweep.k.unique()) == list(range(17))
+    for k in (0, 16):                                     # nothing out / everything out: every ranking agrees
+        assert sweep[sweep.k == k].accuracy.nunique() == 1
+    largest = sweep[sweep.ranking == "largest difference first"].dropna(subset=["threshold"])
+    assert largest.threshold.is_monotonic_decreasing and largest.threshold.iloc[0] == 3.0
+    # the set at threshold t is exactly the neurons with |difference| >= t
+    k5 = largest[largest.k == 5].iloc[0]
+    out = np.flatnonzero(np.abs(difference) >= k5.threshold)
+    assert len(out) == 5 and knockout_effect(model, x, y, out)["accuracy"] == pytest.approx(k5.accuracy)
+
+
+def test_matching_recovers_a_permutation_of_the_hidden_neurons():
+    a = random_network(n_hidden=12, seed=3)
+    perm = np.random.default_rng(0).permutation(12)       # neuron h of B is neuron perm[h] of A
+    b = MLP(6, 12, 2)
+    with torch.no_grad():
+        b.w_in.weight.copy_(a.w_in.weight[perm])
+        b.w_in.bias.copy_(a.w_in.bias[perm])
+        b.w_out.weight.copy_(a.w_out.weight[:, perm])
+        b.w_out.bias.copy_(a.w_out.bias)
+    x = torch.randn(300, 6)
+    assert torch.allclose(a(x), b(x), atol=1e-5)           # the same function
+    acts_a, acts_b = hidden_activations(a, x), hidden_activations(b, x)
+    assert (acts_a.max(0) > 0).all()                      # no dead neuron, so the matching is unique
+    corr = correlation_matrix(acts_a, acts_b)
+    rows, cols = match_neurons(corr)
+    assert (perm[cols] == rows).all()                     # A's neuron i is matched to the B neuron holding it
+    assert corr[rows, cols] == pytest.approx(np.ones(12), abs=1e-6)
+
+
+def test_correlation_of_a_dead_neuron_is_zero():
+    acts = np.random.default_rng(0).random((20, 3))
+    dead = acts.copy()
+    dead[:, 1] = 0.0
+    corr = correlation_matrix(acts, dead)
+    assert np.all(corr[:, 1] == 0) and corr[0, 0] == pytest.approx(1.0)
+
+
+def test_first_order_identity_for_neurons_that_stay_active():
+    model = random_network(n_in=8, n_hidden=20, seed=1)
+    start = torch.rand(30, 8)
+    end = start + 0.3 * torch.randn(30, 8)
+    changes = neuron_changes(model, start, end)
+    assert np.allclose(changes.d_pre, changes.first_order, atol=1e-5)      # the pre-activation is linear
+    active = changes[changes.state == "stays active"]
+    off = changes[changes.state == "stays off"]
+    switching = changes[changes.state.isin(["switches on", "switches off"])]
+    assert len(active) and len(off) and len(switching)
+    assert np.allclose(active.d_act, active.first_order, atol=1e-5)
+    assert (off.d_act == 0).all()
+    assert (switching.d_act.abs() <= switching.first_order.abs() + 1e-6).all()   # ReLU never amplifies
+
+
+def test_bar_pixels_and_path_follow_the_stated_rule():
+    x = np.zeros((4, 64), np.float32)
+    x[2:, [1, 2, 9, 40]] = [0.9, 0.5, 0.7, 1.0]           # class 1 has ink at pixels 1, 2, 9 (top rows) and 40
+    y = np.array([0, 0, 1, 1])
+    bar = bar_pixels(x, y, rows=2, margin=0.6)
+    assert bar.pixel.tolist() == [1, 9]                   # 2 is under the margin, 40 is below the top rows
+    images = torch.tensor(np.c_[np.full((2, 1), 0.2), np.zeros((2, 63))], dtype=torch.float32)
+    images[1, 9] = 0.95                                   # already darker than the template: left alone
+    path = bar_path(images, bar.pixel.to_numpy(), bar.mean_1.to_numpy(), add=True)
+    assert path.shape == (2, 3, 64)
+    assert torch.equal(path[:, 0], images)
+    assert (path[:, 1] != path[:, 0]).sum(-1).tolist() == [1, 1]          # one pixel per step
+    assert path[0, -1, 1].item() == pytest.approx(0.9) and path[0, -1, 9].item() == pytest.approx(0.7)
+    assert path[1, -1, 9].item() == pytest.approx(0.95)
+    removed = bar_path(path[:, -1], bar.pixel.to_numpy(), np.zeros(2), add=False)
+    assert removed[:, -1, [1, 9]].abs().max() == 0 and removed[:, -1, 0].tolist() == pytest.approx([0.2, 0.2])
+
+
+def test_logic_functions_of_relu_neurons():
+    assert LOGIC[logic_pattern(np.array([0.0, 0.0, 0.0, 2.0]))] == "x1 AND x2"
+    assert LOGIC[logic_pattern(np.array([0.0, 1.0, 1.0, 2.0]))] == "x1 OR x2"
+    assert LOGIC[logic_pattern(np.array([0.0, 0.05, 3.0, 0.0]))] == "x1 AND NOT x2"   # 0.05 < 10% of 3
+    assert LOGIC[logic_pattern(np.zeros(4))] == "dead"
+    corners = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    rng = torch.Generator().manual_seed(0)
+    w, b = torch.randn(2000, 2, generator=rng), torch.randn(2000, generator=rng)
+    acts = torch.relu(corners @ w.T + b).numpy()          # (4, 2000)
+    names = {LOGIC[logic_pattern(acts[:, i])] for i in range(2000)}
+    assert "x1 XOR x2" not in names and "XNOR" not in names and len(names) > 8   # one half-plane each
+
+
+def test_boundary_segment_is_where_the_neuron_switches():
+    ends = boundary_segment(np.array([1.0, -1.0]), -0.5, -0.25, 1.25)     # x1 - x2 = 0.5
+    assert ends.shape == (2, 2) and np.allclose(ends[:, 0] - ends[:, 1], 0.5)
+    assert boundary_segment(np.array([1.0, 1.0]), -5.0, -0.25, 1.25).shape == (0, 2)
+
+
+def test_data_and_training_are_fixed_by_their_seeds():
+    split = digit_pair(1, 7, 0.3, seed=0)
+    assert len(split.y_train) + len(split.y_test) == 361 and split.n_inputs == 64
+    assert 0 <= float(split.x_train.min()) and float(split.x_train.max()) <= 1
+    assert abs(split.y_train.float().mean().item() - split.y_test.float().mean().item()) < 0.02   # stratified
+    assert torch.equal(digit_pair(1, 7, 0.3, seed=0).x_test, split.x_test)
+    xor, corner = xor_split(5, 0.1, seed=0)
+    assert xor.y_test.tolist() == [int(c in (1, 2)) for c in corner.tolist()]    # corners 01 and 10 are XOR = 1
+    one, again, other = (train_mlp(xor, 4, 30, 0.01, seed) for seed in (0, 0, 1))
+    assert torch.equal(one.model.w_in.weight, again.model.w_in.weight)
+    assert not torch.equal(one.model.w_in.weight, other.model.w_in.weight)
+
+
+def test_the_smoke_experiment_stores_consistent_tables(tmp_store):
+    from labpy import results
+    from labpy.toy.mlp import mlp_from_state
+
+    runs = results("mlp_neurons", "smoke")
+    digits, xor = runs["digits"], runs["xor"]
+    for entry in (digits, xor):
+        config = entry.config
+        sel = entry.table("selectivity")
+        assert np.allclose(sel.difference, sel.mean_1 - sel.mean_0, atol=1e-4)
+        assert sel["index"].between(-1, 1).all() and sel[["active_0", "active_1"]].stack().between(0, 1).all()
+        assert sel.groupby("seed").neuron.nunique().eq(config.hidden).all()
+        sweep = entry.table("knockout_sweep")
+        for _, g in sweep.groupby("seed"):
+            assert sorted(g.k.unique()) == list(range(config.hidden + 1))
+            assert (g[g.k == 0].flipped == 0).all()
+            assert g[g.k == config.hidden].accuracy.nunique() == 1        # all out: the bias, whatever the order
+        match = entry.table("matching")
+        for _, g in match.groupby(["seed_a", "seed_b"]):
+            assert g.neuron_a.is_unique and g.neuron_b.is_unique and len(g) == config.hidden
+        corr = entry.table("correlation").set_index(["neuron_a", "neuron_b"])["corr"]
+        first = match[(match.seed_a == config.seeds[0]) & (match.seed_b == config.seeds[1])]
+        assert np.allclose([corr[(a, b)] for a, b in zip(first.neuron_a, first.neuron_b)], first["corr"], atol=1e-5)
+        models = entry.table("models").set_index("seed")
+        split = digit_pair(1, 7, config.test_share, config.data_seed) if config.task == "digits" else \
+            xor_split(config.xor_per_corner, config.xor_noise, config.data_seed)[0]
+        for seed in config.seeds:                         # the stored weights reproduce the stored accuracy
+            model = mlp_from_state(entry.checkpoint(f"seed_{seed}"))
+            accuracy = (model(split.x_test).argmax(-1) == split.y_test).float().mean().item()
+            assert accuracy == pytest.approx(models.test_accuracy[seed], abs=1e-6)
+    changes = digits.table("bar_neurons")
+    active = changes[changes.state == "stays active"]
+    assert np.allclose(active.d_act, active.first_order, atol=1e-4)
+    assert (changes[changes.state == "stays off"].d_act == 0).all()
+    steps, n_bar = digits.table("bar_steps"), len(digits.table("bar_pixels"))
+    assert n_bar > 0 and sorted(steps.step.unique()) == list(range(n_bar + 1))
+    assert (digits.table("bar_pixels").row < digits.config.bar_rows).all()
+    flips = digits.table("bar_flips")
+    assert flips.flip_step.dropna().between(1, n_bar).all()
+    corners = xor.table("corners")
+    assert set(corners.logic) <= set(LOGIC.values()) and set(corners.corner) == {"0,0", "0,1", "1,0", "1,1"}
+    assert isinstance(pd.read_csv(xor.path / "tables" / "corners.csv").corner.iloc[0], str)
+
+
+def test_a_config_that_cannot_be_matched_is_one_clear_error():
+    from labpy.errors import ConfigError
+    from labpy.experiments.mlp_neurons import MLPNeuronsConfig
+
+    with pytest.raises(ConfigError, match=r"MLPNeuronsConfig.seeds = \(0,\) is out of range; it needs at least two "
+                                          r"different seeds"):
+        MLPNeuronsConfig(seeds=(0,))
+    with pytest.raises(ConfigError, match=r"MLPNeuronsConfig.task = 'mnist' is out of range; it must be one of: "
+                                          r"digits, xor"):
+        MLPNeuronsConfig(task="mnist")
