@@ -36,6 +36,9 @@ TRACKS = ("Training dynamics (Track A)", "Mechanistic interpretability (Tracks B
           "Self-modelling", "Hardware & scale")
 # The user's notes the log was built from; they live beside the project in ../shared/seeds when present.
 USER_NOTES = ("vision.md", "questions-log.md", "questions-hypotheses.md", "retrospective.md")
+# Lists the user collected rather than wrote (Neel Nanda's 200 open problems): a question may cite one, but the
+# log need not hold every line of it, as it must for the notes above.
+COLLECTED_LISTS = ("open-problems.txt",)
 NEW_QUESTIONS_HEADINGS = ("New questions", "Open questions")
 REGISTRY_FILE = "questions.yml"
 MIN_QUOTE_WORDS = 3   # a shorter quote could match almost any line, so it would prove nothing
@@ -47,7 +50,7 @@ class QuestionsError(LabError, ValueError):
 
 @dataclass(frozen=True)
 class Source:
-    note: str                       # one of USER_NOTES, or a page path such as experiments/forgetting.qmd
+    note: str                       # one of USER_NOTES or COLLECTED_LISTS, or a page such as experiments/forgetting.qmd
     section: str = ""
     quotes: tuple[str, ...] = ()    # the note's own words, where the question's text rewords them
 
@@ -161,9 +164,9 @@ def _source_problems(q: Question, root: Path) -> list[str]:
         if s.note.endswith(".qmd"):
             if not (root / s.note).is_file():
                 problems.append(f"names source page {s.note!r}, which does not exist; fix the path")
-        elif s.note not in USER_NOTES:
+        elif s.note not in USER_NOTES + COLLECTED_LISTS:
             problems.append(f"names source {s.note!r}; a source is one of the user's notes "
-                            f"({', '.join(USER_NOTES)}) or the .qmd page that raised the question")
+                            f"({', '.join(USER_NOTES + COLLECTED_LISTS)}) or the .qmd page that raised the question")
         problems += [f"quotes {quote!r} from {s.note}: quote at least {MIN_QUOTE_WORDS} words, or it proves nothing"
                      for quote in s.quotes if len(_words(quote).split()) < MIN_QUOTE_WORDS]
     return problems

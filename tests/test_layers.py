@@ -13,7 +13,7 @@ PACKAGE = Path(labpy.__file__).parent
 LAYERS = (
     ("base", ("errors", "paths", "validation", "device", "provenance", "store", "store_migrate", "render_log",
               "nf4", "pages")),
-    ("core", ("train", "tasks", "models", "interp", "memory", "finetune")),
+    ("core", ("train", "tasks", "models", "toy", "interp", "memory", "finetune", "hardware")),
     ("experiments", ("experiments",)),
     ("top", ("notebook", "explorer", "plots", "questions", "status", "cli", "__init__")),
 )

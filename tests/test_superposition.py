@@ -1,0 +1,184 @@
+"""The toy model of superposition and the sparse autoencoder (`labpy.toy`), against hand-computed geometry,
+single models trained one by one, autograd of a loss written out by hand, and a decoder built from the answer."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from labpy.toy.sae import SparseAutoencoder, evaluate_sae, max_cosine, sae_loss
+from labpy.toy.superposition import (ToyModel, classify_two_features, dimensions_per_feature,
+                                     feature_dimensionality, sample_features, toy_loss, train_toy)
+
+
+def columns(*vectors):
+    """An m × n matrix W from its columns (the feature directions)."""
+    return torch.tensor(vectors, dtype=torch.float32).T
+
+
+def test_feature_dimensionality_of_known_geometries():
+    orthogonal = columns([1, 0, 0], [0, 2, 0], [0, 0, 0.7])
+    assert torch.allclose(feature_dimensionality(orthogonal), torch.ones(3))
+    antipodal = columns([1, 0], [-1, 0], [0, 1])
+    assert torch.allclose(feature_dimensionality(antipodal), torch.tensor([0.5, 0.5, 1.0]))
+    angles = 2 * math.pi * torch.arange(5) / 5
+    pentagon = torch.stack([angles.cos(), angles.sin()])                     # (2, 5): a regular pentagon
+    assert torch.allclose(feature_dimensionality(pentagon), torch.full((5,), 0.4), atol=1e-6)
+    # a feature of half length beside a full one, same direction: D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)²
+    stacked = columns([1, 0], [0.5, 0])
+    assert torch.allclose(feature_dimensionality(stacked), torch.tensor([1 / 1.25, 0.25 / 1.25]))
+    assert torch.isnan(feature_dimensionality(columns([1, 0], [0, 0])))[1]  # no direction, no dimensionality
+    assert dimensions_per_feature(pentagon).item() == pytest.approx(2 / 5)
+    batched = torch.stack([orthogonal[:2, :2], pentagon[:, :2]])            # (..., m, n) broadcasts
+    assert feature_dimensionality(batched).shape == (2, 2)
+
+
+def test_features_are_sparse_uniform_values_with_the_asked_probability():
+    probability = torch.tensor([[1.0, 0.3, 0.0], [0.05, 0.5, 0.9]])
+    x = sample_features(40_000, probability, torch.Generator().manual_seed(0))         # (I, B, n)
+    assert x.shape == (2, 40_000, 3)
+    assert torch.allclose((x > 0).float().mean(1), probability, atol=0.01)
+    present = x[0, :, 0]
+    assert present.min() >= 0 and present.max() < 1 and present.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert present.var().item() == pytest.approx(1 / 12, abs=0.003)                      # uniform on [0, 1]
+    assert (x[0, :, 2] == 0).all()
+
+
+def test_batched_training_equals_each_model_trained_alone():
+    n, m, steps, batch = 6, 2, 25, 32
+    probability = torch.tensor([[0.9] * n, [0.2] * n])
+    importance = torch.tensor([[0.9 ** i for i in range(n)], [1.0] * n])
+    batched = ToyModel(2, n, m, seed=3)
+    start = batched.W.detach().clone()
+    train_toy(batched, probability, importance, steps, batch_size=batch, lr=1e-2, seed=7, eval_batch=10)
+    for k in range(2):
+        single = ToyModel(1, n, m, seed=99)
+        with torch.no_grad():
+            single.W.copy_(start[k:k + 1])
+        optimizer = torch.optim.Adam(single.parameters(), lr=1e-2)
+        generator = torch.Generator().manual_seed(7)                                  # the batched run's stream
+        for _ in range(steps):
+            x = sample_features(batch, probability, generator)[k:k + 1]               # instance k's own data
+            loss = (importance[k] * (x - single(x)) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert torch.allclose(single.W, batched.W[k:k + 1], atol=1e-5)
+        assert torch.allclose(single.b, batched.b[k:k + 1], atol=1e-5)
+
+
+def test_the_toy_loss_is_the_importance_weighted_error():
+    model = ToyModel(1, 2, 1, seed=0)
+    with torch.no_grad():
+        model.W.copy_(torch.tensor([[[1.0, -1.0]]]))
+        model.b.copy_(torch.tensor([[-0.2, 0.1]]))
+    x = torch.tensor([[[0.5, 0.0], [0.3, 0.8]]])                    # (I=1, B=2, n=2)
+    # by hand: x' = ReLU(WᵀW x + b); WᵀW = [[1, -1], [-1, 1]]
+    out = [[max(0.5 - 0.2, 0), max(-0.5 + 0.1, 0)], [max(0.3 - 0.8 - 0.2, 0), max(-0.3 + 0.8 + 0.1, 0)]]
+    assert torch.allclose(model(x)[0], torch.tensor(out))
+    importance = torch.tensor([[1.0, 0.5]])
+    by_hand = ((0.5 - 0.3) ** 2 + 0.5 * 0 ** 2 + (0.3 - 0) ** 2 + 0.5 * (0.8 - 0.6) ** 2) / 4
+    assert toy_loss(model, x, importance).item() == pytest.approx(by_hand, abs=1e-6)
+
+
+def test_two_feature_phases_follow_the_stated_rule():
+    W = torch.tensor([[[1.0, 0.1]], [[0.9, -1.1]], [[0.0, 1.2]], [[0.2, 0.3]], [[0.8, 0.9]]])   # (I, 1, 2)
+    assert classify_two_features(W) == ["feature 1 only", "superposition", "feature 2 only", "neither",
+                                        "both, not antipodal"]
+
+
+def test_sae_loss_and_gradients_match_a_hand_written_reference():
+    sae = SparseAutoencoder(2, d_in=2, n_latents=3, seed=0)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.tensor([[0.1, -0.2, 0.0], [0.0, 0.3, -0.1]]))
+        sae.b_dec.copy_(torch.tensor([[0.05, -0.05], [0.2, 0.0]]))
+    h = torch.tensor([[1.0, 0.5], [-0.3, 0.2], [0.0, 0.0], [0.7, -1.1]])                   # (B, m)
+    l1 = torch.tensor([0.1, 0.5])
+    total, mse, l1_norm = sae_loss(sae, h, l1)
+
+    params = [p.detach().clone().requires_grad_() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
+    W_enc, b_enc, W_dec, b_dec = params
+    expected = []
+    for k in range(2):                                                          # one SAE at a time, row by row
+        losses = []
+        for row in h:
+            f = torch.relu((row - b_dec[k]) @ W_enc[k] + b_enc[k])
+            reconstruction = f @ W_dec[k] + b_dec[k]
+            losses.append(((reconstruction - row) ** 2).sum() + l1[k] * f.abs().sum())
+        expected.append(torch.stack(losses).mean())
+    expected = torch.stack(expected)
+    assert torch.allclose(total, expected, atol=1e-6)
+    assert torch.allclose(mse + l1 * l1_norm, total)
+    total.sum().backward()
+    expected.sum().backward()
+    for ours, reference in zip((sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec), params):
+        assert torch.allclose(ours.grad, reference.grad, atol=1e-6)
+
+
+def test_an_sae_whose_decoder_is_the_true_features_recovers_them():
+    generator = torch.Generator().manual_seed(0)
+    truth = torch.nn.functional.normalize(torch.randn(6, 3, generator=generator), dim=-1)    # (n, m)
+    sae = SparseAutoencoder(1, d_in=3, n_latents=8, seed=1)
+    with torch.no_grad():
+        sae.W_dec[0, :6] = truth
+        sae.W_enc[0, :, :6] = truth.T
+        sae.b_enc.fill_(-0.05)                   # only the 6 true latents can fire on these inputs
+        sae.W_enc[0, :, 6:] = 0.0
+    x = sample_features(5_000, torch.full((1, 6), 0.3), generator)[0]
+    h = x @ truth                                                                            # (N, m)
+    scores = evaluate_sae(sae, h, truth).iloc[0]
+    assert scores.mmcs == pytest.approx(1.0, abs=1e-6) and scores.recovered_099 == 6
+    assert scores.dead == 2                                                                  # the two spare latents
+    assert max_cosine(truth[:1], -truth[:1]).item() == pytest.approx(-1.0, abs=1e-6)     # a flipped sign is not found
+    assert max_cosine(2 * truth, truth).min().item() == pytest.approx(1.0, abs=1e-6)      # scale does not matter
+
+
+def test_the_smoke_run_stores_consistent_tables(tmp_store):
+    from labpy import results
+
+    entry = results("superposition", "smoke")["toy"]
+    config = entry.config
+    features, instances = entry.table("sweep_features"), entry.table("sweep_instances")
+    assert set(instances.activation) == {"relu", "gelu"}
+    assert len(instances) == 2 * len(config.sparsities) * config.replicates
+    assert len(features) == len(instances) * config.n_features
+    for activation, stored in instances.groupby("activation"):
+        counted = features[features.activation == activation].groupby("instance").represented.sum()
+        assert (counted.to_numpy() == stored.represented.to_numpy()).all()
+    assert (features.represented == (features.norm > 0.5)).all()
+    weights = entry.table("geometry_weights")
+    per_model = config.geometry_hidden * config.geometry_features
+    assert len(weights) == len(config.geometry_sparsities) * config.replicates * per_model
+    phase = entry.table("phase")
+    assert len(phase) == len(config.phase_densities) * len(config.phase_importances) * config.phase_replicates
+    W = torch.tensor(phase[["w1", "w2"]].to_numpy(), dtype=torch.float32)[:, None, :]
+    assert classify_two_features(W) == phase.phase.tolist()
+    sae = entry.table("sae")
+    assert list(sae.l1_coefficient) == [*config.sae_l1, *config.sae_long_l1]
+    assert sae.fve.le(1).all() and sae.l0.ge(0).all() and sae.mmcs.between(-1, 1).all()
+    assert (sae.dead <= config.sae_latent_ratio * config.sae_features).all()
+    registered = sae[sae.training == "registered"]
+    assert entry.summary["sae_best_mmcs"] == pytest.approx(registered.mmcs.max())
+    cosines = entry.table("sae_cosines")
+    for training, scores in sae.groupby("training"):      # the stored mean max cosine is the per-feature table's mean
+        kept = cosines[(cosines.training == training) & cosines.represented]
+        means = kept.groupby("l1_coefficient").max_cosine.mean()
+        assert np.allclose(means.loc[scores.l1_coefficient].to_numpy(), scores.mmcs.to_numpy(), atol=1e-5)
+    curve = entry.table("sweep_curve")
+    last = curve[curve.step == curve.step.max()].sort_values(["activation", "instance"])
+    final = instances.sort_values(["activation"], kind="stable").represented.to_numpy()   # gelu first, as `last`
+    assert (last.represented.to_numpy() == final).all()
+    assert set(entry.table("phase_antipodal").replicate) == {0}
+
+
+def test_too_many_hidden_dimensions_is_one_clear_error():
+    from labpy.errors import ConfigError
+    from labpy.experiments.superposition import SuperpositionConfig
+
+    with pytest.raises(ConfigError, match=r"SuperpositionConfig.n_hidden = 20 is out of range; superposition needs "
+                                          r"fewer hidden dimensions than features, so it must be < n_features = 20"):
+        SuperpositionConfig(n_hidden=20)
+    with pytest.raises(ConfigError,
+                       match=r"SuperpositionConfig.sparsities = \(0.0, 1.0\) is out of range; every entry"):
+        SuperpositionConfig(sparsities=(0.0, 1.0))
