@@ -311,3 +311,39 @@ def test_cli_prints_one_line_for_interrupts_and_lab_errors(monkeypatch, capsys, 
     captured = capsys.readouterr()
     assert captured.err.startswith(expected) and captured.err.count("\n") == 1
     assert "Traceback" not in captured.err + captured.out
+
+
+def test_stop_fn_ends_training_at_the_first_evaluation_it_accepts_and_a_resume_stops_there_too(tmp_path):
+    """Early stopping (grokking's "test accuracy has held") reads only the evaluations, so an interrupted run
+    resumes to the same stopping step and the same weights."""
+    spec = TrainSpec(steps=100, lr=1e-2, eval_every=5, resume_every=10)
+    model, batch_fn, loss_fn = _problem()
+    held_out = batch_fn(10_000)                                # a fixed evaluation batch, never trained on
+
+    def eval_fn(m):
+        return {"loss_eval": loss_fn(m, held_out).item()}
+
+    full = train(model, batch_fn, loss_fn, spec, eval_fn=eval_fn)
+    threshold = float(full.evals.loss_eval.iloc[6])            # the value at step 30: reached by then
+    first = int(full.evals.step[full.evals.loss_eval <= threshold].iloc[0])
+    stop = lambda rows: rows[-1]["loss_eval"] <= threshold     # noqa: E731
+
+    model, batch_fn, loss_fn = _problem()
+    log = train(model, batch_fn, loss_fn, spec, eval_fn=eval_fn, stop_fn=stop)
+    assert 0 < first < spec.steps
+    assert log.steps.step.iloc[-1] == first and log.evals.step.iloc[-1] == first
+    expected = model.state_dict()
+
+    model, batch_fn, loss_fn = _problem()
+
+    def dying_batch_fn(step):
+        if step == first - 2:
+            raise KeyboardInterrupt
+        return batch_fn(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(model, dying_batch_fn, loss_fn, spec, eval_fn=eval_fn, stop_fn=stop, work_dir=tmp_path)
+    model, batch_fn, loss_fn = _problem()
+    resumed = train(model, batch_fn, loss_fn, spec, eval_fn=eval_fn, stop_fn=stop, work_dir=tmp_path)
+    assert resumed.steps.step.iloc[-1] == first
+    assert all(torch.equal(expected[k], model.state_dict()[k]) for k in expected)
