@@ -83,12 +83,15 @@ def run(config: GrokkingConfig, ctx: RunContext) -> RunResult:
         x, y = batch
         return F.cross_entropy(fast_logits(model, x), y)
 
+    latest: dict[str, torch.Tensor] = {}   # this evaluation's frequency norms, which the stats rows then reuse
+
     def eval_fn(model) -> dict[str, float]:
         logits = fast_logits(model, tokens)                                            # (p², p)
         losses = F.cross_entropy(logits, labels, reduction="none")
         correct = (logits.argmax(-1) == labels).float()
         embed_norms = embedding_frequency_norms(model.W_E, config.p)                   # (K,)
         logit_norms = logit_frequency_norms(logits, directions)                        # (K,)
+        latest.update(embed=embed_norms, logit=logit_norms)
         own = top_frequencies(logit_norms, n_top)
         own_restricted = F.cross_entropy(restricted_logits(logits, directions, own)[is_train], train_labels)
         centred = logits - logits.mean(dim=0, keepdim=True)     # the per-output bias carries no frequency
@@ -101,10 +104,9 @@ def run(config: GrokkingConfig, ctx: RunContext) -> RunResult:
                                     / (centred ** 2).sum()).item(),
                 "own_restricted_train_loss": own_restricted.item()}
 
-    @torch.no_grad()
     def frequency_rows(context: StatsContext) -> list[dict[str, float]]:
-        embed = embedding_frequency_norms(context.model.W_E, config.p)
-        logit = logit_frequency_norms(fast_logits(context.model, tokens), directions)
+        """Every frequency's norms at this step: `train` calls this right after `eval_fn` at the same step."""
+        embed, logit = latest["embed"], latest["logit"]
         return [{"freq": k + 1, "embed_norm": float(embed[k]), "logit_norm": float(logit[k])}
                 for k in range(len(embed))]
 
