@@ -108,6 +108,10 @@ class WindTunnelConfig:
             hmm.header_length(self.hmm_task()) + self.hmm_length
         return matched_config(target, self.n_in, context, self.n_out, self.mlp_embed, self.mlp_depth)
 
+    def hard_labels(self) -> bool:
+        """Whether training sees the sampled outcome (bijection) rather than the exact posterior (HMM)."""
+        return self.task == "bijection"
+
     def checkpoint_steps(self) -> tuple[int, ...]:
         if self.model != "transformer":
             return ()
@@ -156,7 +160,7 @@ def predict_logits(model: torch.nn.Module, batch: TunnelBatch) -> torch.Tensor:
 
 def loss_on(config: WindTunnelConfig, model: torch.nn.Module, batch: TunnelBatch) -> torch.Tensor:
     log_q = F.log_softmax(predict_logits(model, batch), dim=-1)                    # (B, P, C)
-    if config.task == "bijection":                                                 # hard labels: learn from samples
+    if config.hard_labels():                                                       # learn from samples
         return F.nll_loss(log_q.flatten(0, 1), batch.labels.flatten())
     return -(batch.posterior * log_q).sum(-1).mean()                               # soft cross-entropy
 

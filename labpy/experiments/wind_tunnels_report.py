@@ -30,6 +30,24 @@ def _errors_from_logits(logits: torch.Tensor, batch: TunnelBatch) -> dict[str, f
     return {"entropy_mae": float(errors.entropy_error.mean()), "kl": float(errors.kl.mean())}
 
 
+def leak_by_position(model: torch.nn.Module, batch: TunnelBatch) -> pd.DataFrame:
+    """Bijection, per position: probability left on revealed values, the entropy excess over Bayes, and the excess
+    the leak alone explains (see `WindTunnelReport.leak`)."""
+    with torch.no_grad():
+        q = F.softmax(model(batch.tokens)[:, batch.positions].double(), dim=-1)  # (B, P, V)
+    p = batch.posterior.double()
+    leaked = (q * (p == 0)).sum(-1).mean(0)                                       # (P,)
+    n = (p > 0).sum(-1)[0].double()                                               # (P,) values still possible
+    m = p.shape[-1] - n                                                           # (P,) values revealed
+    eps = leaked.clamp(min=1e-12)
+    h2 = -(eps * torch.log2(eps) + (1 - eps) * torch.log2(1 - eps))
+    predicted = torch.where(m > 0, h2 + eps * torch.log2(m.clamp(min=1) / n), torch.zeros_like(eps))
+    excess = (entropy_bits(q) - entropy_bits(p)).mean(0)                          # (P,) signed
+    return pd.DataFrame({"position": range(1, len(n) + 1), "values_revealed": m.long().numpy(),
+                         "leaked_mass": leaked.numpy(), "entropy_excess": excess.numpy(),
+                         "excess_from_leak": predicted.numpy()})
+
+
 def _memo(method: Callable) -> Callable:
     """Cache a report method per instance and arguments: both pages ask for the same analyses more than once."""
     @wraps(method)
@@ -115,20 +133,7 @@ class WindTunnelReport:
         values already revealed (impossible ones), the entropy error, and the entropy excess that leak alone
         would cause if spread evenly — ε spread over the m revealed values, 1 − ε evenly over the n possible ones:
         ΔH = h₂(ε) + ε·log₂(m/n), with h₂ the binary entropy."""
-        batch = self.batch("bijection", 2000)
-        with torch.no_grad():
-            q = F.softmax(self.model("bijection", seed)(batch.tokens)[:, batch.positions].double(), dim=-1)  # (B, P, V)
-        p = batch.posterior.double()
-        leaked = (q * (p == 0)).sum(-1).mean(0)                                       # (P,)
-        n = (p > 0).sum(-1)[0].double()                                               # (P,) values still possible
-        m = p.shape[-1] - n                                                           # (P,) values revealed
-        eps = leaked.clamp(min=1e-12)
-        h2 = -(eps * torch.log2(eps) + (1 - eps) * torch.log2(1 - eps))
-        predicted = torch.where(m > 0, h2 + eps * torch.log2(m.clamp(min=1) / n), torch.zeros_like(eps))
-        excess = (entropy_bits(q) - entropy_bits(p)).mean(0)                          # (P,) signed
-        return pd.DataFrame({"position": range(1, len(n) + 1), "values_revealed": m.long().numpy(),
-                             "leaked_mass": leaked.numpy(), "entropy_excess": excess.numpy(),
-                             "excess_from_leak": predicted.numpy()})
+        return leak_by_position(self.model("bijection", seed), self.batch("bijection", 2000))
 
     # --- geometry -----------------------------------------------------------------------------------------------
     @_memo
@@ -311,4 +316,40 @@ def measurements(rep: WindTunnelReport) -> dict[str, float | str]:
     out["attention_change_left"] = float(mid.attention_js / first.attention_js)
     out["representation_change_left"] = float(mid.representation_change / first.representation_change)
     out["kl_mid"], out["kl_final"] = float(mid.kl), float(dis.kl.iloc[-1])
+    return out
+
+
+# --- soft targets against hard labels (`wind_tunnel_targets`) ---------------------------------------------------
+def targets_table(rep: WindTunnelReport, soft: StoredRuns) -> pd.DataFrame:
+    """One row per bijection transformer run: its targets (hard: the `wind_tunnels` runs; soft: `wind_tunnel_targets`),
+    seed, entropy MAE, KL and the largest probability left on revealed values (over positions, 2000 sequences)."""
+    batch = rep.batch("bijection", 2000)
+    runs = [("hard", seed, rep.entry("bijection", "transformer", seed)) for seed in rep.seeds]
+    runs += [("soft", int(label.rsplit("-s", 1)[1]), entry) for label, entry in sorted(soft.entries.items())]
+    rows = []
+    for targets, seed, entry in runs:
+        leak = leak_by_position(load_model(entry), batch)
+        rows.append({"targets": targets, "seed": seed, "entropy_mae": entry.summary["entropy_mae"],
+                     "kl": entry.summary["kl"], "max_leak": float(leak.leaked_mass.max()),
+                     "minutes": entry.provenance["wall_time_s"] / 60})
+    return pd.DataFrame(rows)
+
+
+def targets_curves(rep: WindTunnelReport, soft: StoredRuns) -> pd.DataFrame:
+    """Held-out entropy MAE and KL over training, hard-label and soft-target bijection transformers, per seed."""
+    frames = [rep.entry("bijection", "transformer", seed).table("evals")[["step", "entropy_mae", "kl"]]
+              .assign(targets="hard labels", seed=seed) for seed in rep.seeds]
+    frames += [entry.table("evals")[["step", "entropy_mae", "kl"]].assign(targets="soft targets",
+                                                                         seed=int(label.rsplit("-s", 1)[1]))
+               for label, entry in sorted(soft.entries.items())]
+    return pd.concat(frames, ignore_index=True)
+
+
+def targets_measurements(table: pd.DataFrame) -> dict[str, float]:
+    """Means over seeds per kind of target, and soft/hard ratios: what the targets predictions are checked on."""
+    means = table.groupby("targets")[["entropy_mae", "kl", "max_leak"]].mean()
+    out = {f"{kind}_{metric}": float(means.loc[kind, metric]) for kind in ("hard", "soft") for metric in means.columns}
+    for metric in means.columns:
+        out[f"soft_over_hard_{metric}"] = out[f"soft_{metric}"] / out[f"hard_{metric}"]
+    out["soft_seeds"] = int((table.targets == "soft").sum())
     return out
