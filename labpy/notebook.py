@@ -23,6 +23,7 @@ from IPython.display import Markdown, display
 
 from .errors import LabError
 from .experiments.registry import StoredRuns
+from .scorecard import record_verdicts
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def verdicts(results: Mapping[str, Any]) -> Verdicts:
         measured = p.measure(results) if p.measure else ""
         rows.append({"id": p.id, "prediction": p.statement, "measured": measured,
                      "verdict": "held" if held else "failed"})
+    record_verdicts(rows)          # for the scorecard: a page's log, found by its predictions' ids
     return Verdicts(rows)
 
 

@@ -11,11 +11,11 @@ PACKAGE = Path(labpy.__file__).parent
 
 # lowest first; a module's layer is that of its longest matching prefix
 LAYERS = (
-    ("base", ("errors", "paths", "validation", "device", "provenance", "store", "store_migrate", "render_log",
+    ("base", ("errors", "paths", "history", "validation", "device", "provenance", "store", "store_migrate", "render_log",
               "nf4", "pages")),
     ("core", ("train", "tasks", "models", "toy", "interp", "memory", "finetune", "hardware")),
     ("experiments", ("experiments",)),
-    ("top", ("notebook", "explorer", "plots", "questions", "status", "cli", "__init__")),
+    ("top", ("scorecard", "notebook", "explorer", "plots", "questions", "status", "cli", "__init__")),
 )
 
 

@@ -184,3 +184,40 @@ def test_smoke_runs_feed_every_measurement_the_pages_check(tmp_store):
                 "hmm_top2_kl_test", "attention_change_left"):
         assert math.isfinite(out[key]), key
     assert out["ablation_base_kl"] == pytest.approx(out["bijection_transformer_kl"], rel=0.5)  # 500 vs 64 sequences
+
+
+def test_soft_targets_train_on_the_exact_posterior_and_hard_labels_on_the_sample():
+    """`wind_tunnel_targets` changes only the loss: cross-entropy against the posterior instead of the sampled value."""
+    from labpy.experiments.wind_tunnel_targets import TargetsConfig
+
+    soft = TargetsConfig(vocab=5, n_layers=1, d_model=16, n_heads=2, d_mlp=16)
+    hard = TargetsConfig(**{**soft.__dict__, "targets": "hard"})
+    batch = wt.make_batch(soft, 8, step_generator(0, 0))
+    model = wt.build_model(soft)
+    log_q = torch.log_softmax(wt.predict_logits(model, batch), -1)                   # (B, P, V)
+    by_hand_soft = -(batch.posterior * log_q).sum(-1).mean()
+    by_hand_hard = -log_q.gather(-1, batch.labels.unsqueeze(-1)).mean()
+    assert torch.allclose(wt.loss_on(soft, model, batch), by_hand_soft)
+    assert torch.allclose(wt.loss_on(hard, model, batch), by_hand_hard)
+    assert not torch.allclose(by_hand_soft, by_hand_hard)
+    assert wt.WindTunnelConfig(task="bijection").hard_labels() and not wt.WindTunnelConfig(task="hmm").hard_labels()
+
+
+def test_soft_target_runs_differ_from_the_stored_hard_runs_only_in_their_targets():
+    from dataclasses import asdict
+
+    from labpy.experiments import get_experiment
+
+    hard = get_experiment("wind_tunnels").scales["cpu"]
+    for label, soft in get_experiment("wind_tunnel_targets").scales["cpu"].items():
+        twin = asdict(hard[label.replace("-soft-", "-transformer-")])
+        differ = {k for k, v in asdict(soft).items() if twin.get(k) != v}
+        assert differ <= {"targets", "n_checkpoints"} and soft.targets == "soft", (label, differ)
+
+
+def test_a_bad_targets_value_is_one_clear_line():
+    from labpy.errors import ConfigError
+    from labpy.experiments.wind_tunnel_targets import TargetsConfig
+
+    with pytest.raises(ConfigError, match=r"TargetsConfig\.targets = 'posterior' is out of range.*soft.*hard"):
+        TargetsConfig(targets="posterior")

@@ -6,7 +6,8 @@ near 0.02 bits with a fraction of a percent of probability left on them. Here th
 and schedule train on the exact posterior instead (soft cross-entropy, as the HMM runs already do). The cross-
 entropy against the posterior differs from the hard-label loss only by a constant in expectation, so any gain
 comes from lower gradient noise, not from a different optimum. The hard-label runs are the stored `wind_tunnels`
-entries; only the soft-target runs are made here.
+entries; only the soft-target runs are made here. At `cpu` scale the paper's V = 20 is trained too, on both kinds
+of target (one seed each, the same model and steps: a larger task for the same budget).
 """
 
 from __future__ import annotations
@@ -30,13 +31,18 @@ class TargetsConfig(WindTunnelConfig):
         return self.task == "bijection" and self.targets == "hard"
 
 
-def _soft_twins(scale: str, seeds: tuple[int, ...]) -> dict[str, TargetsConfig]:
-    """The bijection transformer configs of `wind_tunnels` at this scale, trained on the exact posterior."""
+def _soft_twins(scale: str, seeds: tuple[int, ...], paper_vocab: int | None = None) -> dict[str, TargetsConfig]:
+    """The bijection transformer configs of `wind_tunnels` at this scale, trained on the exact posterior; with
+    `paper_vocab`, also that vocabulary (the paper's V = 20) on both kinds of target, seed 0."""
     base = _configs(scale)
     twins = {}
     for seed in seeds:
         hard = replace(base[f"bijection-transformer-s{seed}"], n_checkpoints=0)
         twins[f"bijection-soft-s{seed}"] = TargetsConfig(**{**hard.__dict__, "targets": "soft"})
+    if paper_vocab:
+        hard = replace(base["bijection-transformer-s0"], n_checkpoints=0, vocab=paper_vocab)
+        for targets in ("hard", "soft"):
+            twins[f"bijection-v{paper_vocab}-{targets}-s0"] = TargetsConfig(**{**hard.__dict__, "targets": targets})
     return twins
 
 
@@ -47,8 +53,9 @@ register(Experiment(
     page="experiments/bayesian-wind-tunnels.qmd",
     version=1,
     config_type=TargetsConfig,
-    scales={"smoke": _soft_twins("smoke", (0,)), "cpu": _soft_twins("cpu", (0, 1)), "gpu": _soft_twins("gpu", (0,))},
+    scales={"smoke": _soft_twins("smoke", (0,), paper_vocab=6), "cpu": _soft_twins("cpu", (0, 1), paper_vocab=20),
+            "gpu": _soft_twins("gpu", (0,))},
     run=run,
     description="The V=10 bijection transformer of `wind_tunnels`, same steps and data, soft targets; two seeds "
-                "against the stored hard-label runs.",
+                "against the stored hard-label runs; and the paper's V=20 on both kinds of target.",
 ))

@@ -320,36 +320,40 @@ def measurements(rep: WindTunnelReport) -> dict[str, float | str]:
 
 
 # --- soft targets against hard labels (`wind_tunnel_targets`) ---------------------------------------------------
-def targets_table(rep: WindTunnelReport, soft: StoredRuns) -> pd.DataFrame:
-    """One row per bijection transformer run: its targets (hard: the `wind_tunnels` runs; soft: `wind_tunnel_targets`),
-    seed, entropy MAE, KL and the largest probability left on revealed values (over positions, 2000 sequences)."""
-    batch = rep.batch("bijection", 2000)
-    runs = [("hard", seed, rep.entry("bijection", "transformer", seed)) for seed in rep.seeds]
-    runs += [("soft", int(label.rsplit("-s", 1)[1]), entry) for label, entry in sorted(soft.entries.items())]
+def targets_table(rep: WindTunnelReport, targets_runs: StoredRuns) -> pd.DataFrame:
+    """One row per bijection transformer run: vocabulary, targets (the V = 10 hard-label runs are the `wind_tunnels`
+    entries; the rest come from `wind_tunnel_targets`), seed, entropy MAE, KL and the largest probability left on
+    revealed values (over positions, 2000 held-out sequences)."""
+    runs = [rep.entry("bijection", "transformer", seed) for seed in rep.seeds] + list(targets_runs.entries.values())
     rows = []
-    for targets, seed, entry in runs:
-        leak = leak_by_position(load_model(entry), batch)
-        rows.append({"targets": targets, "seed": seed, "entropy_mae": entry.summary["entropy_mae"],
-                     "kl": entry.summary["kl"], "max_leak": float(leak.leaked_mass.max()),
-                     "minutes": entry.provenance["wall_time_s"] / 60})
-    return pd.DataFrame(rows)
+    for entry in runs:
+        config = entry.config
+        leak = leak_by_position(load_model(entry), eval_batch(config, 2000))
+        rows.append({"vocab": config.vocab, "targets": "hard" if config.hard_labels() else "soft", "seed": config.seed,
+                     "entropy_mae": entry.summary["entropy_mae"], "kl": entry.summary["kl"],
+                     "max_leak": float(leak.leaked_mass.max()), "minutes": entry.provenance["wall_time_s"] / 60})
+    return pd.DataFrame(rows).sort_values(["vocab", "targets", "seed"], ignore_index=True)
 
 
-def targets_curves(rep: WindTunnelReport, soft: StoredRuns) -> pd.DataFrame:
-    """Held-out entropy MAE and KL over training, hard-label and soft-target bijection transformers, per seed."""
-    frames = [rep.entry("bijection", "transformer", seed).table("evals")[["step", "entropy_mae", "kl"]]
-              .assign(targets="hard labels", seed=seed) for seed in rep.seeds]
-    frames += [entry.table("evals")[["step", "entropy_mae", "kl"]].assign(targets="soft targets",
-                                                                         seed=int(label.rsplit("-s", 1)[1]))
-               for label, entry in sorted(soft.entries.items())]
-    return pd.concat(frames, ignore_index=True)
+def targets_curves(rep: WindTunnelReport, targets_runs: StoredRuns) -> pd.DataFrame:
+    """Held-out entropy MAE and KL over training for every bijection transformer of `targets_table`."""
+    runs = [rep.entry("bijection", "transformer", seed) for seed in rep.seeds] + list(targets_runs.entries.values())
+    return pd.concat([entry.table("evals")[["step", "entropy_mae", "kl"]].assign(
+        vocab=entry.config.vocab, targets="hard labels" if entry.config.hard_labels() else "soft targets",
+        seed=entry.config.seed) for entry in runs], ignore_index=True)
 
 
 def targets_measurements(table: pd.DataFrame) -> dict[str, float]:
-    """Means over seeds per kind of target, and soft/hard ratios: what the targets predictions are checked on."""
-    means = table.groupby("targets")[["entropy_mae", "kl", "max_leak"]].mean()
-    out = {f"{kind}_{metric}": float(means.loc[kind, metric]) for kind in ("hard", "soft") for metric in means.columns}
-    for metric in means.columns:
-        out[f"soft_over_hard_{metric}"] = out[f"soft_{metric}"] / out[f"hard_{metric}"]
-    out["soft_seeds"] = int((table.targets == "soft").sum())
+    """Means over seeds per vocabulary and kind of target, and soft/hard ratios: what the targets predictions are
+    checked on (`soft_kl` at V = 10, `v20_soft_kl` at V = 20, ...)."""
+    out: dict[str, float] = {}
+    for vocab, group in table.groupby("vocab"):
+        prefix = "" if vocab == 10 else f"v{vocab}_"
+        means = group.groupby("targets")[["entropy_mae", "kl", "max_leak"]].mean()
+        for kind in means.index:
+            for metric in means.columns:
+                out[f"{prefix}{kind}_{metric}"] = float(means.loc[kind, metric])
+        if {"hard", "soft"} <= set(means.index):
+            for metric in means.columns:
+                out[f"{prefix}soft_over_hard_{metric}"] = out[f"{prefix}soft_{metric}"] / out[f"{prefix}hard_{metric}"]
     return out
