@@ -9,7 +9,9 @@ checkpoints, the phase change in the repeat loss, and the ablation of the previo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +81,14 @@ def next_token_losses(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def run(config: InductionConfig, ctx: RunContext) -> RunResult:
+    return train_on_repeats(config, ctx)
+
+
+def train_on_repeats(config: InductionConfig, ctx: RunContext,
+                     batch_fn: Callable[[int], Any] | None = None,
+                     loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None) -> RunResult:
+    """Train an attention-only model on the repeated-segment task and store its curves and checkpoints; other
+    experiments on the same data pass their own batches (`batch_fn(step)`) and loss (`loss_fn(model, batch)`)."""
     task = config.task()
     device = lab_device()
     model = build_toy_transformer(config.model_config(), seed=config.seed)
@@ -86,11 +96,13 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
     first_mask, repeat_mask = to_device(eval_batch.target_masks(), device)  # (B, T-1) each
     eval_tokens = eval_batch.tokens.to(device)                              # (B, T)
 
-    def batch_fn(step: int) -> torch.Tensor:
+    def tokens_at(step: int) -> torch.Tensor:
         return sample(task, config.batch_size, step_generator(config.seed, step)).tokens
 
-    def loss_fn(model, tokens: torch.Tensor) -> torch.Tensor:
+    def mean_loss(model, tokens: torch.Tensor) -> torch.Tensor:
         return next_token_losses(model, tokens).mean()
+
+    batch_fn, loss_fn = batch_fn or tokens_at, loss_fn or mean_loss
 
     def eval_fn(model) -> dict[str, float]:
         losses = next_token_losses(model, eval_tokens)
@@ -104,7 +116,7 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
                      checkpoint_steps=config.checkpoint_steps(), seed=config.seed,
                      resume_every=min(500, max(20, config.steps // 5)))
     log = train(model, batch_fn, loss_fn, spec, eval_fn=eval_fn, work_dir=ctx.work_dir, progress=ctx.progress,
-                desc=f"induction {ctx.label}", device=device)
+                desc=f"repeated segments {ctx.label}", device=device)
     final = log.evals.iloc[-1]
     summary = {"n_params": sum(p.numel() for p in model.parameters()), "final_train_loss": float(log.steps.loss.iloc[-1]),
                **{f"final_{k}": float(final[k]) for k in ("loss_all", "loss_first_copy", "loss_repeat", "acc_repeat")},

@@ -1,0 +1,159 @@
+"""What `experiments/attention-depth.qmd` computes from the stored 1-, 2- and 3-layer attention-only models.
+
+- losses split by how ambiguous a one-token match is: a repeat target whose current token occurred once before
+  (only in the first copy) is unambiguous; one whose current token occurred twice or more is ambiguous for an
+  induction head that matches one token, and needs the token before it too;
+- composition scores (`labpy.interp.composition`), against the same model at initialisation;
+- per-head effects on the loss: total (the head's output zeroed, everything downstream recomputed) and direct
+  (only the head's own write to the final residual stream removed, everything else as in the clean run). Their
+  difference is what the rest of the network makes up for: self-repair, the work of backup heads.
+All of it is forward passes of stored models on one fixed batch (seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..interp.heads import ablate_head_hook, head_scores_table
+from ..models.toy import load_toy_transformer
+from ..store import RunEntry
+from ..tasks.repeated_tokens import sample
+from ..train import step_generator
+from .induction import EVAL_SEED, next_token_losses
+from .induction_analysis import score_tokens
+from .registry import StoredRuns
+
+REGIONS = ("first copy", "repeat, unambiguous", "repeat, ambiguous")
+
+
+@dataclass(frozen=True)
+class DepthModel:
+    name: str          # "2 layers", "3 layers, dropout, seed 1"
+    n_layers: int
+    dropout: float
+    seed: int
+    entry: RunEntry
+
+    def model(self, step: int | None = None):
+        config = self.entry.config
+        step = self.entry.checkpoint_steps()[-1] if step is None else step
+        return load_toy_transformer(config.model_config(), self.entry.step_checkpoint(step))
+
+
+def depth_models(depth: StoredRuns, induction: StoredRuns) -> list[DepthModel]:
+    """The 1- and 2-layer `induction` runs and every `attention_depth` run, named for tables."""
+    models = [DepthModel(f"{n} layer{'s' if n > 1 else ''}", n, 0.0, 0, induction[label])
+              for n, label in ((1, "one_layer"), (2, "two_layer"))]
+    for label, entry in depth.entries.items():
+        c = entry.config
+        name = f"{c.n_layers} layers{', dropout' if c.dropout else ''}, seed {c.seed}"
+        models.append(DepthModel(name, c.n_layers, c.dropout, c.seed, entry))
+    return models
+
+
+def analysis_batch(entry: RunEntry, n: int = 256):
+    """One fixed batch for every model (the evaluation stream of seed 0): the same data under every comparison."""
+    return sample(entry.config.task(), n, step_generator(EVAL_SEED, 0))
+
+
+def earlier_matches(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T-1): for the target at t+1, how often the current token (at t) occurred before t."""
+    current = tokens[:, :-1]                                                   # (B, T-1)
+    same = current.unsqueeze(2) == current.unsqueeze(1)                        # (B, T-1, T-1): [t, s] token t == s
+    before = torch.ones(same.shape[1:], dtype=torch.bool).tril(-1)             # s < t
+    return (same & before).sum(-1)
+
+
+def region_masks(batch) -> dict[str, torch.Tensor]:
+    """Boolean (B, T-1) masks over targets: the first copy, and the repeat split by one-token ambiguity."""
+    first, repeat = batch.target_masks()
+    matches = earlier_matches(batch.tokens)
+    return {"first copy": first, "repeat, unambiguous": repeat & (matches == 1),
+            "repeat, ambiguous": repeat & (matches >= 2)}
+
+
+def region_losses(losses: torch.Tensor, masks: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {region: float(losses[mask].mean()) for region, mask in masks.items()}
+
+
+@torch.no_grad()
+def loss_table(models: list[DepthModel]) -> pd.DataFrame:
+    """Mean loss per model and region on the shared batch (nats), with the number of targets in each region."""
+    batch = analysis_batch(models[0].entry)
+    masks = region_masks(batch)
+    rows = []
+    for m in models:
+        losses = next_token_losses(m.model(), batch.tokens)                   # (B, T-1)
+        for region, value in region_losses(losses, masks).items():
+            rows.append({"model": m.name, "layers": m.n_layers, "dropout": m.dropout, "seed": m.seed,
+                         "region": region, "loss": value, "targets": int(masks[region].sum())})
+    return pd.DataFrame(rows)
+
+
+def head_contribution(model, z: torch.Tensor, layer: int, head: int) -> torch.Tensor:
+    """What one head writes to the residual stream, (B, T, d_model), from its `hook_z` (B, T, H, d_head)."""
+    return z[:, :, head] @ model.W_O[layer, head]
+
+
+@torch.no_grad()
+def _losses(model, tokens: torch.Tensor, hooks: list) -> torch.Tensor:
+    logits = model.run_with_hooks(tokens, fwd_hooks=hooks) if hooks else model(tokens)
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+
+
+def _remove_direct(contribution: torch.Tensor):
+    def hook(resid: torch.Tensor, hook=None) -> torch.Tensor:
+        return resid - contribution
+    return hook
+
+
+@torch.no_grad()
+def head_effects(model, tokens: torch.Tensor, masks: dict[str, torch.Tensor],
+                 ablated: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Per head and region: the loss rise when the head is zeroed (total) and when only its direct write to the
+    final residual stream is removed (direct). With `ablated`, everything is measured with that head zeroed
+    (the direct effects of the heads that take over its work grow)."""
+    base_hooks = [(f"blocks.{ablated[0]}.attn.hook_z", ablate_head_hook(ablated[1]))] if ablated else []
+    cache: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int):
+        def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
+            cache[layer] = z.detach()
+            return z
+        return hook
+
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    # the ablation hook runs before the caching one, so the cache holds what the ablated model computes
+    clean = _losses(model, tokens, base_hooks + [(f"blocks.{l}.attn.hook_z", keep(l)) for l in range(n_layers)])
+    base = region_losses(clean, masks)
+    rows = []
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            if ablated == (layer, head):
+                continue
+            total = region_losses(_losses(model, tokens, base_hooks + [(f"blocks.{layer}.attn.hook_z",
+                                                                        ablate_head_hook(head))]), masks)
+            contribution = head_contribution(model, cache[layer], layer, head)
+            direct = region_losses(_losses(model, tokens, base_hooks + [("ln_final.hook_in",
+                                                                         _remove_direct(contribution))]), masks)
+            for region in masks:
+                rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}", "region": region,
+                             "total": total[region] - base[region], "direct": direct[region] - base[region]})
+    return pd.DataFrame(rows)
+
+
+def main_head(effects: pd.DataFrame, n_layers: int, region: str = "repeat, unambiguous") -> str:
+    """The head outside the last layer with the largest direct effect on the repeat loss: the one whose loss the
+    later layers could make up for (a last-layer head has nothing downstream)."""
+    rows = effects[(effects.region == region) & (effects.layer < n_layers - 1)]
+    return str(rows.sort_values("direct").iloc[-1].label)
+
+
+def induction_scores(model, entry: RunEntry) -> pd.DataFrame:
+    """Previous-token and induction score of every head on the [r, r] probe of the induction page."""
+    config = entry.config
+    return head_scores_table(model, score_tokens(config), config.score_half)
