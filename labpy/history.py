@@ -27,11 +27,14 @@ def has_full_history(root: Path) -> bool:
 
 
 def blame_lines(root: Path, page: str) -> list[tuple[dt.datetime, str]]:
-    """(author time in UTC, text) of every line of `page` as committed or edited; lines not yet committed count as
-    now. Empty without full history."""
-    out = _git(root, "blame", "--line-porcelain", "--", page) if has_full_history(root) else None
-    if out is None:
+    """(author time in UTC, text) of every line of `page` as committed or edited; lines (and pages) not yet
+    committed count as now. Empty without full history."""
+    if not has_full_history(root):
         return []
+    out = _git(root, "blame", "--line-porcelain", "--", page)
+    if out is None:                                        # a page never committed: all of it is new
+        now = dt.datetime.now(dt.timezone.utc)
+        return [(now, line) for line in (root / page).read_text().splitlines()]
     lines, when = [], None
     for line in out.splitlines():
         if line.startswith("author-time "):

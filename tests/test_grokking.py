@@ -129,6 +129,25 @@ def test_smoke_run_stores_measures_and_progress(tmp_store):
     loss = F.cross_entropy(model(tokens[mask]), labels[mask]).item()
     assert loss == pytest.approx(evals.train_loss.iloc[-1], abs=2e-3)     # half-precision checkpoint
 
+    from labpy.experiments.grokking_analysis import fourier_ablation
+
+    ablation = fourier_ablation(entry).set_index("variant")               # the pages' reading of the final model
+    with torch.no_grad():
+        logits = model(tokens)                                            # the hooked forward, not fast_logits
+    assert ablation.loss["logits"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-4)
+    assert ablation.accuracy["logits"] == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
+    assert set(ablation.index) == {"logits", "key frequencies only", "key frequencies removed"}
+    assert ablation.accuracy.between(0, 1).all()
+
+
+def test_phases_tile_training_from_the_milestones():
+    from labpy.experiments.grokking_analysis import PHASES, phases
+
+    spans = phases({"memorised": 200.0, "onset": 4000.0, "grokked": 5100.0, "warn_share": 0.0})
+    assert list(spans.phase) == list(PHASES)
+    assert spans.start.iloc[0] == 0 and list(spans.start.iloc[1:]) == list(spans.end.iloc[:-1])
+    assert spans.end.iloc[-1] == 5100
+
 
 def test_a_bad_train_fraction_is_one_clear_error():
     from labpy.errors import ConfigError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -119,6 +120,9 @@ def test_prediction_dates_come_from_the_commit_that_wrote_their_line(site, tmp_p
     dates = sc.written_times(site, ["experiments/a.qmd"])
     assert {k: v.date().isoformat() for k, v in dates.items()} == {
         ("experiments/a.qmd", "rises"): "2026-11-21", ("experiments/a.qmd", "big"): "2026-12-01"}
+    (site / "experiments" / "never.qmd").write_text(PAGE)                   # not committed yet: written today
+    fresh = sc.written_times(site, ["experiments/never.qmd"])
+    assert {v.date() for v in fresh.values()} == {dt.datetime.now(dt.timezone.utc).date()} and len(fresh) == 2
     added = history.first_committed(site, ["experiments/a.qmd", "experiments/never.qmd"])
     assert list(added) == ["experiments/a.qmd"] and added["experiments/a.qmd"].date().isoformat() == "2026-11-21"
 

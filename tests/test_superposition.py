@@ -182,3 +182,42 @@ def test_too_many_hidden_dimensions_is_one_clear_error():
     with pytest.raises(ConfigError,
                        match=r"SuperpositionConfig.sparsities = \(0.0, 1.0\) is out of range; every entry"):
         SuperpositionConfig(sparsities=(0.0, 1.0))
+
+
+def test_the_linear_output_model_has_no_relu():
+    model = ToyModel(1, 2, 1, activation="linear", seed=0)
+    with torch.no_grad():
+        model.W.copy_(torch.tensor([[[1.0, -1.0]]]))
+        model.b.copy_(torch.tensor([[-0.2, 0.1]]))
+    x = torch.tensor([[[0.5, 0.0], [0.3, 0.8]]])                    # (I=1, B=2, n=2); WᵀW = [[1, -1], [-1, 1]]
+    assert torch.allclose(model(x)[0], torch.tensor([[0.3, -0.4], [-0.7, 0.6]]))
+
+
+def test_superposition_page_analysis_on_known_geometry():
+    import pandas as pd
+
+    from labpy.experiments import superposition_analysis as sa
+
+    angles = 2 * math.pi * torch.arange(5) / 5
+    pentagon = torch.stack([angles.cos(), angles.sin()])                     # (2, 5)
+    pairs = columns([1, 0], [-1, 0], [0, 1], [0, -1], [0.01, 0])              # two antipodal pairs and a dead feature
+    long = pd.concat([pd.DataFrame([{"instance": k, "hidden": h, "feature": f, "weight": float(W[h, f])}
+                                    for h in range(2) for f in range(5)]) for k, W in enumerate([pentagon, pairs])])
+    layout = sa.planar_layout(long, 0)
+    assert layout.kept.tolist() == [0, 1, 2, 3, 4] and np.allclose(layout.gaps, 72)
+    layout = sa.planar_layout(long, 1)
+    assert layout.kept.tolist() == [0, 1, 2, 3] and np.allclose(layout.gaps, 90)
+    assert sa.antipodal_features(layout.w, layout.kept) == [0, 1, 2, 3]
+    assert sa.antipodal_features(pentagon.numpy(), range(5)) == []
+    arrows = sa.planar_arrows(long)
+    assert len(arrows) == 10 and np.allclose(arrows[arrows.instance == 1].sort_values("feature").x, [1, -1, 0, 0, 0.01])
+    assert sa.nearest_fraction(0.49) == "1/2" and sa.nearest_fraction(0.2) == "none"
+    assert sa.share_near([1.0, 0.5, 0.45, 0.2]) == 0.5
+    # windows of ±0.03 round 1, 3/4, 2/3, 1/2 and the merged 3/8–2/5 pair, over [0.2, 1]
+    covered = 0.03 + 3 * 0.06 + (0.43 - 0.345)
+    assert sa.uniform_share_near(0.2, 1.0) == pytest.approx(covered / 0.8)
+    frame = pd.DataFrame({"density": [1, 1, 0.1, 0.1], "relative_importance": [2, 2, 2, 2],
+                          "loss": [0.2, 0.1, 0.3, 0.4], "w1": [1, 0.02, 1.0, 0.8], "w2": [0, 1.0, -1.0, -1.0]})
+    cells = sa.phase_cells(frame)
+    assert cells.loss.tolist() == [0.3, 0.1]
+    assert sa.off_the_discrete_solutions(frame).index.tolist() == [3]

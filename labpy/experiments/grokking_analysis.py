@@ -8,8 +8,14 @@ future information".
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..toy.modular_addition import (ModularAdditionTransformer, all_pairs, excluded_logits, fast_logits,
+                                    restricted_logits, sum_directions)
 
 MEMORISED_ACC = 0.99      # train accuracy: memorisation is complete
 ONSET_ACC = 0.5           # test accuracy: grokking is under way
@@ -44,3 +50,39 @@ def value_at(frame: pd.DataFrame, step: float, column: str) -> float:
     """`column` at the last row at or before `step` (checkpoints and evaluations are on different grids)."""
     before = frame[frame.step <= step]
     return float(before[column].iloc[-1]) if len(before) else math.nan
+
+
+PHASES = ("memorisation", "circuit formation", "cleanup")
+
+
+def phases(marks: dict[str, float]) -> pd.DataFrame:
+    """Nanda et al.'s three phases laid on a run's `milestones`: memorisation from epoch 0 until the train accuracy
+    reaches MEMORISED_ACC, circuit formation until the test accuracy's onset (ONSET_ACC), cleanup until grokking
+    completes (GROKKED_ACC). The paper draws its boundaries from the progress measures; these use accuracy alone,
+    by the rules above, so that no boundary is placed by eye."""
+    return pd.DataFrame({"phase": list(PHASES),
+                         "start": [0.0, marks["memorised"], marks["onset"]],
+                         "end": [marks["memorised"], marks["onset"], marks["grokked"]]})
+
+
+def final_model(entry: Any) -> ModularAdditionTransformer:
+    """A stored grokking run's model with its final weights, in eval mode."""
+    model = ModularAdditionTransformer(entry.config.spec())
+    model.load_state_dict(entry.checkpoint("final"))
+    return model.eval()
+
+
+@torch.no_grad()
+def fourier_ablation(entry: Any) -> pd.DataFrame:
+    """The final model on every pair `a b =`: loss (nats) and accuracy of its logits as they are, of their key
+    frequencies alone (`restricted_logits`, the run's summary key frequencies) and of everything but them
+    (`excluded_logits`). One row per variant: `logits`, `key frequencies only`, `key frequencies removed`."""
+    p = entry.config.p
+    tokens, labels = all_pairs(p)                                                      # (p², 3), (p²,)
+    logits = fast_logits(final_model(entry), tokens)                                   # (p², p)
+    directions, key = sum_directions(p), entry.summary["key_freqs"]
+    variants = {"logits": logits, "key frequencies only": restricted_logits(logits, directions, key),
+                "key frequencies removed": excluded_logits(logits, directions, key)}
+    return pd.DataFrame([{"variant": name, "loss": F.cross_entropy(v, labels).item(),
+                          "accuracy": (v.argmax(-1) == labels).float().mean().item()}
+                         for name, v in variants.items()])

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu,
+               "linear": torch.nn.Identity()}    # the paper's baseline x' = WᵀWx + b: no superposition
 REPRESENTED = 0.5       # ‖W_i‖ above this: feature i is represented (the paper's and the notebook's rule)
 
 
