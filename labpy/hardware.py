@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -217,9 +217,10 @@ def _induction(entry, bases):
     tokens = c.steps * c.batch_size * c.seq_len
     arch = Arch(hidden=c.d_model, layers=c.n_layers, heads=c.n_heads, kv_heads=c.n_heads, intermediate=0,
                 vocab=c.vocab, qkv_bias=False)
-    return Workload("induction", entry.label, f"{c.n_layers}-layer attention-only toy", "training", c.steps, tokens,
-                    step_flops(compute, tokens, c.seq_len), _training_memory(arch, c.batch_size, c.seq_len),
-                    "evaluations and head scores not counted")
+    return Workload(entry.experiment, entry.label, f"{c.n_layers}-layer attention-only toy", "training", c.steps,
+                    tokens, step_flops(compute, tokens, c.seq_len), _training_memory(arch, c.batch_size, c.seq_len),
+                    "evaluations and head scores not counted" + ("; dropout masks not counted"
+                                                                 if getattr(c, "dropout", 0) else ""))
 
 
 @lru_cache(maxsize=None)
@@ -246,7 +247,6 @@ def wind_tunnel_workload(config, label: str = "") -> Workload:
         tokens = config.steps * config.batch_size * seq_len
         return Workload("wind_tunnels", label, f"{config.n_layers}-layer toy transformer", "training", config.steps,
                         tokens, step_flops(compute, tokens, seq_len), memory)
-    from dataclasses import replace
 
     rows = config.steps * config.batch_size * predictions
     compute = Compute(_mlp_matmul_params(replace(config, seed=0, n_checkpoints=0)))
@@ -255,7 +255,7 @@ def wind_tunnel_workload(config, label: str = "") -> Workload:
 
 
 def _wind_tunnels(entry, bases):
-    return wind_tunnel_workload(entry.config, entry.label)
+    return replace(wind_tunnel_workload(entry.config, entry.label), experiment=entry.experiment)
 
 
 def _attention_atlas(entry, bases):
@@ -272,6 +272,7 @@ def _attention_atlas(entry, bases):
 MODELLERS: dict[str, Callable[[Any, Mapping[str, Arch]], Workload | None]] = {
     "lab_lm": _lab_lm, "lr_sweep": _lr_sweep, "lora_rank": _finetune, "forgetting": _finetune, "qlora": _finetune,
     "batch_lr": _finetune, "induction": _induction, "wind_tunnels": _wind_tunnels,
+    "attention_depth": _induction, "wind_tunnel_targets": _wind_tunnels,
     "attention_atlas": _attention_atlas,
 }
 

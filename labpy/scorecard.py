@@ -75,8 +75,9 @@ def record_verdicts(rows: list[Mapping[str, Any]], folder: Path | None = None) -
 
 def prediction_kind(statement: str) -> str:
     """Size (a ratio or multiple: "at least 2×", "halves"), threshold (a measured value against a fixed level:
-    "at most 0.01 bits", "≥ 80%"), or direction (a comparison or an ordering with no number: "falls", "before")."""
-    text = statement.lower()
+    "at most 0.01 bits", "≥ 80%"), or direction (a comparison or an ordering with no number: "falls", "before").
+    Text in parentheses is a reason or a reference ("(the paper: 0.028 bits)"), not the claim, and is skipped."""
+    text = re.sub(r"\([^()]*\)", "", statement.lower())
     if re.search(r"\d\s*(×|x\b|times|-fold|fold)|\b(twice|double|doubles|halve|halves|half as|ten times)\b", text):
         return "size"
     if re.search(r"(≤|≥|<|>|at most|at least|below|above|under|over|within|exceeds?|more than|less than|fewer than)"

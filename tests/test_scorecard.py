@@ -47,6 +47,7 @@ def rows(verdict_big: str = "failed") -> list[dict[str, str]]:
     ("PC1 ≥ 80% of the variance.", "threshold"),
     ("Attention settles before the representation does.", "direction"),
     ("The repeat loss falls.", "direction"),
+    ("With hard labels, V = 20 ends with a larger MAE than V = 10 (twice the positions).", "direction"),
 ])
 def test_prediction_kind_by_hand(statement, kind):
     assert sc.prediction_kind(statement) == kind
