@@ -87,10 +87,14 @@ def prediction_kind(statement: str) -> str:
 
 
 def experiment_tracks(root: Path) -> dict[str, str]:
-    """Page -> track, from the registry (papers have their own column: they test someone else's claims)."""
+    """Page -> track: the registry's tracks, as the navbar groups the experiment pages (a test holds the two
+    equal), so pages that read another experiment's runs count too; papers have their own column (they test
+    someone else's claims)."""
     from .experiments import all_experiments
+    from .pages import navbar_groups
 
     tracks = {e.page: e.track for e in all_experiments()}
+    tracks.update({page: group for group, pages in navbar_groups(root).items() if group for page in pages})
     for page in sorted((root / "papers").glob("*.qmd")):
         tracks[page.relative_to(root).as_posix()] = PAPERS
     return tracks
