@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..interp.heads import ablate_head_hook, head_scores_table
+from ..interp.heads import ablate_head_hook, capture_hook, head_scores_table
 from ..models.toy import load_toy_transformer
 from ..store import RunEntry
 from ..tasks.repeated_tokens import sample
@@ -119,12 +119,7 @@ def head_effects(model, tokens: torch.Tensor, masks: dict[str, torch.Tensor],
     (the direct effects of the heads that take over its work grow)."""
     base_hooks = [(f"blocks.{ablated[0]}.attn.hook_z", ablate_head_hook(ablated[1]))] if ablated else []
     cache: dict[int, torch.Tensor] = {}
-
-    def keep(layer: int):
-        def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
-            cache[layer] = z.detach()
-            return z
-        return hook
+    keep = lambda layer: capture_hook(cache, layer)
 
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     # the ablation hook runs before the caching one, so the cache holds what the ablated model computes

@@ -77,17 +77,22 @@ def ablate_head_hook(head: int):
     return hook
 
 
+def capture_hook(store: dict, key):
+    """A forward hook that keeps a detached copy of the activation in `store[key]` and passes it on unchanged."""
+
+    def hook(x: torch.Tensor, hook=None) -> torch.Tensor:
+        store[key] = x.detach()
+        return x
+
+    return hook
+
+
 @torch.no_grad()
 def patterns_with_head_ablated(model: TransformerBridge, tokens: torch.Tensor, layer: int, head: int) -> torch.Tensor:
     """Attention patterns (n_layers, B, H, T, T) when head (layer, head) writes nothing to the residual stream."""
     n_layers = model.cfg.n_layers
     captured: dict[int, torch.Tensor] = {}
-
-    def keep(layer_index: int):
-        def hook(pattern: torch.Tensor, hook=None) -> torch.Tensor:
-            captured[layer_index] = pattern.detach()
-            return pattern
-        return hook
+    keep = lambda layer_index: capture_hook(captured, layer_index)
 
     hooks = [(f"blocks.{layer}.attn.hook_z", ablate_head_hook(head))]
     hooks += [(f"blocks.{i}.attn.hook_pattern", keep(i)) for i in range(n_layers)]
