@@ -34,6 +34,11 @@ CHART_STATE = """() => Array.from(document.querySelectorAll('.lab-chart')).map(d
                               + 'svg .role-mark > line, svg .role-mark > text, svg .role-mark > g > path').length,
   error: div.innerText.includes('chart error'),
 }))"""
+# vegaEmbed draws asynchronously, after `networkidle`: a page with many charts (thousands of SVG marks) can take
+# seconds on a loaded machine, so wait until every chart has drawn or failed, up to CHART_WAIT_MS.
+ALL_CHARTS_SETTLED = """() => Array.from(document.querySelectorAll('.lab-chart')).every(div =>
+  div.querySelector('svg .role-mark') !== null || div.innerText.includes('chart error'))"""
+CHART_WAIT_MS = 20_000
 RAW_TABLE = re.compile(r"^\s*\|.*\|\s*$")
 RAW_TEX = re.compile(r"\$\$|\\(frac|sum|mathrm|text|log|hat|le|ge)\b|\$[^$\s][^$]*\\[a-z]+[^$]*\$")
 
@@ -110,7 +115,12 @@ def test_page_in_a_browser(page_path, server, browser):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("response", lambda r: errors.append(f"{r.status} for {r.url}") if r.status >= 400 else None)
     page.goto(f"{server}/{page_path}", wait_until="networkidle")
-    page.wait_for_timeout(300)  # vegaEmbed renders asynchronously after load
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout   # importable: the browser fixture ran
+    try:
+        page.wait_for_function(ALL_CHARTS_SETTLED, timeout=CHART_WAIT_MS)
+    except PlaywrightTimeout:   # the assertion below names the charts still blank
+        pass
+    page.wait_for_timeout(300)  # a chart's marks fill in after its first mark group appears
     charts = page.evaluate(CHART_STATE)
     explorers = _exercise_explorers(page)
     text = page.evaluate("() => document.querySelector('main') ? document.querySelector('main').innerText : ''")
