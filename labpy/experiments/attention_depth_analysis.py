@@ -133,7 +133,7 @@ def head_effects(model, tokens: torch.Tensor, masks: dict[str, torch.Tensor],
             total = region_losses(_losses(model, tokens, base_hooks + [(f"blocks.{layer}.attn.hook_z",
                                                                         ablate_head_hook(head))]), masks)
             contribution = head_contribution(model, cache[layer], layer, head)
-            direct = region_losses(_losses(model, tokens, base_hooks + [("ln_final.hook_in",
+            direct = region_losses(_losses(model, tokens, base_hooks + [(f"blocks.{n_layers - 1}.hook_resid_post",
                                                                          _remove_direct(contribution))]), masks)
             for region in masks:
                 rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}", "region": region,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..models.toy import ToyTransformerConfig, build_toy_transformer
 from ..store import RunResult, checkpoint_name
-from ..tasks.repeated_tokens import RepeatedSegmentTask, sample
+from ..tasks.repeated_tokens import RepeatedSegmentTask, repeated_random_tokens, sample
 from ..device import lab_device, to_device
 from ..train import TrainSpec, step_generator, train
 from ..validation import check_ranges, int_at_least, require
@@ -72,6 +72,12 @@ class InductionConfig:
 
     def checkpoint_steps(self) -> tuple[int, ...]:
         return tuple(sorted({*range(0, self.steps + 1, self.checkpoint_every), self.steps}))
+
+
+def score_tokens(config: InductionConfig) -> torch.Tensor:
+    """(score_batch, 2·score_half) [r, r] probes the head scores are read on, disjoint from training data."""
+    return repeated_random_tokens(config.score_batch, config.score_half, config.vocab,
+                                  step_generator(EVAL_SEED + 1, config.seed))
 
 
 def next_token_losses(model, tokens: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,9 @@ import torch
 from ..interp.heads import head_scores_table, induction_scores, patterns_with_head_ablated
 from ..models.toy import load_toy_transformer
 from ..store import RunEntry
-from ..tasks.repeated_tokens import repeated_random_tokens, sample
+from ..tasks.repeated_tokens import sample
 from ..train import step_generator
-from .induction import EVAL_SEED, InductionConfig, next_token_losses
+from .induction import EVAL_SEED, InductionConfig, next_token_losses, score_tokens
 
 
 def load_model(entry: RunEntry, step: int | None = None):
@@ -23,11 +23,6 @@ def load_model(entry: RunEntry, step: int | None = None):
     config = entry.config
     step = entry.checkpoint_steps()[-1] if step is None else step
     return load_toy_transformer(config.model_config(), entry.step_checkpoint(step))
-
-
-def score_tokens(config: InductionConfig) -> torch.Tensor:
-    return repeated_random_tokens(config.score_batch, config.score_half, config.vocab,
-                                  step_generator(EVAL_SEED + 1, config.seed))
 
 
 def head_scores_over_training(entry: RunEntry) -> pd.DataFrame:
