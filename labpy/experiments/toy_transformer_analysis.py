@@ -1,0 +1,69 @@
+"""What the benchmarks page computes about the toy transformer: the stored checkpoints read through it and through
+the TL bridge (logits compared), and the stored induction runs beside their retraining on it."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from ..models.toy import build_bridge_transformer, load_toy_transformer
+from ..train import step_generator
+from .induction_analysis import head_scores_over_training, head_summary, phase_change
+from .registry import results
+
+# every experiment whose stored checkpoints are toy transformers, and how its config names the model's
+MODEL_CONFIG = {"induction": "model_config", "attention_depth": "model_config", "wind_tunnels": "transformer_config"}
+
+
+@torch.no_grad()
+def checkpoint_agreement(batch: int = 16) -> pd.DataFrame:
+    """Per stored run (its last checkpoint): the largest |logit difference| between the lab's model and the TL
+    bridge loading the same weights, on random token ids."""
+    rows = []
+    for experiment in MODEL_CONFIG:
+        for label, entry in results(experiment).entries.items():
+            if experiment == "wind_tunnels" and entry.config.model != "transformer":
+                continue
+            config = getattr(entry.config, MODEL_CONFIG[experiment])()
+            state = entry.step_checkpoint(entry.checkpoint_steps()[-1])
+            bridge = build_bridge_transformer(config, seed=0).eval()
+            bridge.load_state_dict(state)
+            tokens = torch.randint(0, config.d_vocab, (batch, config.n_ctx), generator=step_generator(0, 0))
+            diff = (load_toy_transformer(config, state)(tokens) - bridge(tokens)).abs().max().item()
+            rows.append({"experiment": experiment, "run": label, "parameters": sum(v.numel() for v in state.values()),
+                         "max |logit difference|": diff})
+    return pd.DataFrame(rows)
+
+
+def induction_facts(evals: pd.DataFrame, scores: pd.DataFrame) -> dict[str, float]:
+    """The numbers the induction page rests on, from an eval table and head scores over training."""
+    heads = head_summary(scores)
+    last = evals.iloc[-1]
+    facts = {"final repeat loss": float(last.loss_repeat), "final first-copy loss": float(last.loss_first_copy),
+             "final repeat accuracy": float(last.acc_repeat),
+             "best induction score": float(heads["induction_head"]["induction"]),
+             "best previous-token score": float(heads["prev_head"]["previous_token"])}
+    if scores.layer.max() > 0:
+        facts["phase change midpoint (step)"] = phase_change(evals)["middle_step"]
+    return facts
+
+
+def reproduction_table() -> pd.DataFrame:
+    """Each stored induction run (trained on the bridge) beside its retraining on the lab's model."""
+    stored, retrained = results("induction"), results("toy_transformer")
+    rows = []
+    for label, entry in stored.entries.items():
+        again = retrained[f"reproduce-induction-{label}"]
+        before = induction_facts(entry.table("evals"), head_scores_over_training(entry))
+        after = induction_facts(again.table("evals"), again.table("head_scores"))
+        for measure, value in before.items():
+            rows.append({"run": label, "measure": measure, "TL bridge (stored)": value,
+                         "lab model (retrained)": after[measure], "difference": after[measure] - value})
+    return pd.DataFrame(rows)
+
+
+def curve_gap(label: str, column: str = "loss_repeat") -> pd.DataFrame:
+    """The two runs' eval curves side by side (long format, for a chart)."""
+    stored = results("induction")[label].table("evals")[["step", column]].assign(model="TL bridge (stored)")
+    again = results("toy_transformer")[f"reproduce-induction-{label}"].table("evals")[["step", column]]
+    return pd.concat([stored, again.assign(model="lab model (retrained)")], ignore_index=True)
