@@ -454,13 +454,17 @@ def _title_attr(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _evidence_lines(e: Evidence) -> list[str]:
-    """One evidence item: the page, why it counts, and the verdicts it rests on, linked to where they show."""
+OUTCOME_MARK = {"held": " held ✔", "failed": " failed ✘"}
+
+
+def _evidence_lines(e: Evidence, outcomes: dict[tuple[str, str], str]) -> list[str]:
+    """One evidence item: the page, why it counts, and the verdicts it rests on, linked to where they show, each
+    with its outcome from the page's current verdict log (none shown where that log is missing or stale)."""
     found = page_verdicts(project_root() / e.page)
     lines = [f"- [{found.title}]({_link(e.page)}) (`{e.page}`): {e.note}"]
     if e.verdicts:
         refs = ", ".join(f'[`{v}`]({_link(e.page, found.verdicts_anchor)} "{_title_attr(found.predictions[v])}")'
-                         for v in e.verdicts)
+                         + OUTCOME_MARK.get(outcomes.get((e.page, v)), "") for v in e.verdicts)
         lines.append(f"  - Predictions: {refs}")
     if e.claims:
         refs = "; ".join(f"[“{c}…”]({_link(e.page, found.claim_anchor(c))})" for c in e.claims)
@@ -468,7 +472,7 @@ def _evidence_lines(e: Evidence) -> list[str]:
     return lines
 
 
-def _question_block(q: Question, questions: dict[str, Question]) -> list[str]:
+def _question_block(q: Question, questions: dict[str, Question], outcomes: dict[tuple[str, str], str]) -> list[str]:
     out = [f'::: {{.lab-question data-status="{q.status}" data-track="{_slug(q.track)}"}}', "",
            f"### {q.text} {{#{q.id}}}", "",
            f"`{q.status}` · id `{q.id}` · from {'; '.join(_source_label(s) for s in q.sources)}", ""]
@@ -482,9 +486,12 @@ def _question_block(q: Question, questions: dict[str, Question]) -> list[str]:
         out += ["", '::: {.callout-note appearance="simple" title="The lab cannot test this here"}',
                 f"**Why:** {q.untestable.why}", "", f"**What it would take:** {q.untestable.would_take}", ":::"]
     if q.evidence:
-        out += ["", "**Evidence**", ""]
+        decided = [outcomes[(e.page, v)] for e in q.evidence for v in e.verdicts if (e.page, v) in outcomes]
+        tally = (f" — its predictions: {decided.count('held')} held, {decided.count('failed')} failed"
+                 if decided else "")
+        out += ["", f"**Evidence**{tally}", ""]
         for e in q.evidence:
-            out += _evidence_lines(e)
+            out += _evidence_lines(e, outcomes)
     return out + ["", ":::", ""]
 
 
@@ -496,7 +503,9 @@ def _source_label(s: Source) -> str:
 def questions_log() -> Markdown:
     """The whole log, grouped by track: each question with an anchor, its source, sub-questions, why it cannot
     be tested here (where so), what supersedes it, and its evidence with the verdict ids it rests on."""
-    questions = load_questions()
+    from .scorecard import current_outcomes
+
+    questions, outcomes = load_questions(), current_outcomes()
     out = []
     if pending := unlogged_page_questions(questions):
         out += ["::: {.callout-warning}", "## Raised on pages, not yet in the log", ""]
@@ -507,5 +516,5 @@ def questions_log() -> Markdown:
         if in_track:
             out.append(f"## {track}\n")
             for q in in_track:
-                out += _question_block(q, questions)
+                out += _question_block(q, questions, outcomes)
     return Markdown("\n".join(out))

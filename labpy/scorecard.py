@@ -110,12 +110,8 @@ def predicting_pages(root: Path) -> list[Path]:
     return [p for p in list_pages(root) if predicted_ids(p)]
 
 
-def load_verdicts(root: Path | None = None) -> pd.DataFrame:
-    """Every prediction of every page, decided: one row each (page, track, id, statement, measured, verdict, kind).
-
-    Raises a LabError naming the pages whose log is missing, or older than the page, and the command that makes it.
-    """
-    root = root or project_root()
+def _read_logs(root: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of every current verdict log, and the pages whose log is missing or older than the page."""
     tracks = experiment_tracks(root)
     rows, stale = [], []
     for page in predicting_pages(root):
@@ -128,11 +124,28 @@ def load_verdicts(root: Path | None = None) -> pd.DataFrame:
         for p in record["predictions"]:
             rows.append({"page": rel, "track": tracks.get(rel, "Other"), "id": p["id"], "statement": p["prediction"],
                          "measured": p["measured"], "verdict": p["verdict"], "kind": prediction_kind(p["prediction"])})
+    return rows, stale
+
+
+def load_verdicts(root: Path | None = None) -> pd.DataFrame:
+    """Every prediction of every page, decided: one row each (page, track, id, statement, measured, verdict, kind).
+
+    Raises a LabError naming the pages whose log is missing, or older than the page, and the command that makes it.
+    """
+    root = root or project_root()
+    rows, stale = _read_logs(root)
     if stale:
         raise LabError(f"no current verdicts for {len(stale)} page(s) ({', '.join(stale[:4])}"
                        f"{', …' if len(stale) > 4 else ''}): their log is missing or older than the page; "
                        f"render them first, e.g. `quarto render {stale[0]}` (or the whole site)")
     return pd.DataFrame(rows, columns=["page", "track", "id", "statement", "measured", "verdict", "kind"])
+
+
+def current_outcomes(root: Path | None = None) -> dict[tuple[str, str], str]:
+    """(page, prediction id) -> "held" or "failed", from the pages whose verdict log is current; a page without
+    one is simply absent (a reader of a single outcome can say "not rendered yet" instead of failing)."""
+    rows, _ = _read_logs(root or project_root())
+    return {(r["page"], r["id"]): r["verdict"] for r in rows}
 
 
 def written_times(root: Path, pages: Iterable[str]) -> dict[tuple[str, str], dt.datetime]:

@@ -81,6 +81,26 @@ def test_a_stale_or_missing_log_is_refused_with_the_command_that_makes_it(site):
         sc.load_verdicts(site)
 
 
+def test_current_outcomes_skip_a_stale_page_instead_of_failing(site):
+    sc.record_verdicts(rows(), folder=site / "experiments")
+    assert sc.current_outcomes(site) == {("experiments/a.qmd", "rises"): "held", ("experiments/a.qmd", "big"): "failed"}
+    page = site / "experiments" / "a.qmd"
+    page.write_text(page.read_text() + "\nEdited after it ran.\n")
+    assert sc.current_outcomes(site) == {}
+
+
+def test_the_questions_log_shows_each_cited_predictions_outcome(site, monkeypatch):
+    from labpy import questions as qlog
+
+    monkeypatch.setenv("LAB_ROOT", str(site))
+    evidence = qlog.Evidence(page="experiments/a.qmd", note="measured", verdicts=["rises", "big"])
+    before = "\n".join(qlog._evidence_lines(evidence, sc.current_outcomes(site)))
+    assert "held ✔" not in before and "failed ✘" not in before                # no log yet: no outcome shown
+    sc.record_verdicts(rows(), folder=site / "experiments")
+    lines = qlog._evidence_lines(evidence, sc.current_outcomes(site))
+    assert "`rises`" in lines[1] and lines[1].index("held ✔") < lines[1].index("`big`") < lines[1].index("failed ✘")
+
+
 def test_no_log_outside_a_site_or_when_the_page_is_ambiguous(site, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("notebook")
     (elsewhere / "x.qmd").write_text(PAGE)                       # a page, but no _quarto.yml above it
