@@ -23,8 +23,7 @@ from ..models.toy import load_toy_transformer
 from ..store import RunEntry
 from ..tasks.repeated_tokens import sample
 from ..train import step_generator
-from .induction import EVAL_SEED, next_token_losses
-from .induction_analysis import score_tokens
+from .induction import EVAL_SEED, next_token_losses, score_tokens
 from .registry import StoredRuns
 
 REGIONS = ("first copy", "repeat, unambiguous", "repeat, ambiguous")

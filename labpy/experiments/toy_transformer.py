@@ -208,12 +208,16 @@ register(Experiment(
     config_type=ToyTransformerBenchConfig,
     scales={"smoke": {"speed": ToyTransformerBenchConfig(block_steps=2, blocks=1),
                       "reproduce-induction-one_layer": ToyTransformerBenchConfig(
-                          part="reproduce", source="induction/smoke/one_layer")},
+                          part="reproduce", source="induction/smoke/one_layer"),
+                      "reproduce-wind_tunnels-bijection-transformer-s0": ToyTransformerBenchConfig(
+                          part="reproduce", source="wind_tunnels/smoke/bijection-transformer-s0")},
             "cpu": {"speed": ToyTransformerBenchConfig(),
                     "reproduce-induction-two_layer": ToyTransformerBenchConfig(
                         part="reproduce", source="induction/cpu/two_layer"),
                     "reproduce-induction-one_layer": ToyTransformerBenchConfig(
-                        part="reproduce", source="induction/cpu/one_layer")}},
+                        part="reproduce", source="induction/cpu/one_layer"),
+                    "reproduce-wind_tunnels-bijection-transformer-s0": ToyTransformerBenchConfig(
+                        part="reproduce", source="wind_tunnels/cpu/bijection-transformer-s0")}},
     run=run,
-    description="Training-step time ratios side by side (target <= 1.15x plain PyTorch); induction retrained.",
+    description="Training-step time ratios side by side (target <= 1.15x plain PyTorch); induction and a wind tunnel retrained.",
 ))
