@@ -1,7 +1,8 @@
 """1-, 2- and 3-layer attention-only transformers on the induction data, and a 3-layer one trained with dropout.
 
 The 1- and 2-layer models are the stored `induction` runs (same task, steps and seed); this experiment adds
-3-layer models, two seeds, with and without dropout. Dropout here is GPT-2's: on the attention probabilities and
+3-layer models, two seeds, with and without dropout, and the dropout ones again trained `LONGER` times as many
+steps (in 6000 they had not learned to copy). Dropout here is GPT-2's: on the attention probabilities and
 on each attention layer's output, p = 0.1, applied through hook points during training only. Its masks come from
 a generator seeded by (seed, step), so a resumed run draws the same masks. The pages' analysis
 (`attention_depth_analysis.py`): composition scores, per-head ablations split by how ambiguous a one-token
@@ -10,7 +11,7 @@ match is, and whether other heads make up for an ablated one (backup heads), wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -69,9 +70,16 @@ def run(config: DepthConfig, ctx: RunContext) -> RunResult:
     return train_on_repeats(config, ctx, batch_fn=batch_fn, loss_fn=loss_fn)
 
 
+LONGER = 3   # the dropout models trained this many times longer: do they learn to copy, and then self-repair?
+
+
 def _configs(**common) -> dict[str, DepthConfig]:
-    return {f"three_layer{'-dropout' if p else ''}-s{seed}": DepthConfig(dropout=p, seed=seed, **common)
-            for p in (0.0, 0.1) for seed in (0, 1)}
+    configs = {f"three_layer{'-dropout' if p else ''}-s{seed}": DepthConfig(dropout=p, seed=seed, **common)
+               for p in (0.0, 0.1) for seed in (0, 1)}
+    for seed in (0, 1):   # checkpoints every `checkpoint_every` steps: when learning to copy starts shows
+        configs[f"three_layer-dropout-long-s{seed}"] = replace(configs[f"three_layer-dropout-s{seed}"],
+                                                               steps=LONGER * configs["three_layer-s0"].steps)
+    return configs
 
 
 register(Experiment(
@@ -86,6 +94,6 @@ register(Experiment(
         "cpu": _configs(),
     },
     run=run,
-    description="3-layer attention-only models on the induction task, two seeds, with and without dropout; the "
-                "1- and 2-layer models are the stored `induction` runs.",
+    description="3-layer attention-only models on the induction task, two seeds, with and without dropout (and "
+                "with dropout for 3x the steps); the 1- and 2-layer models are the stored `induction` runs.",
 ))

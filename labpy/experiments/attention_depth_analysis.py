@@ -43,13 +43,17 @@ class DepthModel:
         return load_toy_transformer(config.model_config(), self.entry.step_checkpoint(step))
 
 
-def depth_models(depth: StoredRuns, induction: StoredRuns) -> list[DepthModel]:
-    """The 1- and 2-layer `induction` runs and every `attention_depth` run, named for tables."""
-    models = [DepthModel(f"{n} layer{'s' if n > 1 else ''}", n, 0.0, 0, induction[label])
-              for n, label in ((1, "one_layer"), (2, "two_layer"))]
+def depth_models(depth: StoredRuns, induction: StoredRuns, longer: bool = False) -> list[DepthModel]:
+    """The 1- and 2-layer `induction` runs and every `attention_depth` run trained as many steps, named for
+    tables; with `longer`, only the runs trained longer than that (the dropout models given more time)."""
+    steps = induction["two_layer"].config.steps
+    models = [] if longer else [DepthModel(f"{n} layer{'s' if n > 1 else ''}", n, 0.0, 0, induction[label])
+                                for n, label in ((1, "one_layer"), (2, "two_layer"))]
     for label, entry in depth.entries.items():
         c = entry.config
-        name = f"{c.n_layers} layers{', dropout' if c.dropout else ''}, seed {c.seed}"
+        if (c.steps > steps) != longer:
+            continue
+        name = f"{c.n_layers} layers{', dropout' if c.dropout else ''}{f', {c.steps} steps' if longer else ''}, seed {c.seed}"
         models.append(DepthModel(name, c.n_layers, c.dropout, c.seed, entry))
     return models
 
@@ -145,6 +149,21 @@ def main_head(effects: pd.DataFrame, n_layers: int, region: str = "repeat, unamb
     later layers could make up for (a last-layer head has nothing downstream)."""
     rows = effects[(effects.region == region) & (effects.layer < n_layers - 1)]
     return str(rows.sort_values("direct").iloc[-1].label)
+
+
+def backup_row(m: DepthModel, effect: pd.DataFrame, tokens: torch.Tensor, masks: dict[str, torch.Tensor],
+               region: str = "repeat, unambiguous") -> dict:
+    """Zero the model's main head (`main_head`) and compare its total effect with its direct one: the share of the
+    direct effect the rest makes up (self-repair; negative when the rest amplifies the loss), and the head whose
+    own direct effect grows most with it gone (the backup head, if any)."""
+    main = main_head(effect, m.n_layers, region)
+    head = effect[(effect.label == main) & (effect.region == region)].iloc[0]
+    after = head_effects(m.model(), tokens, masks, ablated=(int(head.layer), int(head["head"])))
+    before = effect[effect.region == region].set_index("label").direct
+    grown = (after[after.region == region].set_index("label").direct - before.drop(main)).sort_values()
+    return {"model": m.name, "dropout": m.dropout, "main head": main, "direct": head.direct, "total": head.total,
+            "share made up": (head.direct - head.total) / head.direct, "backup head": grown.index[-1],
+            "its direct effect grows by": grown.iloc[-1]}
 
 
 def induction_scores(model, entry: RunEntry) -> pd.DataFrame:

@@ -48,16 +48,27 @@ def induction_facts(evals: pd.DataFrame, scores: pd.DataFrame) -> dict[str, floa
     return facts
 
 
+WIND_TUNNEL_FACTS = {"entropy_mae": "entropy MAE (bits)", "kl": "KL to the exact posterior (bits)",
+                     "final_train_loss": "final training loss"}
+
+
 def reproduction_table() -> pd.DataFrame:
-    """Each stored induction run (trained on the bridge) beside its retraining on the lab's model."""
-    stored, retrained = results("induction"), results("toy_transformer")
+    """Each stored run that was retrained on the lab's model (`toy_transformer` runs named `reproduce-…`) beside
+    its retraining: the induction page's numbers for induction runs, the summary's for a wind tunnel."""
     rows = []
-    for label, entry in stored.entries.items():
-        again = retrained[f"reproduce-induction-{label}"]
-        before = induction_facts(entry.table("evals"), head_scores_over_training(entry))
-        after = induction_facts(again.table("evals"), again.table("head_scores"))
+    for again in results("toy_transformer").entries.values():
+        if again.config.part != "reproduce":
+            continue
+        experiment, _, label = again.config.source.split("/")
+        entry = results(experiment)[label]
+        if experiment == "induction":
+            before = induction_facts(entry.table("evals"), head_scores_over_training(entry))
+            after = induction_facts(again.table("evals"), again.table("head_scores"))
+        else:
+            before, after = ({title: float(run.summary[key]) for key, title in WIND_TUNNEL_FACTS.items()}
+                             for run in (entry, again))
         for measure, value in before.items():
-            rows.append({"run": label, "measure": measure, "TL bridge (stored)": value,
+            rows.append({"experiment": experiment, "run": label, "measure": measure, "TL bridge (stored)": value,
                          "lab model (retrained)": after[measure], "difference": after[measure] - value})
     return pd.DataFrame(rows)
 
