@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from scipy import stats
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import cross_val_score
-from transformer_lens.model_bridge import TransformerBridge
 
 from ..tasks.posterior_math import LN2
 from .heads import ablate_head_hook
@@ -66,7 +66,7 @@ def random_key_baseline(n: int, d_head: int, trials: int = 2000, seed: int = 0) 
 
 # --- what each layer attends to ----------------------------------------------------------------------------
 @torch.no_grad()
-def attention_and_qk(model: TransformerBridge, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+def attention_and_qk(model: nn.Module, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """patterns (L, B, H, T, T), q and k (L, B, T, H, d_head) from one forward pass."""
     names = ("attn.hook_pattern", "attn.hook_q", "attn.hook_k")
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(names))
@@ -131,7 +131,7 @@ def elimination_attention(patterns: torch.Tensor, n_pairs: int) -> pd.DataFrame:
 
 # --- the value manifold -------------------------------------------------------------------------------------
 @torch.no_grad()
-def final_representations(model: TransformerBridge, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def final_representations(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """The last residual stream after the final norm (what the unembedding reads), (B, P, d)."""
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == "ln_final.hook_normalized")
     return cache["ln_final.hook_normalized"][:, positions]
@@ -192,7 +192,7 @@ def ablation_hooks(head: tuple[int, int] | None = None, layer: int | None = None
 
 
 @torch.no_grad()
-def logits_with_hooks(model: TransformerBridge, tokens: torch.Tensor, hooks: list[tuple[str, Callable]],
+def logits_with_hooks(model: nn.Module, tokens: torch.Tensor, hooks: list[tuple[str, Callable]],
                       chunk: int = 500) -> torch.Tensor:
     """Logits (B, T, C) under the given hooks, in chunks to bound memory."""
     parts = [model.run_with_hooks(tokens[i:i + chunk], fwd_hooks=hooks) for i in range(0, len(tokens), chunk)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
-from transformer_lens.model_bridge import TransformerBridge
+from torch import nn
 
 from .capture import attention_patterns
 
@@ -54,7 +54,7 @@ def entropy_bits(patterns: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log2(p.clamp_min(1e-12))).sum(-1).mean(dim=(1, -1))
 
 
-def head_scores_table(model: TransformerBridge, tokens: torch.Tensor, half: int) -> pd.DataFrame:
+def head_scores_table(model: nn.Module, tokens: torch.Tensor, half: int) -> pd.DataFrame:
     """One row per head: layer, head, previous-token score, induction score."""
     patterns = attention_patterns(model, tokens)
     prev, ind = previous_token_scores(patterns), induction_scores(patterns, half)
@@ -88,7 +88,7 @@ def capture_hook(store: dict, key):
 
 
 @torch.no_grad()
-def patterns_with_head_ablated(model: TransformerBridge, tokens: torch.Tensor, layer: int, head: int) -> torch.Tensor:
+def patterns_with_head_ablated(model: nn.Module, tokens: torch.Tensor, layer: int, head: int) -> torch.Tensor:
     """Attention patterns (n_layers, B, H, T, T) when head (layer, head) writes nothing to the residual stream."""
     n_layers = model.cfg.n_layers
     captured: dict[int, torch.Tensor] = {}
