@@ -289,7 +289,7 @@ LEFT_OUT: dict[str, str] = {
     "benchmarks": "a benchmark (its step rates are used directly below)",
     "finetune_benchmark": "a benchmark (its step rates are used directly below)",
     "interp_benchmark": "a benchmark (its forward times are used directly below)",
-    "toy_transformer": "a benchmark, and retrainings of stored induction runs (modelled there)",
+    "toy_transformer": "a benchmark, and retrainings of stored induction and wind-tunnel runs (modelled there)",
     "site_render": "renders the website: Quarto and Pandoc, not tensors",
     "lr_sweep_corpus": "trains a tokenizer",
 }

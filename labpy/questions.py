@@ -486,7 +486,8 @@ def _question_block(q: Question, questions: dict[str, Question], outcomes: dict[
         out += ["", '::: {.callout-note appearance="simple" title="The lab cannot test this here"}',
                 f"**Why:** {q.untestable.why}", "", f"**What it would take:** {q.untestable.would_take}", ":::"]
     if q.evidence:
-        decided = [outcomes[(e.page, v)] for e in q.evidence for v in e.verdicts if (e.page, v) in outcomes]
+        cited = {(e.page, v) for e in q.evidence for v in e.verdicts}                  # each prediction once
+        decided = [outcomes[key] for key in sorted(cited) if key in outcomes]
         tally = (f" — its predictions: {decided.count('held')} held, {decided.count('failed')} failed"
                  if decided else "")
         out += ["", f"**Evidence**{tally}", ""]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from labpy.experiments.registry import results
+from labpy.experiments.toy_transformer_analysis import MODEL_CONFIG
 from labpy.models.toy import (ToyTransformerConfig, build_bridge_transformer, build_toy_transformer,
                               load_toy_transformer)
 
@@ -51,9 +52,14 @@ def test_same_function_and_activations_as_the_bridge(name):
     torch.testing.assert_close(logits, bridge_logits, rtol=0, atol=1e-5)
     shared = [k for k in cache.keys() if k in bridge_cache.keys()]
     assert set(cache.keys()) - set(shared) == set(), "every hook of ours has the bridge's name"
-    needed = [f"blocks.{l}.{name}" for l in range(config.n_layers)
-              for name in ("hook_resid_pre", "attn.hook_q", "attn.hook_pattern", "attn.hook_z", "hook_resid_post")]
-    assert set(needed) <= set(shared)
+    per_block = ["hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
+                 "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_post"]
+    per_block += [] if config.attn_only else ["hook_resid_mid", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out"]
+    per_block += [] if config.normalization is None else ["ln1.hook_scale", "ln1.hook_normalized", "ln1.hook_out"]
+    needed = ["hook_embed", "hook_pos_embed", "hook_unembed"] + [f"blocks.{l}.{n}" for l in range(config.n_layers)
+                                                                for n in per_block]
+    needed += [] if config.normalization is None else ["ln_final.hook_scale", "ln_final.hook_normalized"]
+    assert set(needed) <= set(shared), sorted(set(needed) - set(shared))
     for key in shared:
         if key.endswith("hook_attn_scores"):   # the bridge's hook holds the pattern; ours the masked scores
             torch.testing.assert_close(cache[key].softmax(-1), bridge_cache[key], rtol=0, atol=1e-5)
@@ -75,18 +81,36 @@ def test_weight_views_reproduce_the_hooked_activations():
     torch.testing.assert_close(writes, cache["blocks.1.hook_attn_out"], rtol=0, atol=1e-5)
 
 
-def test_a_hook_that_edits_the_pattern_or_scale_takes_effect():
+EDITS = {   # a hook per point the fused kernels skip, each changing what it sees
+    "blocks.0.attn.hook_attn_scores": lambda x, hook: x / 4,
+    "blocks.0.attn.hook_pattern": lambda x, hook: torch.tril(torch.ones_like(x)) / torch.tril(torch.ones_like(x)).sum(
+        -1, keepdim=True),
+    "blocks.0.ln1.hook_scale": lambda x, hook: 2 * x,
+    "blocks.0.ln1.hook_normalized": lambda x, hook: -x,
+}
+
+
+@pytest.mark.parametrize("norm", ["LN", "RMS"])
+@pytest.mark.parametrize("point", EDITS)
+def test_a_hook_that_edits_a_fused_point_takes_effect(point, norm):
     """Fused kernels run only while nobody listens: an editing hook must switch to the written-out path."""
-    config = ARCHITECTURES["attention-only LN"]
+    config = ToyTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_vocab=20, n_ctx=16, normalization=norm)
     model = build_toy_transformer(config, seed=3).eval()
     tokens = _tokens(config)
     plain = model(tokens)
-    uniform = lambda pattern, hook: torch.tril(torch.ones_like(pattern)) / torch.tril(torch.ones_like(pattern)).sum(-1, keepdim=True)
-    edited = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_pattern", uniform)])
+    edited = model.run_with_hooks(tokens, fwd_hooks=[(point, EDITS[point])])
     assert (edited - plain).abs().max() > 1e-3
-    doubled = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.ln1.hook_scale", lambda s, hook: 2 * s)])
-    assert (doubled - plain).abs().max() > 1e-3
     torch.testing.assert_close(model(tokens), plain)       # hooks removed: the fused path again, same answer
+
+
+def test_a_backward_hook_on_the_pattern_sees_its_gradient():
+    config = ARCHITECTURES["attention-only LN"]
+    model = build_toy_transformer(config, seed=4)
+    seen = []
+    model.add_hook("blocks.1.attn.hook_pattern", lambda grad, hook: seen.append(tuple(grad.shape)), dir="bwd")
+    model(_tokens(config)).sum().backward()
+    model.reset_hooks()
+    assert seen == [(3, config.n_heads, config.n_ctx, config.n_ctx)]
 
 
 def test_building_leaves_the_global_rng_alone():
@@ -107,8 +131,7 @@ def test_bad_normalization_names_the_value_and_the_choices():
 def test_stored_checkpoints_give_the_bridges_logits(experiment, label):
     """Runs stored before this model existed (trained on the bridge) read the same through it."""
     entry = results(experiment, scale="cpu")[label]                     # the committed store
-    config = entry.config
-    model_config = config.model_config() if hasattr(config, "model_config") else config.transformer_config()
+    model_config = getattr(entry.config, MODEL_CONFIG[experiment])()
     state = entry.step_checkpoint(entry.checkpoint_steps()[-1])
     bridge = build_bridge_transformer(model_config, seed=0).eval()
     bridge.load_state_dict(state)

@@ -155,7 +155,7 @@ def backup_row(m: DepthModel, effect: pd.DataFrame, tokens: torch.Tensor, masks:
                region: str = "repeat, unambiguous") -> dict:
     """Zero the model's main head (`main_head`) and compare its total effect with its direct one: the share of the
     direct effect the rest makes up (self-repair; negative when the rest amplifies the loss), and the head whose
-    own direct effect grows most with it gone (the backup head, if any)."""
+    own direct effect grows most with it gone (a backup head only if that growth is positive)."""
     main = main_head(effect, m.n_layers, region)
     head = effect[(effect.label == main) & (effect.region == region)].iloc[0]
     after = head_effects(m.model(), tokens, masks, ablated=(int(head.layer), int(head["head"])))

@@ -1,5 +1,6 @@
-"""What the benchmarks page computes about the toy transformer: the stored checkpoints read through it and through
-the TL bridge (logits compared), and the stored induction runs beside their retraining on it."""
+"""What the benchmarks page computes about the toy transformer: the last checkpoint of every stored toy-model run
+read through it and through the TL bridge (logits compared), and the stored runs retrained on it (induction,
+a wind tunnel) beside the originals."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformer_lens.model_bridge import TransformerBridge
+from torch import nn
 
 
 def is_pattern(name: str) -> bool:
@@ -15,7 +15,7 @@ def is_residual(name: str) -> bool:
 
 
 @torch.no_grad()
-def capture(model: TransformerBridge, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def capture(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run once; return logits (B, T, V), attention patterns (n_layers, B, n_heads, T, T) and the residual
     stream before each layer and after the last, (n_layers + 1, B, T, d_model)."""
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: is_pattern(n) or is_residual(n))
@@ -27,6 +27,6 @@ def capture(model: TransformerBridge, tokens: torch.Tensor) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def attention_patterns(model: TransformerBridge, tokens: torch.Tensor) -> torch.Tensor:
+def attention_patterns(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Attention patterns only: (n_layers, B, n_heads, T_query, T_key)."""
     return capture(model, tokens)[1]

@@ -2,11 +2,14 @@
 TransformerLens `HookPoint` at every activation.
 
 Why our own: TransformerLens 4's `TransformerBridge`, built natively, routes every operation through generic
-wrapper modules and costs about twice a plain PyTorch step, which every toy experiment pays. This file computes
-the same function with the bridge's parameter names (`blocks.0.attn.q.weight`, ...) and its classic hook names
-(`blocks.0.attn.hook_pattern`, `blocks.1.hook_resid_post`, ..., with the shapes TransformerLens gives them), so stored checkpoints load unchanged and
-`run_with_cache`, `run_with_hooks` and `labpy.interp` work as before. `build_bridge_transformer` keeps the
-bridge as the independent reference the tests compare against (tests/test_toy_transformer.py).
+wrapper modules and costs up to twice a plain PyTorch step (experiments/benchmarks.qmd), which every toy
+experiment pays. This file computes the same function with the bridge's parameter names
+(`blocks.0.attn.q.weight`, ...) and its classic hook names and shapes (`blocks.0.attn.hook_pattern`,
+`blocks.1.hook_resid_post`, ...), so stored checkpoints load unchanged and `run_with_cache`, `run_with_hooks`
+and `labpy.interp` work as before. Differences from the bridge: `hook_attn_scores` holds the masked scores
+before the softmax (the bridge's holds the pattern); the norms have no `hook_in`, and with `normalization=None`
+no hooks at all; there are no `W_in`/`W_out` views of the MLP. `build_bridge_transformer` keeps the bridge as
+the independent reference the tests compare against (tests/test_toy_transformer.py).
 
 Shapes: B batch, T positions, d d_model, H heads, h d_head, m d_mlp, V vocabulary (V_out: output classes).
 """
@@ -77,9 +80,15 @@ class Norm(nn.Module):
 
 
 def listened(*points: HookPoint) -> bool:
-    """Whether any hook (forward or backward, e.g. from `run_with_cache` or `run_with_hooks`) is on these points:
-    when none is, the model may compute what they would see in a fused kernel that never materialises it."""
-    return any(p._forward_hooks or p._backward_hooks or p._forward_pre_hooks for p in points)
+    """Whether any hook could see these points: one of their own (forward, backward, either kind of pre-hook, as
+    `run_with_cache`, `run_with_hooks` and TL's `add_hook` register them) or a global module hook. When none
+    could, the model may compute what they would see in a fused kernel that never materialises it."""
+    from torch.nn.modules import module as torch_module
+
+    if (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
+            or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks):
+        return True
+    return any(p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks for p in points)
 
 
 def make_norm(config: ToyTransformerConfig) -> nn.Module:
@@ -185,7 +194,7 @@ class ToyTransformer(HookedRootModule):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:                # (B, T) ids -> (B, T, V_out) logits
         B, T = tokens.shape
-        positions = self.pos_embed(torch.arange(T, device=tokens.device)).expand(B, T, -1)    # (B, T, d), a view
+        positions = self.pos_embed(torch.arange(T, device=tokens.device)).expand(B, T, -1).contiguous()   # (B, T, d)
         resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(positions)
         for block in self.blocks:
             resid = block(resid)
@@ -282,5 +291,6 @@ def build_bridge_transformer(config: ToyTransformerConfig, seed: int):
         act_fn=None if config.attn_only else "gelu", normalization_type=config.normalization,
         d_vocab_out=config.n_outputs, seed=seed, **mlp,
     )
-    torch.manual_seed(seed)
-    return TransformerBridge.boot_native(bridge_config)
+    with torch.random.fork_rng(devices=[]):   # the bridge draws its weights from the global RNG: seed it, then restore
+        torch.manual_seed(seed)
+        return TransformerBridge.boot_native(bridge_config)
