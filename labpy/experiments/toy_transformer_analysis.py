@@ -30,9 +30,10 @@ def checkpoint_agreement(batch: int = 16) -> pd.DataFrame:
             bridge = build_bridge_transformer(config, seed=0).eval()
             bridge.load_state_dict(state)
             tokens = torch.randint(0, config.d_vocab, (batch, config.n_ctx), generator=step_generator(0, 0))
-            diff = (load_toy_transformer(config, state)(tokens) - bridge(tokens)).abs().max().item()
+            reference = bridge(tokens)                                                  # (B, T, V_out)
+            diff = (load_toy_transformer(config, state)(tokens) - reference).abs().max().item()
             rows.append({"experiment": experiment, "run": label, "parameters": sum(v.numel() for v in state.values()),
-                         "max |logit difference|": diff})
+                         "max |logit difference|": diff, "max |logit|": reference.abs().max().item()})
     return pd.DataFrame(rows)
 
 
