@@ -216,15 +216,19 @@ register(Experiment(
                       "reproduce-induction-one_layer": ToyTransformerBenchConfig(
                           part="reproduce", source="induction/smoke/one_layer"),
                       "reproduce-wind_tunnels-bijection-transformer-s0": ToyTransformerBenchConfig(
-                          part="reproduce", source="wind_tunnels/smoke/bijection-transformer-s0")},
+                          part="reproduce", source="wind_tunnels/smoke/bijection-transformer-s0"),
+                      "reproduce-wind_tunnel_targets-bijection-soft-s0": ToyTransformerBenchConfig(
+                          part="reproduce", source="wind_tunnel_targets/smoke/bijection-soft-s0")},
             "cpu": {"speed": ToyTransformerBenchConfig(),
                     "reproduce-induction-two_layer": ToyTransformerBenchConfig(
                         part="reproduce", source="induction/cpu/two_layer"),
                     "reproduce-induction-one_layer": ToyTransformerBenchConfig(
                         part="reproduce", source="induction/cpu/one_layer"),
                     "reproduce-wind_tunnels-bijection-transformer-s0": ToyTransformerBenchConfig(
-                        part="reproduce", source="wind_tunnels/cpu/bijection-transformer-s0")}},
+                        part="reproduce", source="wind_tunnels/cpu/bijection-transformer-s0"),
+                    "reproduce-wind_tunnel_targets-bijection-soft-s0": ToyTransformerBenchConfig(
+                        part="reproduce", source="wind_tunnel_targets/cpu/bijection-soft-s0")}},
     run=run,
-    description=f"Training-step time ratios side by side (target <= {TARGET}x plain PyTorch); induction runs and a "
-                "wind tunnel retrained on the lab's model.",
+    description=f"Training-step time ratios side by side (target <= {TARGET}x plain PyTorch); induction runs and "
+                "wind tunnels (hard and soft targets) retrained on the lab's model.",
 ))

@@ -56,7 +56,8 @@ WIND_TUNNEL_FACTS = {"entropy_mae": "entropy MAE (bits)", "kl": "KL to the exact
 
 def reproduction_table() -> pd.DataFrame:
     """Each stored run that was retrained on the lab's model (`toy_transformer` runs named `reproduce-…`) beside
-    its retraining: the induction page's numbers for induction runs, the summary's for a wind tunnel."""
+    its retraining: the induction page's numbers for induction runs, the summary's for a wind tunnel (hard or soft
+    targets)."""
     rows = []
     for again in results("toy_transformer").entries.values():
         if again.config.part != "reproduce":
