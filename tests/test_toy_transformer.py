@@ -10,7 +10,7 @@ import torch
 from labpy.experiments.registry import results
 from labpy.experiments.toy_transformer_analysis import MODEL_CONFIG
 from labpy.models.toy import (ToyTransformerConfig, build_bridge_transformer, build_toy_transformer,
-                              load_toy_transformer)
+                              load_bridge_transformer, load_toy_transformer)
 
 ARCHITECTURES = {
     "attention-only LN": ToyTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_vocab=20, n_ctx=16),
@@ -133,7 +133,6 @@ def test_stored_checkpoints_give_the_bridges_logits(experiment, label):
     entry = results(experiment, scale="cpu")[label]                     # the committed store
     model_config = getattr(entry.config, MODEL_CONFIG[experiment])()
     state = entry.step_checkpoint(entry.checkpoint_steps()[-1])
-    bridge = build_bridge_transformer(model_config, seed=0).eval()
-    bridge.load_state_dict(state)
     tokens = _tokens(model_config, batch=8)
-    torch.testing.assert_close(load_toy_transformer(model_config, state)(tokens), bridge(tokens), rtol=0, atol=1e-5)
+    torch.testing.assert_close(load_toy_transformer(model_config, state)(tokens),
+                               load_bridge_transformer(model_config, state)(tokens), rtol=0, atol=1e-5)

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from ..interp.heads import ablate_head_hook, capture_hook, head_scores_table
-from ..models.toy import load_toy_transformer
 from ..store import RunEntry
 from ..tasks.repeated_tokens import sample
 from ..train import step_generator
 from .induction import EVAL_SEED, next_token_losses, score_tokens
+from .induction_analysis import load_model
 from .registry import StoredRuns
 
 REGIONS = ("first copy", "repeat, unambiguous", "repeat, ambiguous")
@@ -38,9 +38,7 @@ class DepthModel:
     entry: RunEntry
 
     def model(self, step: int | None = None):
-        config = self.entry.config
-        step = self.entry.checkpoint_steps()[-1] if step is None else step
-        return load_toy_transformer(config.model_config(), self.entry.step_checkpoint(step))
+        return load_model(self.entry, step)
 
 
 def depth_models(depth: StoredRuns, induction: StoredRuns, longer: bool = False) -> list[DepthModel]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from ..models.toy import build_bridge_transformer, load_toy_transformer
+from ..models.toy import load_bridge_transformer, load_toy_transformer
 from ..train import step_generator
 from .induction_analysis import head_scores_over_training, head_summary, phase_change
 from .registry import results
@@ -27,10 +27,8 @@ def checkpoint_agreement(batch: int = 16) -> pd.DataFrame:
                 continue
             config = getattr(entry.config, MODEL_CONFIG[experiment])()
             state = entry.step_checkpoint(entry.checkpoint_steps()[-1])
-            bridge = build_bridge_transformer(config, seed=0).eval()
-            bridge.load_state_dict(state)
             tokens = torch.randint(0, config.d_vocab, (batch, config.n_ctx), generator=step_generator(0, 0))
-            reference = bridge(tokens)                                                  # (B, T, V_out)
+            reference = load_bridge_transformer(config, state)(tokens)                 # (B, T, V_out)
             diff = (load_toy_transformer(config, state)(tokens) - reference).abs().max().item()
             rows.append({"experiment": experiment, "run": label, "parameters": sum(v.numel() for v in state.values()),
                          "max |logit difference|": diff, "max |logit|": reference.abs().max().item()})

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as torch_module
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
@@ -83,8 +84,6 @@ def listened(*points: HookPoint) -> bool:
     """Whether any hook could see these points: one of their own (forward, backward, either kind of pre-hook, as
     `run_with_cache`, `run_with_hooks` and TL's `add_hook` register them) or a global module hook. When none
     could, the model may compute what they would see in a fused kernel that never materialises it."""
-    from torch.nn.modules import module as torch_module
-
     if (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks
             or torch_module._global_backward_hooks or torch_module._global_backward_pre_hooks):
         return True
@@ -294,3 +293,11 @@ def build_bridge_transformer(config: ToyTransformerConfig, seed: int):
     with torch.random.fork_rng(devices=[]):   # the bridge draws its weights from the global RNG: seed it, then restore
         torch.manual_seed(seed)
         return TransformerBridge.boot_native(bridge_config)
+
+
+def load_bridge_transformer(config: ToyTransformerConfig, state: Mapping[str, torch.Tensor]):
+    """A stored model read through the TL bridge, in eval mode: the reference `load_toy_transformer` is checked against."""
+    model = build_bridge_transformer(config, seed=0)
+    model.load_state_dict(dict(state))
+    model.eval()
+    return model
