@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -172,6 +173,15 @@ def _lab_lm(entry, bases):
                     _training_memory(arch, c.batch_size, c.seq_len), "evaluations not counted")
 
 
+def _attention_formation(entry, bases):
+    """The lab LM's training, replayed (its head scoring at ~40 steps is a few forward passes: not counted)."""
+    c, arch = SimpleNamespace(**entry.summary["lab_lm_config"]), arch_from_hf(entry.summary["hf_config"])
+    tokens = c.steps * c.batch_size * c.seq_len
+    return Workload("attention_formation", entry.label, "lab LM (Qwen2, 1.1 M parameters)", "training", c.steps,
+                    tokens, step_flops(Compute.from_arch(arch), tokens, c.seq_len),
+                    _training_memory(arch, c.batch_size, c.seq_len), "head scoring not counted")
+
+
 def _lr_sweep(entry, bases):
     c = entry.config
     arch = Arch(hidden=c.hidden_size, layers=c.n_layers, heads=c.n_heads, kv_heads=c.n_kv_heads,
@@ -273,7 +283,7 @@ MODELLERS: dict[str, Callable[[Any, Mapping[str, Arch]], Workload | None]] = {
     "lab_lm": _lab_lm, "lr_sweep": _lr_sweep, "lora_rank": _finetune, "forgetting": _finetune, "qlora": _finetune,
     "batch_lr": _finetune, "induction": _induction, "wind_tunnels": _wind_tunnels,
     "attention_depth": _induction, "wind_tunnel_targets": _wind_tunnels,
-    "attention_atlas": _attention_atlas,
+    "attention_atlas": _attention_atlas, "attention_formation": _attention_formation,
 }
 
 # Why the rest are left out of the FLOP model (their wall time is still listed).

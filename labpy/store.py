@@ -86,6 +86,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a state dict as the store keeps it (floats in fp16, names sorted): two runs that trained the
+    same weights have the same digest, whether or not either stored its checkpoint."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(_storable(state, half=True).items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def csv_rows(path: Path) -> int | None:
     """Data rows of a stored table, or None when it no longer parses (a truncated or garbled file)."""
     try:

@@ -64,3 +64,29 @@ def test_atlas_smoke_run_scores_every_head_on_every_kind(tmp_store):
     assert patterns.shape[:2] == (n_layers, n_heads)
     assert torch.allclose(patterns.sum(-1), torch.ones(patterns.shape[:-1]), atol=5e-3)   # fp16 rows sum to 1
     assert len(entry.summary["explorer_tokens"]["code"]) == patterns.shape[-1]
+
+
+def test_formation_replays_the_lab_lm_bit_for_bit_and_scores_every_step(tmp_store):
+    """The replay's final weights have the stored lab LM's digest; its step-0 scores come from the untrained
+    model (near-uniform attention), and a changed weight changes the digest."""
+    from labpy import results
+    from labpy.experiments.attention_formation import replayed_config
+    from labpy.store import state_digest
+
+    replay = results("attention_formation", "smoke")["replay"]
+    stored = results("lab_lm", "smoke")["base"]
+    state = stored.checkpoint("final", torch.float16)
+    assert replay.summary["final_fp16_digest"] == state_digest(state)
+    state["model.norm.weight"][0] += 1
+    assert state_digest(state) != replay.summary["final_fp16_digest"]
+
+    lm = replayed_config(replay.config)
+    heads, icl = replay.table("heads"), replay.table("in_context")
+    steps = sorted(set(heads.step))
+    assert steps[0] == 0 and steps[-1] == lm.steps and steps == sorted(set(icl.step))
+    assert len(heads) == len(steps) * lm.n_layers * lm.n_heads
+    start = heads[heads.step == 0]
+    t = replay.config.seq_len
+    uniform_entropy = sum(math.log2(k + 1) for k in range(1, t)) / (t - 1)    # every query spreads evenly
+    assert (start.entropy_bits - uniform_entropy).abs().max() < 0.05
+    assert heads[["previous_token", "first_token", "induction", "duplicate_token"]].stack().between(0, 1).all()

@@ -137,6 +137,19 @@ def embedding_row_stats(embedding_name: str, steps: tuple[int, ...]):
     return stats
 
 
+def train_spec(config: LabLMConfig) -> TrainSpec:
+    """The training schedule. Shared with `attention_formation`, which retrains this model step for step."""
+    return TrainSpec(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps, schedule=config.schedule,
+                     weight_decay=config.weight_decay, eval_every=config.eval_every, seed=config.seed,
+                     measure_steps=tuple(sorted({*config.early_steps, *config.token_stats_steps})),
+                     resume_every=min(250, max(10, config.steps // 5)))
+
+
+def train_batches(config: LabLMConfig, corpus: Corpus):
+    """`batch_fn(step)`: (batch_size, seq_len + 1) training windows, a pure function of the step."""
+    return lm_batch_fn(corpus.train, config.batch_size, config.seq_len, config.seed)
+
+
 def run(config: LabLMConfig, ctx: RunContext) -> RunResult:
     corpus = build_corpus(config)
     tokens = token_table(corpus)
@@ -167,13 +180,9 @@ def run(config: LabLMConfig, ctx: RunContext) -> RunResult:
         return out
 
     stats_fn = embedding_row_stats("model.embed_tokens.weight", config.token_stats_steps)
-    spec = TrainSpec(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps, schedule=config.schedule,
-                     weight_decay=config.weight_decay, eval_every=config.eval_every, seed=config.seed,
-                     measure_steps=tuple(sorted({*config.early_steps, *config.token_stats_steps})),
-                     resume_every=min(250, max(10, config.steps // 5)))
-    batch_fn = lm_batch_fn(corpus.train, config.batch_size, config.seq_len, config.seed)
-    log = train(model, batch_fn, lm_loss, spec, eval_fn=eval_fn, work_dir=ctx.work_dir, progress=ctx.progress,
-                desc=f"lab_lm {ctx.label}", param_stats=True, stats_fn=stats_fn, device=device)
+    log = train(model, train_batches(config, corpus), lm_loss, train_spec(config), eval_fn=eval_fn,
+                work_dir=ctx.work_dir, progress=ctx.progress, desc=f"lab_lm {ctx.label}", param_stats=True,
+                stats_fn=stats_fn, device=device)
 
     v = config.vocab_size
     final = log.evals.iloc[-1]
