@@ -290,6 +290,7 @@ MODELLERS: dict[str, Callable[[Any, Mapping[str, Arch]], Workload | None]] = {
 LEFT_OUT: dict[str, str] = {
     "activation_patching": "hundreds of patched forward passes whose number depends on the sweep, not the config",
     "residual_stream": "per-component ablations and writes; the forward count depends on the analysis",
+    "ffn_neurons": "a few forward passes and knockout reruns; the time goes to scikit-learn probes",
     "tuned_lens": "the time goes to the unembedding of captured streams (KL to the final distribution), not to "
                   "forward passes of the model",
     "probes": "the time goes to fitting scikit-learn probes with control tasks, not to the model",
