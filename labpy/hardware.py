@@ -289,6 +289,8 @@ MODELLERS: dict[str, Callable[[Any, Mapping[str, Arch]], Workload | None]] = {
 # Why the rest are left out of the FLOP model (their wall time is still listed).
 LEFT_OUT: dict[str, str] = {
     "activation_patching": "hundreds of patched forward passes whose number depends on the sweep, not the config",
+    "component_patching": "patched forward passes only where the clean and corrupted runs differ: a result, not "
+                          "a config",
     "residual_stream": "per-component ablations and writes; the forward count depends on the analysis",
     "ffn_neurons": "a few forward passes and knockout reruns; the time goes to scikit-learn probes",
     "tuned_lens": "the time goes to the unembedding of captured streams (KL to the final distribution), not to "
