@@ -22,8 +22,8 @@ def formation_curves(heads: pd.DataFrame) -> pd.DataFrame:
     for step, at in heads.groupby("step"):
         prev, ind = at.loc[at.previous_token.idxmax()], at.loc[at.induction.idxmax()]
         rows.append({"step": step, "best_previous_token": prev.previous_token,
-                     "best_previous_head": head_label(prev.layer, prev["head"]),
-                     "best_induction": ind.induction, "best_induction_head": head_label(ind.layer, ind["head"]),
+                     "best_previous_head": head_label(int(prev.layer), int(prev["head"])),
+                     "best_induction": ind.induction, "best_induction_head": head_label(int(ind.layer), int(ind["head"])),
                      "mean_entropy_bits": at.entropy_bits.mean(), "mean_first_token": at.first_token.mean()})
     return pd.DataFrame(rows)
 
