@@ -227,7 +227,11 @@ register(Experiment(
                     "reproduce-wind_tunnels-bijection-transformer-s0": ToyTransformerBenchConfig(
                         part="reproduce", source="wind_tunnels/cpu/bijection-transformer-s0"),
                     "reproduce-wind_tunnel_targets-bijection-soft-s0": ToyTransformerBenchConfig(
-                        part="reproduce", source="wind_tunnel_targets/cpu/bijection-soft-s0")}},
+                        part="reproduce", source="wind_tunnel_targets/cpu/bijection-soft-s0"),
+                    "reproduce-wind_tunnel_targets-bijection-v20-hard-s0": ToyTransformerBenchConfig(
+                        part="reproduce", source="wind_tunnel_targets/cpu/bijection-v20-hard-s0"),
+                    "reproduce-wind_tunnel_targets-bijection-v20-soft-s0": ToyTransformerBenchConfig(
+                        part="reproduce", source="wind_tunnel_targets/cpu/bijection-v20-soft-s0")}},
     run=run,
     description=f"Training-step time ratios side by side (target <= {TARGET}x plain PyTorch); induction runs and "
                 "wind tunnels (hard and soft targets) retrained on the lab's model.",
