@@ -3,7 +3,8 @@ answer appears in it.
 
 Run (one entry per model, SmolLM2-135M and the lab LM) over windows of prose and Python source:
 - the residual stream's norm entering each block and leaving the last (position 0 apart: the first token's
-  stream grows far larger in models with an attention sink);
+  stream grows far larger in models with an attention sink), its variance across tokens, and how much of that
+  variance lies along one direction;
 - what attention and the MLP write at each block, by norm and by **direct logit attribution** to the correct
   next token — the write's projection on the token's unembedding direction, centred over the vocabulary,
   through the final RMSNorm with its scale frozen at the final stream's (exact: the components sum to the
@@ -76,8 +77,17 @@ def layer_table(model, tokens: torch.Tensor) -> pd.DataFrame:
     def norm(x: torch.Tensor) -> torch.Tensor:
         return x[:, 1:].norm(dim=-1).mean()
 
+    def spread(x: torch.Tensor) -> dict[str, float]:
+        """Variance of the stream across tokens (positions 1..): total, per dimension, and the share of the total
+        along its top principal direction (1 / d if isotropic, near 1 if one direction dominates)."""
+        flat = x[:, 1:].reshape(-1, x.shape[-1]).double()                                    # (N, d)
+        eigenvalues = torch.linalg.eigvalsh(torch.cov(flat.T))                                # (d,) ascending
+        total = eigenvalues.sum()
+        return {"resid_var": float(total / x.shape[-1]), "resid_top_pc_share": float(eigenvalues[-1] / total)}
+
     final_logp = F.log_softmax(logits[:, 1:], -1)                                             # (B, T-1, V)
     rows = [{"layer": -1, "component": "embedding", "resid_norm": float(norm(c["hook_embed"])),
+             **spread(c["hook_embed"]),
              "resid_norm_first": float(c["hook_embed"][:, 0].norm(dim=-1).mean()),
              "dla": float(dla(c["hook_embed"])[:, 1:].mean())}]
     for layer in range(n_layers):
@@ -86,7 +96,7 @@ def layer_table(model, tokens: torch.Tensor) -> pd.DataFrame:
         lens = F.log_softmax(model.lm_head(model.model.norm(post[:, 1:])), -1)                # (B, T-1, V)
         rows.append({
             "layer": layer, "component": "block",
-            "resid_norm": float(norm(post)), "resid_norm_first": float(post[:, 0].norm(dim=-1).mean()),
+            "resid_norm": float(norm(post)), "resid_norm_first": float(post[:, 0].norm(dim=-1).mean()), **spread(post),
             "attn_norm": float(norm(c[p + "hook_attn_out"])), "mlp_norm": float(norm(c[p + "hook_mlp_out"])),
             "attn_dla": float(dla(c[p + "hook_attn_out"])[:, 1:].mean()),
             "mlp_dla": float(dla(c[p + "hook_mlp_out"])[:, 1:].mean()),
@@ -114,7 +124,7 @@ register(Experiment(
     title="The residual stream of a real LM: its size, who writes to it, and when the answer appears",
     track="Representations",
     page="experiments/residual-stream.qmd",
-    version=1,
+    version=2,                         # 2: the stream's variance and its top principal direction's share
     config_type=ResidualConfig,
     scales={"smoke": {"lab-lm": ResidualConfig(model="lab-lm:smoke", n_windows=2, seq_len=12)},
             "cpu": {"smollm2": ResidualConfig(model="smollm2-135m"), "lab-lm": ResidualConfig(model="lab-lm")}},
