@@ -55,3 +55,27 @@ def test_smoke_run_tables(tmp_store):
     assert scope.groupby(["layer", "role"]).activation.apply(lambda a: a.is_monotonic_decreasing).all()
     values = entry.table("values")
     assert (values.same_token_cos <= 1 + 1e-6).all() and values[["values_accuracy", "majority"]].stack().between(0, 1).all()
+
+
+def test_neuroscope_entries_are_the_neurons_largest_activations(tmp_store):
+    """Each Neuroscope row's activation and token are read back from a fresh capture of the same windows: the top
+    row is the neuron's largest activation over both kinds of text, at the token shown."""
+    from labpy import results
+    from labpy.tasks.source_code import prose_and_code_windows
+
+    entry = results("ffn_neurons", "smoke")["lab-lm"]
+    model, tokenizer = load_lm(entry.config.model)
+    texts = prose_and_code_windows(tokenizer, entry.config.n_windows, entry.config.seq_len + 1)
+    scope = entry.table("neuroscope")
+    for (layer, neuron), rows in scope.groupby(["layer", "neuron"]):
+        acts, tokens = [], []
+        for kind in ("prose", "code"):
+            inputs = texts[kind][:, :-1]
+            with torch.no_grad():
+                _, cache = run_with_cache(model, inputs, [f"blocks.{layer}.mlp.hook_post"])
+            acts.append(cache[f"blocks.{layer}.mlp.hook_post"][:, 1:, neuron].reshape(-1))
+            tokens.append(inputs[:, 1:].reshape(-1))
+        act, ids = torch.cat(acts), torch.cat(tokens)
+        top = rows.sort_values("rank").iloc[0]
+        assert abs(top.activation - act.max().item()) < 1e-5
+        assert top.token == tokenizer.decode([int(ids[act.argmax()])])

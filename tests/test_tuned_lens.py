@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from labpy.experiments.tuned_lens import kl_to_final, lensed_layers, least_squares
+from labpy.models.lm import load_lm
 
 
 def test_least_squares_matches_sklearn_ridge():
@@ -48,3 +49,23 @@ def test_smoke_run_scores_three_lenses_and_the_model_reads_itself(tmp_store):
     assert (lenses.kl >= -1e-6).all() and lenses.top1.between(0, 1).all()
     assert sorted(set(training.step)) == list(range(1, entry.config.steps + 1))
     assert set(training.layer) == set(layers)
+    lstsq = lenses[lenses.lens == "least squares"].set_index(["layer", "kind"]).kl
+    tuned = lenses[lenses.lens == "tuned lens"].set_index(["layer", "kind"]).kl
+    assert (lstsq != tuned).all()                                      # the KL steps moved the translators
+
+
+def test_the_model_row_is_the_models_own_next_token_loss(tmp_store):
+    """The "model" row's cross-entropy is SmolLM2's (here the smoke LM's) own loss on the eval windows, position 0
+    left out: the lens machinery reads the model exactly at the last block."""
+    from labpy import results
+    from labpy.experiments.residual_stream import ResidualConfig, windows
+
+    entry = results("tuned_lens", "smoke")["lab-lm"]
+    c = entry.config
+    model, tokenizer = load_lm(c.model)
+    tokens = windows(tokenizer, ResidualConfig(c.model, c.eval_windows, c.eval_seq_len))["prose"]
+    with torch.no_grad():
+        logits = model(tokens[:, :-1]).logits[:, 1:]                    # (B, T-1, V): predictions of tokens 2..
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 2:].reshape(-1)).item()
+    row = entry.table("lenses").query("lens == 'model' and kind == 'prose'").iloc[0]
+    assert abs(row.ce - loss) < 1e-4

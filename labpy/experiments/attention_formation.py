@@ -1,11 +1,12 @@
 """When do the lab LM's attention heads take their roles? Its training, replayed with the heads scored as it goes.
 
-Run: retrain the lab LM exactly as `lab_lm` trained it (same config, seed, batches and schedule; the training
-loop is deterministic on the CPU), and at every measured step score every head the way the attention-heads page
+Run: retrain the lab LM as `lab_lm` trained it (same config, seed, batches and schedule, through the same
+`train_spec` and `train_batches`), and at every measured step score every head the way the attention-heads page
 scores the final model (`attention_atlas`): previous-token, first-token, local-window and entropy on prose;
 induction and duplicate-token on repeated random tokens. It also measures in-context learning on those repeats:
 the loss on the second copy against the first. No intermediate weights are stored — the scores are what the
-page needs — but the final weights' digest is, so the page can check this replay is the stored model.
+page needs — but the final weights' digest is, so the page can check whether the replay landed on the stored
+model's weights (in one environment the loop is deterministic; across library versions it need not be).
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def run(config: FormationConfig, ctx: RunContext) -> RunResult:
     repeats = repeated_random_tokens(config.n_windows, half, vocab - 100, step_generator(config.seed, 0)) + 100
     prose, repeats = to_device(prose, device), to_device(repeats, device)
     kv = kv_head_of(model)
-    # A twin with eager attention reads the patterns, so the trained model keeps its own attention kernel (and
-    # with it, bit for bit, the stored run's arithmetic).
+    # A twin with eager attention reads the patterns, so the trained model keeps its own attention kernel and
+    # with it the stored run's arithmetic.
     twin = copy.deepcopy(model).eval()
     twin.set_attn_implementation("eager")
 

@@ -79,7 +79,8 @@ def layer_table(model, tokens: torch.Tensor) -> pd.DataFrame:
 
     def spread(x: torch.Tensor) -> dict[str, float]:
         """Variance of the stream across tokens (positions 1..): total, per dimension, and the share of the total
-        along its top principal direction (1 / d if isotropic, near 1 if one direction dominates)."""
+        along its top principal direction (small if the variance spreads over many directions, near 1 if one
+        dominates)."""
         flat = x[:, 1:].reshape(-1, x.shape[-1]).double()                                    # (N, d)
         eigenvalues = torch.linalg.eigvalsh(torch.cov(flat.T))                                # (d,) ascending
         total = eigenvalues.sum()
