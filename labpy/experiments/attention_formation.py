@@ -27,13 +27,11 @@ from ..store import RunResult, state_digest
 from ..tasks.repeated_tokens import repeated_random_tokens
 from ..tasks.source_code import prose_and_code_windows
 from ..train import step_generator, train
-from ..validation import Rule, check_ranges, one_of
-from .attention_atlas import patterns_of
+from ..validation import check_ranges, one_of
+from .attention_atlas import EVEN_AT_LEAST_8, patterns_of
 from .lab_lm import LabLMConfig, build_corpus, train_batches, train_spec
 from .registry import Experiment, RunContext, get_experiment, register
 
-EVEN_AT_LEAST_8 = Rule("an even integer >= 8 (repeated tokens need two equal halves)",
-                       lambda v: isinstance(v, int) and v >= 8 and v % 2 == 0, "N")
 PROSE_SCORES = ("previous_token", "first_token", "local_window", "entropy_bits")
 REPEAT_SCORES = ("induction", "duplicate_token")
 

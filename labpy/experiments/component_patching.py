@@ -11,8 +11,6 @@ model is causal), so the run verifies they are equal and records 0 there without
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -21,25 +19,11 @@ from ..interp.hf_hooks import HookInfo, run_with_cache, run_with_hooks
 from ..interp.patching import logit_diff
 from ..models.lm import load_lm
 from ..store import RunResult
-from ..tasks.ioi import TEMPLATES, WORDS, ioi_pairs
-from ..validation import check_ranges, one_of
+from ..tasks.ioi import ioi_pairs
+from .activation_patching import PatchingConfig           # the same prompts, so the same config
 from .registry import Experiment, RunContext, register
 
-MODELS = ("smollm2-135m", "lab-lm:smoke")
 COMPONENTS = {"attention": "hook_attn_out", "MLP": "hook_mlp_out"}
-
-
-@dataclass(frozen=True)
-class ComponentPatchingConfig:
-    model: str = "smollm2-135m"
-    template: str = "store"
-    words: str = "names"
-    n_pairs: int = 8
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_ranges(self, positive_int=("n_pairs",), nonneg_int=("seed",),
-                     rules={"model": one_of(*MODELS), "template": one_of(*TEMPLATES), "words": one_of(*WORDS)})
 
 
 def patch_at(source: torch.Tensor, position: int):
@@ -57,7 +41,7 @@ def last_logit_diff(model, tokens: torch.Tensor, pairs, hooks=()) -> torch.Tenso
     return logit_diff(run_with_hooks(model, tokens, list(hooks))[:, -1], pairs.io, pairs.s)
 
 
-def run(config: ComponentPatchingConfig, ctx: RunContext) -> RunResult:
+def run(config: PatchingConfig, ctx: RunContext) -> RunResult:
     torch.manual_seed(config.seed)
     model, tokenizer = load_lm(config.model)
     pairs = ioi_pairs(tokenizer, config.template, config.words, config.n_pairs)
@@ -103,9 +87,9 @@ register(Experiment(
     track="Attention & circuits",
     page="experiments/activation-patching.qmd",
     version=1,
-    config_type=ComponentPatchingConfig,
-    scales={"smoke": {"lab-lm": ComponentPatchingConfig(model="lab-lm:smoke", words="python words", n_pairs=2)},
-            "cpu": {"smollm2": ComponentPatchingConfig()}},
+    config_type=PatchingConfig,
+    scales={"smoke": {"lab-lm": PatchingConfig(model="lab-lm:smoke", words="python words", n_pairs=2)},
+            "cpu": {"smollm2": PatchingConfig()}},
     run=run,
     description="Every block's attention and MLP output at every position patched clean↔corrupted (denoising and "
                 "noising) on SmolLM2-135M's indirect-object prompts.",
