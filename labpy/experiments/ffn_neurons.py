@@ -149,79 +149,93 @@ def value_rows(values: np.ndarray, ids: np.ndarray, classes: np.ndarray, train: 
     return row
 
 
-def run(config: NeuronConfig, ctx: RunContext) -> RunResult:
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_lm(config.model)
+@dataclass
+class Captures:
+    """What one forward pass per kind of text leaves behind, positions 1.. flattened to rows: (N_kind, width)."""
+    texts: dict[str, torch.Tensor]                      # {kind: (B, T + 1)} windows
+    gates: list[dict]                                   # gate statistics, every layer and kind
+    posts: dict[tuple[str, int], torch.Tensor]          # neurons' activations, (kind, layer) -> (N, f)
+    values: dict[tuple[str, int], torch.Tensor]         # v_proj outputs -> (N, kv_heads * head_dim)
+    resid: dict[tuple[str, int], torch.Tensor]          # the stream entering the block -> (N, d)
+    losses: dict[str, torch.Tensor]                     # next-token losses, kind -> (N,)
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, width) -> (B * (T - 1), width): position 0 (the attention sink) left out."""
+    return x[:, 1:].reshape(-1, x.shape[-1])
+
+
+def capture(model, texts: dict[str, torch.Tensor], layers: list[int]) -> Captures:
     n_layers = model.config.num_hidden_layers
-    layers = [layer for layer in config.layers if layer < n_layers]
-    texts = prose_and_code_windows(tokenizer, config.n_windows, config.seq_len + 1)     # {kind: (B, T + 1)}
-    gates, posts, values, resid, losses = [], {}, {}, {}, {}
-    names = {f"blocks.{l}.mlp.hook_pre" for l in range(n_layers)} | {f"blocks.{l}.mlp.hook_post" for l in layers} \
-        | {f"blocks.{l}.hook_resid_pre" for l in layers}
+    names = ({f"blocks.{l}.mlp.hook_pre" for l in range(n_layers)} | {f"blocks.{l}.mlp.hook_post" for l in layers}
+             | {f"blocks.{l}.hook_resid_pre" for l in layers})
+    out = Captures(texts, [], {}, {}, {}, {})
     for kind, tokens in texts.items():
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
         captured: dict[int, torch.Tensor] = {}
         with torch.no_grad(), value_capture(model, layers, captured):
-            logits, cache = run_with_cache(model, inputs, lambda n: n in names)
-        losses[kind] = token_losses(logits, targets)[:, 1:]                             # (B, T-1)
-
-        def flat(x: torch.Tensor) -> torch.Tensor:
-            return x[:, 1:].reshape(-1, x.shape[-1])                                    # (B * (T-1), width)
-
-        gates += [gate_rows(flat(cache[f"blocks.{l}.mlp.hook_pre"]), l, kind) for l in range(n_layers)]
+            logits, cache = run_with_cache(model, tokens[:, :-1], lambda n: n in names)
+        out.losses[kind] = token_losses(logits, tokens[:, 1:])[:, 1:].flatten()
+        out.gates += [gate_rows(flat(cache[f"blocks.{l}.mlp.hook_pre"]), l, kind) for l in range(n_layers)]
         for l in layers:
-            posts[kind, l] = flat(cache[f"blocks.{l}.mlp.hook_post"])
-            values[kind, l], resid[kind, l] = flat(captured[l]), flat(cache[f"blocks.{l}.hook_resid_pre"])
-        del cache
+            out.posts[kind, l] = flat(cache[f"blocks.{l}.mlp.hook_post"])
+            out.values[kind, l], out.resid[kind, l] = flat(captured[l]), flat(cache[f"blocks.{l}.hook_resid_pre"])
+    return out
 
-    # Neurons: selectivity, the Neuroscope and ablations.
+
+def neuron_tables(model, tokenizer, c: Captures, layers: list[int], config: NeuronConfig,
+                  progress: bool | None) -> tuple[list[dict], list[dict], list[dict]]:
+    """Per characterised layer: the most code- and prose-selective neuron and a random one, each knocked out;
+    the selective ones' top activations as Neuroscope rows. Returns (neurons, neuroscope, ablations) rows."""
     neuron_rows, scope_rows, ablation_rows = [], [], []
-    base_loss = {kind: losses[kind].flatten() for kind in KINDS}
     generator = torch.Generator().manual_seed(config.seed)
-    for l in tqdm(layers, desc="neurons", disable=None if ctx.progress is None else not ctx.progress):
-        d = cohens_d(posts["code", l], posts["prose", l])                               # (f,)
+    for l in tqdm(layers, desc="neurons", disable=None if progress is None else not progress):
+        d = cohens_d(c.posts["code", l], c.posts["prose", l])                           # (f,)
         chosen = {"code neuron": int(d.argmax()), "prose neuron": int(d.argmin()),
                   "random neuron": int(torch.randint(0, len(d), (1,), generator=generator))}
         for role, index in chosen.items():
-            act = torch.cat([posts[kind, l][:, index] for kind in KINDS])               # (N,) prose, then code
+            act = torch.cat([c.posts[kind, l][:, index] for kind in KINDS])             # (N,) prose, then code
             neuron_rows.append({"layer": l, "neuron": index, "role": role, "cohens_d": float(d[index]),
-                                "mean_prose": float(posts["prose", l][:, index].mean()),
-                                "mean_code": float(posts["code", l][:, index].mean()),
+                                "mean_prose": float(c.posts["prose", l][:, index].mean()),
+                                "mean_code": float(c.posts["code", l][:, index].mean()),
                                 "max_activation": float(act.max())})
-            hooked = {kind: token_losses(run_with_hooks(model, texts[kind][:, :-1],
-                                                        [(f"blocks.{l}.mlp.hook_post", zero_neuron(index))]),
-                                         texts[kind][:, 1:])[:, 1:].flatten() for kind in KINDS}
-            delta = torch.cat([hooked[kind] - base_loss[kind] for kind in KINDS])       # (N,)
+            knocked = {kind: token_losses(run_with_hooks(model, c.texts[kind][:, :-1],
+                                                         [(f"blocks.{l}.mlp.hook_post", zero_neuron(index))]),
+                                          c.texts[kind][:, 1:])[:, 1:].flatten() - c.losses[kind] for kind in KINDS}
+            delta = torch.cat([knocked[kind] for kind in KINDS])                        # (N,)
             top = act >= torch.quantile(act, 1 - config.top_share)
             ablation_rows.append({"layer": l, "neuron": index, "role": role,
                                   "delta_top": float(delta[top].mean()), "delta_rest": float(delta[~top].mean()),
-                                  **{f"delta_{kind}": float((hooked[kind] - base_loss[kind]).mean()) for kind in KINDS},
+                                  **{f"delta_{kind}": float(knocked[kind].mean()) for kind in KINDS},
                                   "n_top": int(top.sum())})
             if role == "random neuron":
                 continue
-            n_first = len(posts[KINDS[0], l])
+            n_first = len(c.posts[KINDS[0], l])
             for rank, flat_index in enumerate(act.topk(config.top_k).indices.tolist()):
                 kind = KINDS[0] if flat_index < n_first else KINDS[1]
                 window, position = divmod(flat_index - (0 if kind == KINDS[0] else n_first), config.seq_len - 1)
-                before, token = snippet(tokenizer, texts[kind][window], position + 1, config.context)
+                before, token = snippet(tokenizer, c.texts[kind][window], position + 1, config.context)
                 scope_rows.append({"layer": l, "neuron": index, "role": role, "rank": rank + 1, "kind": kind,
                                    "activation": float(act[flat_index]), "before": before, "token": token})
+    return neuron_rows, scope_rows, ablation_rows
 
-    # Value vectors: identity, class probes, PCA.
-    value_table, pca_rows, spectrum = [], [], []
-    ids = np.concatenate([texts[kind][:, 1:-1].reshape(-1).numpy() for kind in KINDS])
+
+def value_tables(tokenizer, c: Captures, layers: list[int], config: NeuronConfig
+                 ) -> tuple[list[dict], list[dict], list[dict]]:
+    """Per characterised layer: token identity and class probes on the values (`value_rows`), the PCA spectrum
+    and a sample's first two PC coordinates. Returns (values, pca sample, spectrum) rows."""
+    per_window = config.seq_len - 1                                                     # scored positions
+    ids = np.concatenate([c.texts[kind][:, 1:-1].reshape(-1).numpy() for kind in KINDS])  # the scored tokens
     decoded = {int(t): tokenizer.decode([int(t)]) for t in np.unique(ids)}
     classes = np.array([token_class(decoded[int(t)]) for t in ids])
-    per_window = config.seq_len - 1                                                     # scored positions
-    in_kind = np.concatenate([np.arange(texts[kind].shape[0] * per_window) // per_window for kind in KINDS])
-    train = np.concatenate([in_kind[:texts[KINDS[0]].shape[0] * per_window] < 0.75 * texts[KINDS[0]].shape[0],
-                            in_kind[texts[KINDS[0]].shape[0] * per_window:] < 0.75 * texts[KINDS[1]].shape[0]])
-    kinds = np.repeat(np.array(KINDS), [texts[kind].shape[0] * per_window for kind in KINDS])
-    rng = np.random.default_rng(config.seed)
-    sample = rng.choice(len(ids), min(config.pca_sample, len(ids)), replace=False)
+    n_windows = {kind: c.texts[kind].shape[0] for kind in KINDS}
+    train = np.concatenate([np.arange(n_windows[kind] * per_window) // per_window < 0.75 * n_windows[kind]
+                            for kind in KINDS])                     # the first 3/4 of each kind's windows
+    kinds = np.repeat(np.array(KINDS), [n_windows[kind] * per_window for kind in KINDS])
+    sample = np.random.default_rng(config.seed).choice(len(ids), min(config.pca_sample, len(ids)), replace=False)
+    value_table, pca_rows, spectrum = [], [], []
     for l in layers:
-        v = torch.cat([values[kind, l] for kind in KINDS]).numpy()
-        r = torch.cat([resid[kind, l] for kind in KINDS]).numpy()
+        v = torch.cat([c.values[kind, l] for kind in KINDS]).numpy()
+        r = torch.cat([c.resid[kind, l] for kind in KINDS]).numpy()
         value_table.append(value_rows(v, ids, classes, train, r, l, config.seed))
         pca = PCA(n_components=min(10, v.shape[1]), random_state=config.seed).fit(v)
         spectrum += [{"layer": l, "component": i + 1, "explained": float(e)}
@@ -229,12 +243,23 @@ def run(config: NeuronConfig, ctx: RunContext) -> RunResult:
         xy = pca.transform(v[sample])[:, :2]
         pca_rows += [{"layer": l, "pc1": float(x), "pc2": float(y), "class": classes[i], "kind": kinds[i],
                       "token": decoded[int(ids[i])]} for (x, y), i in zip(xy, sample)]
-    summary = {"n_layers": n_layers, "d_mlp": model.config.intermediate_size, "layers": layers,
-               "d_value": int(values[KINDS[0], layers[0]].shape[1]) if layers else 0,
-               "tokens": {kind: int(base_loss[kind].numel()) for kind in KINDS}}
-    return RunResult(tables={"gates": pd.DataFrame(gates), "neurons": pd.DataFrame(neuron_rows),
-                             "neuroscope": pd.DataFrame(scope_rows), "ablations": pd.DataFrame(ablation_rows),
-                             "values": pd.DataFrame(value_table), "value_pca": pd.DataFrame(pca_rows),
+    return value_table, pca_rows, spectrum
+
+
+def run(config: NeuronConfig, ctx: RunContext) -> RunResult:
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_lm(config.model)
+    layers = [layer for layer in config.layers if layer < model.config.num_hidden_layers]
+    texts = prose_and_code_windows(tokenizer, config.n_windows, config.seq_len + 1)     # {kind: (B, T + 1)}
+    c = capture(model, texts, layers)
+    neurons, scope, ablations = neuron_tables(model, tokenizer, c, layers, config, ctx.progress)
+    values, pca, spectrum = value_tables(tokenizer, c, layers, config)
+    summary = {"n_layers": model.config.num_hidden_layers, "d_mlp": model.config.intermediate_size,
+               "layers": layers, "d_value": int(c.values[KINDS[0], layers[0]].shape[1]) if layers else 0,
+               "tokens": {kind: int(c.losses[kind].numel()) for kind in KINDS}}
+    return RunResult(tables={"gates": pd.DataFrame(c.gates), "neurons": pd.DataFrame(neurons),
+                             "neuroscope": pd.DataFrame(scope), "ablations": pd.DataFrame(ablations),
+                             "values": pd.DataFrame(values), "value_pca": pd.DataFrame(pca),
                              "value_spectrum": pd.DataFrame(spectrum)},
                      summary=summary, seed=config.seed)
 
