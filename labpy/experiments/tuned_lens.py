@@ -181,7 +181,8 @@ register(Experiment(
     scales={"smoke": {"lab-lm": TunedLensConfig(model="lab-lm:smoke", layer_stride=1, train_windows=4,
                                                 train_seq_len=16, steps=3, batch_tokens=16, eval_windows=2,
                                                 eval_seq_len=12)},
-            "cpu": {"smollm2": TunedLensConfig()}},
+            "cpu": {"smollm2": TunedLensConfig(),
+                    "smollm2-lr1e-4": TunedLensConfig(lr=1e-4)}},          # the step-size follow-up
     run=run,
     description="Per-layer affine translators (least squares, then KL-trained) read SmolLM2's residual stream; "
                 "KL, top-1 and cross-entropy of logit, least-squares and tuned lenses on held-out prose and code.",
