@@ -32,7 +32,8 @@ def test_knockout_removes_exactly_one_neurons_write_and_values_are_v_proj(tmp_st
         _, knocked = run_with_cache(model, tokens, [f"blocks.{layer}.hook_mlp_out"],
                                     fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", zero_neuron(index))])
     down = model.model.layers[layer].mlp.down_proj.weight                                 # (d, f)
-    expected = clean[f"blocks.{layer}.hook_mlp_out"] - clean[f"blocks.{layer}.mlp.hook_post"][..., index:index + 1] * down[:, index]
+    neuron = clean[f"blocks.{layer}.mlp.hook_post"][..., index:index + 1]                  # (B, T, 1)
+    expected = clean[f"blocks.{layer}.hook_mlp_out"] - neuron * down[:, index]
     assert torch.allclose(knocked[f"blocks.{layer}.hook_mlp_out"], expected, atol=1e-5)
     block = model.model.layers[layer]
     by_hand = block.self_attn.v_proj(block.input_layernorm(clean[f"blocks.{layer}.hook_resid_pre"]))
@@ -45,7 +46,8 @@ def test_smoke_run_tables(tmp_store):
     entry = results("ffn_neurons", "smoke")["lab-lm"]
     gates, neurons, ablations = entry.table("gates"), entry.table("neurons"), entry.table("ablations")
     n_layers = entry.summary["n_layers"]
-    assert len(gates) == 2 * n_layers and gates[["open_share", "rarely_open", "mostly_open"]].stack().between(0, 1).all()
+    assert len(gates) == 2 * n_layers
+    assert gates[["open_share", "rarely_open", "mostly_open"]].stack().between(0, 1).all()
     assert set(neurons.role) == {"code neuron", "prose neuron", "random neuron"}
     for layer, rows in neurons.groupby("layer"):
         roles = rows.set_index("role").cohens_d
@@ -54,7 +56,8 @@ def test_smoke_run_tables(tmp_store):
     scope = entry.table("neuroscope")
     assert scope.groupby(["layer", "role"]).activation.apply(lambda a: a.is_monotonic_decreasing).all()
     values = entry.table("values")
-    assert (values.same_token_cos <= 1 + 1e-6).all() and values[["values_accuracy", "majority"]].stack().between(0, 1).all()
+    assert (values.same_token_cos <= 1 + 1e-6).all()
+    assert values[["values_accuracy", "majority"]].stack().between(0, 1).all()
 
 
 def test_neuroscope_entries_are_the_neurons_largest_activations(tmp_store):

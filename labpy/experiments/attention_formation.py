@@ -99,7 +99,8 @@ def run(config: FormationConfig, ctx: RunContext) -> RunResult:
     start = [{"step": 0, **row} for row in scored()]                                     # before any update
 
     log = train(model, train_batches(lm, corpus), lm_loss, train_spec(lm), work_dir=ctx.work_dir,
-                progress=ctx.progress, desc=f"attention_formation {ctx.label}", stats_fn=lambda _: scored(), device=device)
+                progress=ctx.progress, desc=f"attention_formation {ctx.label}", stats_fn=lambda _: scored(),
+                device=device)
     rows = pd.DataFrame(start + log.custom_stats.to_dict("records"))
     heads = rows[rows.layer >= 0].drop(columns=["first_copy_loss", "second_copy_loss"]).reset_index(drop=True)
     icl = rows[rows.layer < 0][["step", "first_copy_loss", "second_copy_loss"]].reset_index(drop=True)

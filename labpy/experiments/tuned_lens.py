@@ -163,7 +163,8 @@ def run(config: TunedLensConfig, ctx: RunContext) -> RunResult:
     rows = scored("logit lens", lambda layer, h: h) + scored("least squares", lambda layer, h: translators[layer](h))
     curve = train_translators(model, translators, train_h, final_train, config, ctx.progress)
     rows += scored("tuned lens", lambda layer, h: translators[layer](h))
-    rows += [{"layer": n_layers - 1, "lens": "model", "kind": kind, **scores(model, h[n_layers - 1], final_logp[kind], t)}
+    rows += [{"layer": n_layers - 1, "lens": "model", "kind": kind,
+              **scores(model, h[n_layers - 1], final_logp[kind], t)}
              for kind, (h, t) in eval_h.items()]
     summary = {"n_layers": n_layers, "d_model": model.config.hidden_size, "lensed_layers": layers,
                "train_tokens": int(len(final_train)), "eval_tokens": {k: int(len(t)) for k, (_, t) in eval_h.items()}}
