@@ -52,6 +52,19 @@ class PatchingConfig:
                      rules={"model": one_of(*MODELS), "template": one_of(*TEMPLATES), "words": one_of(*WORDS)})
 
 
+# The cpu and smoke prompts, shared with `component_patching` (same prompt pairs, so the same configs).
+PATCHING_SCALES = {"smoke": {"lab-lm": PatchingConfig(model="lab-lm:smoke", words="python words", n_pairs=2)},
+                   "cpu": {"smollm2": PatchingConfig()}}
+
+
+def prompt_summary(pairs, metric: dict) -> dict:
+    """What a patching page needs to know of the prompts: mean logit differences and where the names sit."""
+    return {"logit_diff_clean": float(metric["clean"]), "logit_diff_corrupted": float(metric["corrupted"]),
+            "n_positions": int(pairs.clean.shape[1]), "s2_position": pairs.s2_position,
+            "io_position": pairs.io_position, "s1_position": pairs.s1_position,
+            "position_labels": pairs.position_labels}
+
+
 def _bar(total: int, desc: str, ctx: RunContext):
     return tqdm(total=total, desc=desc, disable=None if ctx.progress is None else not ctx.progress, leave=False)
 
@@ -159,11 +172,8 @@ def run(config: PatchingConfig, ctx: RunContext) -> RunResult:
     prompts = pd.DataFrame({"prompt": pairs.texts, "clean_logit_diff": per_prompt["clean"].tolist(),
                             "corrupted_logit_diff": per_prompt["corrupted"].tolist()})
     n_heads, n_kv, _ = heads(model)
-    summary = {"logit_diff_clean": float(metric["clean"]), "logit_diff_corrupted": float(metric["corrupted"]),
-               "n_layers": model.config.num_hidden_layers, "n_heads": n_heads, "n_kv_heads": n_kv,
-               "n_positions": int(pairs.clean.shape[1]), "s2_position": pairs.s2_position,
-               "io_position": pairs.io_position, "s1_position": pairs.s1_position,
-               "position_labels": pairs.position_labels}
+    summary = {**prompt_summary(pairs, metric), "n_layers": model.config.num_hidden_layers, "n_heads": n_heads,
+               "n_kv_heads": n_kv}
     return RunResult(tables={"residual": resid, "heads": heads_frame, "ablation": ablation, "prompts": prompts},
                      summary=summary, seed=config.seed)
 
@@ -175,8 +185,7 @@ register(Experiment(
     page="experiments/activation-patching.qmd",
     version=1,
     config_type=PatchingConfig,
-    scales={"smoke": {"lab-lm": PatchingConfig(model="lab-lm:smoke", words="python words", n_pairs=2)},
-            "cpu": {"smollm2": PatchingConfig()}},
+    scales=PATCHING_SCALES,
     run=run,
     description="Residual stream (layers × positions) and per-head patching, denoising and noising, against "
                 "attribution patching, with the top heads checked by mean ablation, on SmolLM2-135M.",

@@ -20,7 +20,7 @@ from ..interp.patching import logit_diff
 from ..models.lm import load_lm
 from ..store import RunResult
 from ..tasks.ioi import ioi_pairs
-from .activation_patching import PatchingConfig           # the same prompts, so the same config
+from .activation_patching import PATCHING_SCALES, PatchingConfig, prompt_summary   # the same prompts
 from .registry import Experiment, RunContext, register
 
 COMPONENTS = {"attention": "hook_attn_out", "MLP": "hook_mlp_out"}
@@ -74,10 +74,7 @@ def run(config: PatchingConfig, ctx: RunContext) -> RunResult:
                              "rerun": not (pos < pairs.s2_position and same)})
                 bar.update()
     bar.close()
-    summary = {"logit_diff_clean": float(metric["clean"]), "logit_diff_corrupted": float(metric["corrupted"]),
-               "n_layers": n_layers, "n_positions": int(n_pos), "s2_position": pairs.s2_position,
-               "io_position": pairs.io_position, "s1_position": pairs.s1_position,
-               "position_labels": pairs.position_labels}
+    summary = {**prompt_summary(pairs, metric), "n_layers": n_layers}
     return RunResult(tables={"components": pd.DataFrame(rows)}, summary=summary, seed=config.seed)
 
 
@@ -88,8 +85,7 @@ register(Experiment(
     page="experiments/activation-patching.qmd",
     version=1,
     config_type=PatchingConfig,
-    scales={"smoke": {"lab-lm": PatchingConfig(model="lab-lm:smoke", words="python words", n_pairs=2)},
-            "cpu": {"smollm2": PatchingConfig()}},
+    scales=PATCHING_SCALES,
     run=run,
     description="Every block's attention and MLP output at every position patched clean↔corrupted (denoising and "
                 "noising) on SmolLM2-135M's indirect-object prompts.",
