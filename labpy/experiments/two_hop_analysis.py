@@ -1,0 +1,119 @@
+"""What `experiments/two-hop.qmd` computes from the stored `two_hop` models: the circuit behind two hops.
+
+- where each head looks from the query tokens: its attention to the slot of f(q) (the first hop's answer), to
+  the slot of f(f(q)) (the second's), and, inside the dictionary, from each value to the key before it
+  (the previous-token score);
+- per-head ablations (the head's `hook_z` zeroed): accuracy on one- and two-hop queries without it;
+- Q- and K-composition (`labpy.interp.composition`) into the head that carries the second hop, against the
+  same model at initialisation: does its query read the first hop's head, its key the previous-token head?
+All of it is forward passes of stored models on the fixed evaluation batch (seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from ..interp.heads import ablate_head_hook, attention_patterns
+from ..models.toy import load_toy_transformer
+from ..store import RunEntry
+from .registry import StoredRuns
+from ..tasks.two_hop import TwoHopTask
+from .two_hop import TwoHopConfig, eval_batch, hop_metrics
+
+SLOTS = ("hop-1 answer", "hop-2 answer")
+
+
+@dataclass(frozen=True)
+class HopModel:
+    name: str        # "3 layers, seed 1"
+    n_layers: int
+    seed: int
+    entry: RunEntry
+
+    @property
+    def config(self) -> TwoHopConfig:
+        return self.entry.config
+
+    def model(self, step: int | None = None):
+        """The stored model at a training step (default: the end of training)."""
+        step = self.entry.checkpoint_steps()[-1] if step is None else step
+        return load_toy_transformer(self.config.model_config(), self.entry.step_checkpoint(step))
+
+
+def hop_models(runs: StoredRuns) -> list[HopModel]:
+    """Every stored run, named for tables, by depth then seed."""
+    models = [HopModel(f"{e.config.n_layers} layer{'s' if e.config.n_layers > 1 else ''}, seed {e.config.seed}",
+                       e.config.n_layers, e.config.seed, e) for e in runs.entries.values()]
+    return sorted(models, key=lambda m: (m.n_layers, m.seed))
+
+
+def final_table(models: list[HopModel]) -> pd.DataFrame:
+    """Loss and accuracy by hop at the end of training (the stored last evaluation)."""
+    return pd.DataFrame([{"model": m.name, "layers": m.n_layers, "seed": m.seed,
+                          **{k: m.entry.summary[f"final_{k}"] for k in ("acc_hop1", "acc_hop2", "loss_hop1", "loss_hop2")}}
+                         for m in models])
+
+
+@torch.no_grad()
+def query_attention(model, batch, task: TwoHopTask) -> pd.DataFrame:
+    """One row per head and query kind: mean attention from the query tokens to the hop-1 and hop-2 answers'
+    slots, and the head's previous-token score inside the dictionary (value slots attending to their key)."""
+    patterns = attention_patterns(model, batch.tokens)                             # (L, B, H, T, T)
+    from_query = patterns[:, :, :, task.query_positions()]                         # (L, B, H, Q, T)
+
+    def on(slots: torch.Tensor) -> torch.Tensor:                                   # (B, Q) -> (L, B, H, Q)
+        index = slots[None, :, None, :, None].expand(*from_query.shape[:-1], 1)
+        return from_query.gather(-1, index).squeeze(-1)
+
+    to_slot = {"hop-1 answer": on(batch.hop1_slot), "hop-2 answer": on(batch.hop2_slot)}
+    values = torch.arange(1, 2 * task.n_pairs, 2)                                  # the dictionary's value slots
+    prev = patterns[..., values, values - 1].mean(dim=(1, -1))                     # (L, H)
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            for kind, mask in (("one-hop", ~batch.two_hop), ("two-hop", batch.two_hop)):
+                rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}", "queries": kind,
+                             "previous_token": float(prev[layer, head]),
+                             **{slot: float(w[layer, :, head][mask].mean()) for slot, w in to_slot.items()}})
+    return pd.DataFrame(rows)
+
+
+def carriers(attention: pd.DataFrame) -> dict[str, str]:
+    """The heads that carry the circuit, read from where they look: the previous-token head (layer 0), and from
+    two-hop queries the head most on the hop-1 answer and the head most on the hop-2 answer."""
+    two = attention[attention.queries == "two-hop"]
+    return {"previous-token": two[two.layer == 0].sort_values("previous_token").iloc[-1].label,
+            "hop 1": two.sort_values("hop-1 answer").iloc[-1].label,
+            "hop 2": two.sort_values("hop-2 answer").iloc[-1].label}
+
+
+@torch.no_grad()
+def ablation_table(model, batch, task: TwoHopTask) -> pd.DataFrame:
+    """Accuracy and loss by hop with each head zeroed in turn (and none: `label` "none")."""
+    rows = [{"label": "none", "layer": -1, "head": -1, **hop_metrics(model, batch, task)}]
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate_head_hook(head))]):
+                rows.append({"label": f"L{layer}H{head}", "layer": layer, "head": head,
+                             **hop_metrics(model, batch, task)})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def formation(m: HopModel, heads: dict[str, str], n: int = 200) -> pd.DataFrame:
+    """At every stored checkpoint: where the named heads look (their score from `query_attention` on two-hop
+    queries), beside the evaluation accuracy by hop — does the circuit form when the accuracy jumps?"""
+    batch, evals = eval_batch(m.config, n), m.entry.table("evals").set_index("step")
+    score_of = {"previous-token": "previous_token", "hop 1": "hop-1 answer", "hop 2": "hop-2 answer"}
+    rows = []
+    for step in m.entry.checkpoint_steps():
+        attn = query_attention(m.model(step), batch, m.config.task())
+        attn = attn[attn.queries == "two-hop"].set_index("label")
+        rows.append({"step": step, **{f"{role} ({label})": float(attn.loc[label, score_of[role]])
+                                      for role, label in heads.items()},
+                     "acc_hop1": float(evals.acc_hop1.get(step, float("nan"))),
+                     "acc_hop2": float(evals.acc_hop2.get(step, float("nan")))})
+    return pd.DataFrame(rows)
