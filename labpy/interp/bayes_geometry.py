@@ -24,6 +24,7 @@ from sklearn.model_selection import cross_val_score
 
 from ..tasks.posterior_math import LN2
 from .heads import ablate_head_hook
+from .compare import linear_cka  # noqa: F401  (geo.linear_cka: the wind-tunnel report reads it from here)
 
 
 # --- keys ---------------------------------------------------------------------------------------------------
@@ -208,12 +209,3 @@ def js_divergence_bits(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (kl(p, m) + kl(q, m)) / (2 * LN2)
 
 
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA (Kornblith et al. 2019) between representations (N, d1) and (N, d2) of the same inputs.
-
-    Invariant to rotations and isotropic scaling, so 1 − CKA measures a change of geometry, not of coordinates.
-    """
-    x = x.double() - x.double().mean(0)
-    y = y.double() - y.double().mean(0)
-    cross = (y.T @ x).norm() ** 2
-    return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()))
