@@ -66,3 +66,15 @@ def test_dropout_masks_repeat_for_the_same_step_and_keep_the_mean():
 def test_a_bad_dropout_is_one_clear_line():
     with pytest.raises(ConfigError, match=r"DepthConfig\.dropout = 1\.5 is out of range"):
         depth.DepthConfig(dropout=1.5)
+
+
+def test_composition_against_initial_pairs_each_score_with_the_initial_models():
+    from labpy.interp.composition import composition_against_initial
+
+    config = ToyTransformerConfig(n_layers=2, d_vocab=12, n_ctx=24)
+    trained, initial = build_toy_transformer(config, seed=0), build_toy_transformer(config, seed=1)
+    table = composition_against_initial(trained, initial)
+    assert table.score.tolist() == composition_table(trained).score.tolist()
+    assert table.initial.tolist() == composition_table(initial).score.tolist()
+    assert (table.over_initial == table.score / table.initial).all()
+    assert (composition_against_initial(trained, trained).over_initial == 1.0).all()

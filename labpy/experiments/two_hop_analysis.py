@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from ..interp.heads import ablate_head_hook, attention_patterns
-from ..models.toy import load_toy_transformer
 from ..store import RunEntry
+from .induction_analysis import load_model
 from .registry import StoredRuns
 from ..tasks.two_hop import TwoHopTask
 from .two_hop import TwoHopConfig, eval_batch, hop_metrics
@@ -39,8 +39,7 @@ class HopModel:
 
     def model(self, step: int | None = None):
         """The stored model at a training step (default: the end of training)."""
-        step = self.entry.checkpoint_steps()[-1] if step is None else step
-        return load_toy_transformer(self.config.model_config(), self.entry.step_checkpoint(step))
+        return load_model(self.entry, step)
 
 
 def hop_models(runs: StoredRuns) -> list[HopModel]:

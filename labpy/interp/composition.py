@@ -54,6 +54,14 @@ def composition_table(model) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def composition_against_initial(model, initial) -> pd.DataFrame:
+    """`composition_table(model)` with each pair's score in the same model at initialisation (`initial`) and their
+    ratio (`over_initial`): training made a pair compose only where the ratio is well above 1."""
+    final = composition_table(model)
+    return final.assign(initial=composition_table(initial).score.to_numpy(),
+                        over_initial=lambda f: f.score / f.initial)
+
+
 def random_baseline(d_model: int, d_head: int, samples: int = 200, seed: int = 0) -> float:
     """Mean score of two random rank-`d_head` d×d matrices: what composition looks like by chance."""
     g = torch.Generator().manual_seed(seed)
