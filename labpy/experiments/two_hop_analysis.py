@@ -3,7 +3,8 @@
 - where each head looks from the query tokens: its attention to the slot of f(q) (the first hop's answer), to
   the slot of f(f(q)) (the second's), and, inside the dictionary, from each value to the key before it
   (the previous-token score);
-- per-head ablations (the head's `hook_z` zeroed): accuracy on one- and two-hop queries without it;
+- per-head ablations (the head's `hook_z` zeroed): accuracy on one- and two-hop queries without it; and every
+  subset of one layer's heads zeroed together, to see how many heads carry a hop;
 - Q- and K-composition (`labpy.interp.composition`) into the head that carries the second hop, against the
   same model at initialisation: does its query read the first hop's head, its key the previous-token head?
 All of it is forward passes of stored models on the fixed evaluation batch (seconds).
@@ -12,6 +13,7 @@ All of it is forward passes of stored models on the fixed evaluation batch (seco
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain, combinations
 
 import pandas as pd
 import torch
@@ -98,6 +100,20 @@ def ablation_table(model, batch, task: TwoHopTask) -> pd.DataFrame:
             with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate_head_hook(head))]):
                 rows.append({"label": f"L{layer}H{head}", "layer": layer, "head": head,
                              **hop_metrics(model, batch, task)})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def layer_ablation_table(model, batch, task: TwoHopTask, layer: int) -> pd.DataFrame:
+    """Accuracy and loss by hop with every subset of one layer's heads zeroed together (2^H rows, from none to
+    all): one head zeroed at a time cannot tell a redundant circuit from an unused head; subsets can."""
+    heads = range(model.cfg.n_heads)
+    rows = []
+    for zeroed in chain.from_iterable(combinations(heads, k) for k in range(len(heads) + 1)):
+        with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate_head_hook(h)) for h in zeroed]):
+            rows.append({"zeroed": "+".join(f"L{layer}H{h}" for h in zeroed) or "none", "n_zeroed": len(zeroed),
+                         "kept": "+".join(f"L{layer}H{h}" for h in heads if h not in zeroed) or "none",
+                         **hop_metrics(model, batch, task)})
     return pd.DataFrame(rows)
 
 
