@@ -123,3 +123,29 @@ def test_smoke_runs_store_every_depth_and_the_analysis_reads_them(tmp_store):
     assert heads["previous-token"].startswith("L0")
     formed = tha.formation(m, heads, n=16)
     assert formed.step.tolist() == m.entry.checkpoint_steps() and formed.acc_hop2.between(0, 1).all()
+
+
+def test_layer_ablation_zeroes_every_subset_and_agrees_with_one_head_at_a_time():
+    """2^H subsets; the empty one is the intact model, the singletons are `ablation_table`'s rows, and the full
+    one is the layer's z zeroed in one hook, the same hook that `first_hop_answers_without` must match by hand."""
+    config = th.TwoHopConfig(vocab=12, n_pairs=5, n_queries=4, n_layers=2)
+    model, task = build_toy_transformer(config.model_config(), seed=0).eval(), config.task()
+    batch = sample(task, 16, step_generator(4, 0))
+    subsets = tha.layer_ablation_table(model, batch, task, layer=1).set_index("zeroed")
+    assert len(subsets) == 2 ** config.n_heads and sorted(subsets.n_zeroed.value_counts()) == [1, 1, 4, 4, 6]
+    assert subsets.loc["none", "loss_hop2"] == pytest.approx(th.hop_metrics(model, batch, task)["loss_hop2"])
+    singles = tha.ablation_table(model, batch, task).set_index("label")
+    for head in range(config.n_heads):
+        assert subsets.loc[f"L1H{head}", "loss_hop2"] == pytest.approx(singles.loc[f"L1H{head}", "loss_hop2"])
+    everything = "+".join(f"L1H{h}" for h in range(config.n_heads))
+    assert subsets.loc[everything, "kept"] == "none"
+
+    def zero_all(z, hook=None):
+        return torch.zeros_like(z)
+
+    with model.hooks(fwd_hooks=[("blocks.1.attn.hook_z", zero_all)]):
+        assert subsets.loc[everything, "loss_hop2"] == pytest.approx(th.hop_metrics(model, batch, task)["loss_hop2"])
+        predicted = th.answer_logits(model, batch, task).argmax(-1)
+    first_hop = batch.tokens.gather(1, batch.hop1_slot)
+    hand = (predicted == first_hop)[batch.two_hop].float().mean().item()
+    assert tha.first_hop_answers_without(model, batch, task, layer=1) == pytest.approx(hand)

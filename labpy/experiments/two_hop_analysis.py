@@ -23,7 +23,7 @@ from ..store import RunEntry
 from .induction_analysis import load_model
 from .registry import StoredRuns
 from ..tasks.two_hop import TwoHopTask
-from .two_hop import TwoHopConfig, eval_batch, hop_metrics
+from .two_hop import TwoHopConfig, answer_logits, eval_batch, hop_metrics
 
 SLOTS = ("hop-1 answer", "hop-2 answer")
 
@@ -115,6 +115,16 @@ def layer_ablation_table(model, batch, task: TwoHopTask, layer: int) -> pd.DataF
                          "kept": "+".join(f"L{layer}H{h}" for h in heads if h not in zeroed) or "none",
                          **hop_metrics(model, batch, task)})
     return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def first_hop_answers_without(model, batch, task: TwoHopTask, layer: int) -> float:
+    """Share of two-hop queries answered with f(q), the first hop's answer, when all of `layer`'s heads are
+    zeroed: below-chance two-hop accuracy can mean the model still does the first hop and stops there."""
+    with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate_head_hook(h)) for h in range(model.cfg.n_heads)]):
+        predicted = answer_logits(model, batch, task).argmax(-1)                   # (B, Q)
+    first_hop = batch.tokens.gather(1, batch.hop1_slot)                             # (B, Q) the token f(q)
+    return float((predicted == first_hop)[batch.two_hop].float().mean())
 
 
 @torch.no_grad()
