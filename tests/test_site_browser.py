@@ -79,7 +79,26 @@ def browser():
         browser.close()
 
 
-EXPLORERS = {"experiments/attention-heads.html": 3}   # pages with attention explorers, and how many
+EXPLORERS = {"experiments/attention-heads.html": 4}   # pages with attention explorers, and how many
+WEIGHTS = ("r => Array.from(r.querySelectorAll('.lab-explorer-token'))"
+           ".map(s => parseFloat(s.dataset.weight || '0'))")
+
+
+def _induction_in_the_explorer(root) -> dict:
+    """On a repeated-random snippet opened at an induction head, hovering a second-copy token should make the
+    token after its earlier copy the darkest: the explorer shows what the head scores measure. The page's head
+    scores above 0.5 there, so it must do so for most second-copy tokens (the first few may still look at the
+    sink); the misses, (hovered, darkest), are reported when it does not."""
+    tokens = root.locator(".lab-explorer-token")
+    half = tokens.count() // 2
+    misses = []
+    for k in range(half):
+        tokens.nth(half + k).hover()
+        weights = root.evaluate(WEIGHTS)
+        darkest = max(range(len(weights)), key=weights.__getitem__)
+        if darkest != k + 1:
+            misses.append((half + k, darkest))
+    return {"induction_misses": misses if len(misses) >= half / 2 else []}
 
 
 def _exercise_explorers(page) -> list[dict]:
@@ -93,15 +112,20 @@ def _exercise_explorers(page) -> list[dict]:
         tokens.nth(target).hover()
         coloured = root.evaluate("r => Array.from(r.querySelectorAll('.lab-explorer-token'))"
                                  ".filter(s => s.style.backgroundColor).length")
-        weights = root.evaluate("r => Array.from(r.querySelectorAll('.lab-explorer-token'))"
-                                ".map(s => parseFloat(s.dataset.weight || '0')).reduce((a, b) => a + b, 0)")
+        weights = sum(root.evaluate(WEIGHTS))
         status = root.locator(".lab-explorer-status").inner_text()
+        title = root.locator(".lab-explorer-title").inner_text() if root.locator(".lab-explorer-title").count() else ""
+        induction = {"induction_misses": []}
+        if "repeated random" in title:
+            induction = _induction_in_the_explorer(root)
+            tokens.nth(target).hover()
         root.locator(".lab-explorer-mode").select_option("in")      # redraws the token last hovered
         status_in = root.locator(".lab-explorer-status").inner_text()
-        found.append({"explorer": index, "coloured": coloured, "row_sum": weights, "status": status,
-                      "status_in": status_in,
+        found.append({"explorer": index, "title": title, "coloured": coloured, "row_sum": weights, "status": status,
+                      "status_in": status_in, **induction,
                       "ok": coloured > 0 and abs(weights - 1) < 0.05 and f"token {target}" in status
-                      and "gets most attention from" in status_in and f"token {target}" in status_in})
+                      and "gets most attention from" in status_in and f"token {target}" in status_in
+                      and not induction["induction_misses"]})
     return found
 
 
