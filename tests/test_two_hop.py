@@ -8,6 +8,7 @@ import torch
 from labpy.errors import ConfigError
 from labpy.experiments import two_hop as th
 from labpy.experiments import two_hop_analysis as tha
+from labpy.interp.heads import ablate_head_hook
 from labpy.models.toy import build_toy_transformer
 from labpy.tasks.two_hop import TwoHopTask, sample
 from labpy.train import step_generator
@@ -149,3 +150,53 @@ def test_layer_ablation_zeroes_every_subset_and_agrees_with_one_head_at_a_time()
     first_hop = batch.tokens.gather(1, batch.hop1_slot)
     hand = (predicted == first_hop)[batch.two_hop].float().mean().item()
     assert tha.first_hop_answers_without(model, batch, task, layer=1) == pytest.approx(hand)
+
+
+def test_direct_attributions_and_every_other_write_add_up_to_the_logit():
+    """The heads' direct attributions, with the embeddings', the output biases' and the final norm's bias, through
+    the same scale, make the right answer's logit less the mean logit, query by query (checked on the means)."""
+    config = th.TwoHopConfig(vocab=12, n_pairs=5, n_queries=4, n_layers=2)
+    model, task = build_toy_transformer(config.model_config(), seed=0).eval(), config.task()
+    with torch.no_grad():
+        for block in model.blocks:                       # non-zero biases, so forgetting one would show
+            block.attn.o.bias.normal_()
+        model.ln_final.bias.normal_()
+    batch = sample(task, 16, step_generator(5, 0))
+    heads = sum(tha.direct_attribution(model, batch, task, layer).sum() for layer in range(config.n_layers))
+
+    _, cache = model.run_with_cache(batch.tokens)
+    q = task.query_positions()
+    scale = cache["ln_final.hook_scale"][:, q]                                            # (B, Q, 1)
+    rest = cache["hook_embed"][:, q] + cache["hook_pos_embed"][:, q] + sum(b.attn.o.bias for b in model.blocks)
+    rest = (rest - rest.mean(-1, keepdim=True)) / scale * model.ln_final.weight + model.ln_final.bias
+    logits_rest = rest @ model.W_U                                                         # (B, Q, V)
+    logits = model(batch.tokens)[:, q]
+    pick = lambda x: (x.gather(-1, batch.answers[..., None]).squeeze(-1) - x.mean(-1))[batch.two_hop].mean()
+    assert heads + pick(logits_rest).item() == pytest.approx(pick(logits).item(), abs=1e-4)
+    # zeroing a head removes its own attribution and rescales the others by the change in the norm's scale
+    without = tha.direct_attribution(model, batch, task, 1, zeroed=(0,))
+    assert without["L1H0"] == 0.0 and without["L1H1"] != pytest.approx(tha.direct_attribution(model, batch, task, 1)["L1H1"])
+
+
+def test_frozen_norm_ablation_matches_a_hand_built_final_norm():
+    """Zero a head, take the last residual stream the ablated model computes, and apply the final LayerNorm by
+    hand with the intact model's scale: the loss must be `hop_metrics_with_frozen_norm`'s, and differ from the
+    plain ablation's (where the norm rescales)."""
+    import torch.nn.functional as F
+
+    config = th.TwoHopConfig(vocab=12, n_pairs=5, n_queries=4, n_layers=2)
+    model, task = build_toy_transformer(config.model_config(), seed=1).eval(), config.task()
+    batch = sample(task, 16, step_generator(6, 0))
+    frozen = tha.hop_metrics_with_frozen_norm(model, batch, task, layer=1, head=2)
+
+    _, intact = model.run_with_cache(batch.tokens)
+    with model.hooks(fwd_hooks=[("blocks.1.attn.hook_z", ablate_head_hook(2))]):
+        plain = th.hop_metrics(model, batch, task)
+        _, ablated = model.run_with_cache(batch.tokens)
+    resid = ablated["blocks.1.hook_resid_post"]
+    norm = model.ln_final
+    normed = (resid - resid.mean(-1, keepdim=True)) / intact["ln_final.hook_scale"] * norm.weight + norm.bias
+    logits = (normed @ model.W_U)[:, task.query_positions()]
+    losses = F.cross_entropy(logits.transpose(1, 2), batch.answers, reduction="none")
+    assert frozen["loss_hop2"] == pytest.approx(losses[batch.two_hop].mean().item(), rel=1e-5)
+    assert frozen["loss_hop2"] != pytest.approx(plain["loss_hop2"], rel=1e-3)

@@ -5,6 +5,8 @@
   (the previous-token score);
 - per-head ablations (the head's `hook_z` zeroed): accuracy on one- and two-hop queries without it; and every
   subset of one layer's heads zeroed together, to see how many heads carry a hop;
+- each layer-2 head's direct logit attribution to the right two-hop answer, intact and with another head zeroed
+  (the final norm's rescaling is the only way a last-layer head can take over another's work);
 - Q- and K-composition (`labpy.interp.composition`) into the head that carries the second hop, against the
   same model at initialisation: does its query read the first hop's head, its key the previous-token head?
 All of it is forward passes of stored models on the fixed evaluation batch (seconds).
@@ -125,6 +127,47 @@ def first_hop_answers_without(model, batch, task: TwoHopTask, layer: int) -> flo
         predicted = answer_logits(model, batch, task).argmax(-1)                   # (B, Q)
     first_hop = batch.tokens.gather(1, batch.hop1_slot)                             # (B, Q) the token f(q)
     return float((predicted == first_hop)[batch.two_hop].float().mean())
+
+
+@torch.no_grad()
+def direct_attribution(model, batch, task: TwoHopTask, layer: int, zeroed: tuple[int, ...] = ()) -> pd.Series:
+    """{head label: mean over two-hop queries of what the head writes straight to the right answer's logit, less
+    the mean logit} through the final norm at the scale the run actually had. With `zeroed` heads of the same layer
+    zeroed first, the others' values change only through that scale: heads of one layer cannot read each other."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def keep(t: torch.Tensor, hook) -> None:
+        cache[hook.name] = t
+
+    z_name = f"blocks.{layer}.attn.hook_z"
+    hooks = [(z_name, ablate_head_hook(h)) for h in zeroed] + [(z_name, keep)]   # zero first, then record
+    norm = model.ln_final
+    if hasattr(norm, "hook_scale"):
+        hooks.append(("ln_final.hook_scale", keep))
+    with model.hooks(fwd_hooks=hooks):
+        model(batch.tokens)
+    q = task.query_positions()
+    writes = torch.einsum("bqhk,hkd->bqhd", cache[z_name][:, q], model.W_O[layer])    # (B, Q, H, d)
+    if hasattr(norm, "hook_scale"):
+        if norm.centre:
+            writes = writes - writes.mean(-1, keepdim=True)
+        writes = writes / cache["ln_final.hook_scale"][:, q, None] * norm.weight       # scale (B, Q, 1, 1)
+    logits = writes @ model.W_U                                                        # (B, Q, H, V_out)
+    right = logits.gather(-1, batch.answers[:, :, None, None].expand(*logits.shape[:3], 1)).squeeze(-1)
+    attribution = (right - logits.mean(-1))[batch.two_hop]                             # (n two-hop queries, H)
+    return pd.Series(attribution.mean(0).numpy(), index=[f"L{layer}H{h}" for h in range(model.cfg.n_heads)])
+
+
+@torch.no_grad()
+def hop_metrics_with_frozen_norm(model, batch, task: TwoHopTask, layer: int, head: int) -> dict[str, float]:
+    """`hop_metrics` with one head zeroed but the final norm's scale held at the intact model's: what the other
+    heads' writes achieve without the norm scaling them up to make good the loss."""
+    _, cache = model.run_with_cache(batch.tokens, names_filter="ln_final.hook_scale")
+    intact_scale = cache["ln_final.hook_scale"]                                       # (B, T, 1)
+    hooks = [(f"blocks.{layer}.attn.hook_z", ablate_head_hook(head)),
+             ("ln_final.hook_scale", lambda scale, hook: intact_scale)]
+    with model.hooks(fwd_hooks=hooks):
+        return hop_metrics(model, batch, task)
 
 
 @torch.no_grad()
