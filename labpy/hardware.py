@@ -282,7 +282,8 @@ def _attention_atlas(entry, bases):
 MODELLERS: dict[str, Callable[[Any, Mapping[str, Arch]], Workload | None]] = {
     "lab_lm": _lab_lm, "lr_sweep": _lr_sweep, "lora_rank": _finetune, "forgetting": _finetune, "qlora": _finetune,
     "batch_lr": _finetune, "induction": _induction, "wind_tunnels": _wind_tunnels,
-    "attention_depth": _induction, "two_hop": _induction, "wind_tunnel_targets": _wind_tunnels,
+    "attention_depth": _induction, "two_hop": _induction, "three_hop": _induction,
+    "wind_tunnel_targets": _wind_tunnels,
     "attention_atlas": _attention_atlas, "attention_formation": _attention_formation,
 }
 

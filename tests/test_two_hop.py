@@ -128,7 +128,7 @@ def test_smoke_runs_store_every_depth_and_the_analysis_reads_them(tmp_store):
 
 def test_layer_ablation_zeroes_every_subset_and_agrees_with_one_head_at_a_time():
     """2^H subsets; the empty one is the intact model, the singletons are `ablation_table`'s rows, and the full
-    one is the layer's z zeroed in one hook, the same hook that `first_hop_answers_without` must match by hand."""
+    one is the layer's z zeroed in one hook, the same hook that `answers_without_layer` must match by hand."""
     config = th.TwoHopConfig(vocab=12, n_pairs=5, n_queries=4, n_layers=2)
     model, task = build_toy_transformer(config.model_config(), seed=0).eval(), config.task()
     batch = sample(task, 16, step_generator(4, 0))
@@ -149,7 +149,7 @@ def test_layer_ablation_zeroes_every_subset_and_agrees_with_one_head_at_a_time()
         predicted = th.answer_logits(model, batch, task).argmax(-1)
     first_hop = batch.tokens.gather(1, batch.hop1_slot)
     hand = (predicted == first_hop)[batch.two_hop].float().mean().item()
-    assert tha.first_hop_answers_without(model, batch, task, layer=1) == pytest.approx(hand)
+    assert tha.answers_without_layer(model, batch, task, layer=1, hops=2, answered=1) == pytest.approx(hand)
 
 
 def test_direct_attributions_and_every_other_write_add_up_to_the_logit():

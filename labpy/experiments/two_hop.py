@@ -91,13 +91,14 @@ def answer_losses(model, batch: TwoHopBatch, task: TwoHopTask) -> torch.Tensor:
 
 @torch.no_grad()
 def hop_metrics(model, batch: TwoHopBatch, task: TwoHopTask) -> dict[str, float]:
-    """Loss and accuracy on one-hop and on two-hop queries."""
+    """Loss and accuracy on the queries of each hop count: loss_hop1, acc_hop1, loss_hop2, ..."""
     logits = answer_logits(model, batch, task)
     losses = F.cross_entropy(logits.transpose(1, 2), batch.answers, reduction="none")
     correct = (logits.argmax(-1) == batch.answers).float()
     out = {}
-    for name, mask in (("hop1", ~batch.two_hop), ("hop2", batch.two_hop)):
-        out[f"loss_{name}"], out[f"acc_{name}"] = losses[mask].mean().item(), correct[mask].mean().item()
+    for hops in range(1, task.max_hops + 1):
+        mask = batch.hops == hops
+        out[f"loss_hop{hops}"], out[f"acc_hop{hops}"] = losses[mask].mean().item(), correct[mask].mean().item()
     return out
 
 
@@ -120,7 +121,8 @@ def run(config: TwoHopConfig, ctx: RunContext) -> RunResult:
                 work_dir=ctx.work_dir, progress=ctx.progress, desc=f"two-hop {ctx.label}", device=device)
     final = log.evals.iloc[-1]
     summary = {"n_params": sum(p.numel() for p in model.parameters()),
-               **{f"final_{k}": float(final[k]) for k in ("loss_hop1", "acc_hop1", "loss_hop2", "acc_hop2")},
+               **{f"final_{k}": float(final[k]) for hops in range(1, task.max_hops + 1)
+                  for k in (f"loss_hop{hops}", f"acc_hop{hops}")},
                "uniform_loss": math.log(config.vocab),
                # the best a model blind to f(f(q)) can do: spread over the dictionary's values except f(q) and q
                "guess_loss": math.log(config.n_pairs - 2)}

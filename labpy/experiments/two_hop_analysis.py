@@ -27,7 +27,7 @@ from .registry import StoredRuns
 from ..tasks.two_hop import TwoHopTask
 from .two_hop import TwoHopConfig, answer_logits, eval_batch, hop_metrics
 
-SLOTS = ("hop-1 answer", "hop-2 answer")
+SLOTS = ("hop-1 answer", "hop-2 answer")   # the two-hop page's columns of `query_attention`
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,19 @@ def final_table(models: list[HopModel]) -> pd.DataFrame:
                          for m in models])
 
 
+QUERY_KINDS = {1: "one-hop", 2: "two-hop", 3: "three-hop"}
+
+
+def slot_name(hop: int) -> str:
+    """The column of `query_attention` holding attention to f^hop(q)'s slot."""
+    return f"hop-{hop} answer"
+
+
 @torch.no_grad()
 def query_attention(model, batch, task: TwoHopTask) -> pd.DataFrame:
-    """One row per head and query kind: mean attention from the query tokens to the hop-1 and hop-2 answers'
-    slots, and the head's previous-token score inside the dictionary (value slots attending to their key)."""
+    """One row per head and query kind (one-hop, two-hop, ...): mean attention from the query tokens to the slot of
+    each hop's answer f^j(q), and the head's previous-token score inside the dictionary (value slots attending to
+    their key)."""
     patterns = attention_patterns(model, batch.tokens)                             # (L, B, H, T, T)
     from_query = patterns[:, :, :, task.query_positions()]                         # (L, B, H, Q, T)
 
@@ -71,14 +80,15 @@ def query_attention(model, batch, task: TwoHopTask) -> pd.DataFrame:
         index = slots[None, :, None, :, None].expand(*from_query.shape[:-1], 1)
         return from_query.gather(-1, index).squeeze(-1)
 
-    to_slot = {"hop-1 answer": on(batch.hop1_slot), "hop-2 answer": on(batch.hop2_slot)}
+    to_slot = {slot_name(j): on(batch.hop_slots[..., j - 1]) for j in range(1, task.max_hops + 1)}
     values = torch.arange(1, 2 * task.n_pairs, 2)                                  # the dictionary's value slots
     prev = patterns[..., values, values - 1].mean(dim=(1, -1))                     # (L, H)
     rows = []
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
-            for kind, mask in (("one-hop", ~batch.two_hop), ("two-hop", batch.two_hop)):
-                rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}", "queries": kind,
+            for hops in range(1, task.max_hops + 1):
+                mask = batch.hops == hops
+                rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}", "queries": QUERY_KINDS[hops],
                              "previous_token": float(prev[layer, head]),
                              **{slot: float(w[layer, :, head][mask].mean()) for slot, w in to_slot.items()}})
     return pd.DataFrame(rows)
@@ -86,11 +96,11 @@ def query_attention(model, batch, task: TwoHopTask) -> pd.DataFrame:
 
 def carriers(attention: pd.DataFrame) -> dict[str, str]:
     """The heads that carry the circuit, read from where they look: the previous-token head (layer 0), and from
-    two-hop queries the head most on the hop-1 answer and the head most on the hop-2 answer."""
-    two = attention[attention.queries == "two-hop"]
-    return {"previous-token": two[two.layer == 0].sort_values("previous_token").iloc[-1].label,
-            "hop 1": two.sort_values("hop-1 answer").iloc[-1].label,
-            "hop 2": two.sort_values("hop-2 answer").iloc[-1].label}
+    the queries with the most hops, the head most on each hop's answer ("hop 1", "hop 2", ...)."""
+    n_hops = sum(column.endswith(" answer") for column in attention.columns)
+    top = attention[attention.queries == QUERY_KINDS[n_hops]]
+    return {"previous-token": top[top.layer == 0].sort_values("previous_token").iloc[-1].label,
+            **{f"hop {j}": top.sort_values(slot_name(j)).iloc[-1].label for j in range(1, n_hops + 1)}}
 
 
 @torch.no_grad()
@@ -120,18 +130,19 @@ def layer_ablation_table(model, batch, task: TwoHopTask, layer: int) -> pd.DataF
 
 
 @torch.no_grad()
-def first_hop_answers_without(model, batch, task: TwoHopTask, layer: int) -> float:
-    """Share of two-hop queries answered with f(q), the first hop's answer, when all of `layer`'s heads are
-    zeroed: below-chance two-hop accuracy can mean the model still does the first hop and stops there."""
+def answers_without_layer(model, batch, task: TwoHopTask, layer: int, hops: int, answered: int) -> float:
+    """Share of `hops`-hop queries answered with f^answered(q) when all of `layer`'s heads are zeroed: accuracy
+    below chance can mean the model still does the earlier hops and stops there."""
     with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate_head_hook(h)) for h in range(model.cfg.n_heads)]):
         predicted = answer_logits(model, batch, task).argmax(-1)                   # (B, Q)
-    first_hop = batch.tokens.gather(1, batch.hop1_slot)                             # (B, Q) the token f(q)
-    return float((predicted == first_hop)[batch.two_hop].float().mean())
+    earlier = batch.tokens.gather(1, batch.hop_slots[..., answered - 1])           # (B, Q) the token f^answered(q)
+    return float((predicted == earlier)[batch.hops == hops].float().mean())
 
 
 @torch.no_grad()
-def direct_attribution(model, batch, task: TwoHopTask, layer: int, zeroed: tuple[int, ...] = ()) -> pd.Series:
-    """{head label: mean over two-hop queries of what the head writes straight to the right answer's logit, less
+def direct_attribution(model, batch, task: TwoHopTask, layer: int, zeroed: tuple[int, ...] = (),
+                       hops: int = 2) -> pd.Series:
+    """{head label: mean over `hops`-hop queries of what the head writes straight to the right answer's logit, less
     the mean logit} through the final norm at the scale the run actually had. With `zeroed` heads of the same layer
     zeroed first, the others' values change only through that scale: heads of one layer cannot read each other."""
     cache: dict[str, torch.Tensor] = {}
@@ -154,7 +165,7 @@ def direct_attribution(model, batch, task: TwoHopTask, layer: int, zeroed: tuple
         writes = writes / cache["ln_final.hook_scale"][:, q, None] * norm.weight       # scale (B, Q, 1, 1)
     logits = writes @ model.W_U                                                        # (B, Q, H, V_out)
     right = logits.gather(-1, batch.answers[:, :, None, None].expand(*logits.shape[:3], 1)).squeeze(-1)
-    attribution = (right - logits.mean(-1))[batch.two_hop]                             # (n two-hop queries, H)
+    attribution = (right - logits.mean(-1))[batch.hops == hops]                        # (n queries, H)
     return pd.Series(attribution.mean(0).numpy(), index=[f"L{layer}H{h}" for h in range(model.cfg.n_heads)])
 
 

@@ -1,4 +1,4 @@
-"""Two-hop lookup in context: a dictionary of pairs, then queries that follow it once or twice.
+"""Multi-hop lookup in context: a dictionary of pairs, then queries that follow it once, twice (or more).
 
 A sequence is `n_pairs` pairs (s, f(s)) in random order, where f is a random cyclic permutation of `n_pairs`
 distinct tokens (so every key is also some pair's value, every chain continues, and f(s) ≠ s ≠ f(f(s)): no answer
@@ -10,6 +10,9 @@ Why it separates depths: one hop is induction — a previous-token head writes "
 slot of (s, f(s)), and a head reading that with the query s copies f(s) (two layers). Two hops need f(s) *before*
 the second lookup can be formed, so a third layer must query with what the second copied: no two-layer
 attention-only model can build the key f(s) matches, whatever it learns (the dictionary is new in every sequence).
+
+With `max_hops` = k > 2 there are k markers, HOP_j asks for f^j(q), and each query's hop count is drawn
+uniformly from 1..k (the two-hop task keeps its `p_two_hop` draw, so its sequences are unchanged).
 
 Layout, with K = n_pairs and Q = n_queries (T = 2K + 2Q):
     s_1 f(s_1) s_2 f(s_2) ... s_K f(s_K) | HOP_1 q_1 HOP_2 q_2 ... -> answers read at the query tokens' positions
@@ -24,10 +27,11 @@ import torch
 
 @dataclass(frozen=True)
 class TwoHopTask:
-    vocab: int = 32      # ordinary tokens; the two markers are ids vocab and vocab + 1
+    vocab: int = 32      # ordinary tokens; the markers HOP_1..HOP_k are ids vocab .. vocab + k - 1
     n_pairs: int = 8
     n_queries: int = 6
-    p_two_hop: float = 0.5
+    p_two_hop: float = 0.5   # with max_hops = 2; more hops are drawn uniformly
+    max_hops: int = 2
 
     def __post_init__(self) -> None:
         if not 3 <= self.n_pairs <= self.vocab:
@@ -38,6 +42,9 @@ class TwoHopTask:
                              f"about distinct keys; lower n_queries")
         if not 0 <= self.p_two_hop <= 1:
             raise ValueError(f"p_two_hop={self.p_two_hop} is not a probability; use a value in [0, 1]")
+        if not 2 <= self.max_hops < self.n_pairs:
+            raise ValueError(f"max_hops={self.max_hops} must be between 2 and n_pairs - 1 = {self.n_pairs - 1}: "
+                             f"f is one cycle through the keys, so f^k(q) = q when k = n_pairs; lower max_hops")
 
     @property
     def hop1_marker(self) -> int:
@@ -47,10 +54,13 @@ class TwoHopTask:
     def hop2_marker(self) -> int:
         return self.vocab + 1
 
+    def marker(self, hops: int) -> int:
+        return self.vocab + hops - 1
+
     @property
     def n_tokens(self) -> int:
-        """Input vocabulary: the ordinary tokens and the two markers."""
-        return self.vocab + 2
+        """Input vocabulary: the ordinary tokens and the markers."""
+        return self.vocab + self.max_hops
 
     @property
     def seq_len(self) -> int:
@@ -68,6 +78,8 @@ class TwoHopBatch:
     two_hop: torch.Tensor      # (B, Q) bool: a HOP2 query
     hop1_slot: torch.Tensor    # (B, Q) position of f(q) in the dictionary: the value slot of the query's own pair
     hop2_slot: torch.Tensor    # (B, Q) position of f(f(q)): the value slot of the pair whose key is f(q)
+    hops: torch.Tensor         # (B, Q) how many hops each query asks for, 1..max_hops
+    hop_slots: torch.Tensor    # (B, Q, max_hops) position of f^j(q), j = 1..max_hops
 
 
 def sample(task: TwoHopTask, n: int, generator: torch.Generator) -> TwoHopBatch:
@@ -81,11 +93,18 @@ def sample(task: TwoHopTask, n: int, generator: torch.Generator) -> TwoHopBatch:
     tokens.scatter_(1, 2 * slot, keys)
     tokens.scatter_(1, value_pos, torch.gather(keys, 1, f))
     asked = torch.argsort(torch.rand(n, K, generator=generator), dim=1)[:, :Q]          # (n, Q) distinct pair ids
-    two_hop = torch.rand(n, Q, generator=generator) < task.p_two_hop
-    once = torch.gather(f, 1, asked)                                                    # pair id of f(q)
-    twice = torch.gather(f, 1, once)
-    answers = torch.gather(keys, 1, torch.where(two_hop, twice, once))
-    markers = torch.where(two_hop, task.hop2_marker, task.hop1_marker)
-    tokens[:, 2 * K::2] = markers
+    if task.max_hops == 2:
+        hops = 1 + (torch.rand(n, Q, generator=generator) < task.p_two_hop).long()
+    else:
+        hops = torch.randint(1, task.max_hops + 1, (n, Q), generator=generator)
+    chain = [asked]                                                                     # pair ids of q, f(q), ...
+    for _ in range(task.max_hops):
+        chain.append(torch.gather(f, 1, chain[-1]))
+    along = torch.stack(chain[1:], dim=-1)                                              # (n, Q, k) f^j(q), j = 1..k
+    answers = torch.gather(keys, 1, along.gather(-1, hops[..., None] - 1).squeeze(-1))
+    tokens[:, 2 * K::2] = task.vocab + hops - 1
     tokens[:, 2 * K + 1::2] = torch.gather(keys, 1, asked)
-    return TwoHopBatch(tokens, answers, two_hop, torch.gather(value_pos, 1, asked), torch.gather(value_pos, 1, once))
+    # f^j(q) is written in the value slot of the pair whose key is f^(j-1)(q)
+    before = torch.stack(chain[:-1], dim=-1)                                            # (n, Q, k)
+    hop_slots = torch.gather(value_pos, 1, before.flatten(1)).view(before.shape)        # (n, Q, k)
+    return TwoHopBatch(tokens, answers, hops == 2, hop_slots[..., 0], hop_slots[..., 1], hops, hop_slots)
