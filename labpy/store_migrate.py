@@ -1,10 +1,13 @@
-"""Store migrations: rename config fields and legacy checkpoint names of stored runs, without retraining.
+"""Store migrations: rename config fields and legacy checkpoint names of stored runs, or drop checkpoints no
+page reads, without retraining.
 
 Why: a config field's name is part of the entry key (the key hashes the config), so renaming a dataclass field
 orphans every stored run of it. A migration verifies the entry first (a damaged entry is never laundered into a
 sealed one), rewrites the stored config, renames checkpoints such as `step000200` to `checkpoint_name(step)`,
 reseals the manifest and moves the entry to the key its new config hashes to. The new entry is built aside and
 renamed into place before the old one is removed, so an interruption leaves at least one complete entry.
+Thinning (`thin_entry`) keeps the store within its budget: it drops step checkpoints, records the dropped steps
+in meta.json (`dropped_checkpoints`) and reseals the same way; the key does not change.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from .errors import DamagedEntryError
@@ -41,16 +44,9 @@ def _check_copy(entry: RunEntry, copy: Path) -> None:
                                 f"check it with `lab status --verify`")
 
 
-def migrate_entry(store: RunStore, entry: RunEntry, renames: Mapping[str, str]) -> RunEntry:
-    """Apply `renames` (old field -> new field) and the checkpoint naming to one entry; returns the entry as it
-    now is (unchanged when there was nothing to do)."""
-    entry.verify()
-    meta = dict(entry.meta)
-    config = renamed_config(meta["config"], renames)
-    key = entry_key(meta["label"], config, meta["version"])
-    legacy = [p for p in (entry.path / "checkpoints").glob("*.safetensors") if LEGACY_CHECKPOINT.fullmatch(p.stem)]
-    if key == entry.key and not legacy:
-        return entry
+def _reseal(store: RunStore, entry: RunEntry, key: str, meta: dict, edit: Callable[[Path], None]) -> RunEntry:
+    """Copy the entry aside, check the copy, apply `edit` to it, write `meta` and a new manifest, and swap it in
+    under `key`: an interruption leaves at least one complete entry."""
     final = store.entry_path(meta["experiment"], key)
     if final.exists() and final != entry.path:
         raise FileExistsError(f"migrating {entry.name} would overwrite {final}; remove one of them first")
@@ -59,13 +55,7 @@ def migrate_entry(store: RunStore, entry: RunEntry, renames: Mapping[str, str]) 
     shutil.copytree(entry.path, tmp)
     try:
         _check_copy(entry, tmp)               # against the old manifest: nothing damaged gets resealed
-        for path in tmp.glob("checkpoints/*.safetensors"):
-            if m := LEGACY_CHECKPOINT.fullmatch(path.stem):
-                target = path.with_name(f"{checkpoint_name(int(m.group(1)))}.safetensors")
-                if target.exists():
-                    raise FileExistsError(f"{entry.name} holds both {path.name} and {target.name}; keep one")
-                path.rename(target)
-        meta |= {"config": config, "key": key}
+        edit(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         write_manifest(tmp, meta)
         os.replace(entry.path, old)           # hidden first: an interruption never leaves half an entry visible
@@ -79,6 +69,63 @@ def migrate_entry(store: RunStore, entry: RunEntry, renames: Mapping[str, str]) 
     migrated = RunEntry(final)
     migrated.verify()
     return migrated
+
+
+def migrate_entry(store: RunStore, entry: RunEntry, renames: Mapping[str, str]) -> RunEntry:
+    """Apply `renames` (old field -> new field) and the checkpoint naming to one entry; returns the entry as it
+    now is (unchanged when there was nothing to do)."""
+    entry.verify()
+    meta = dict(entry.meta)
+    config = renamed_config(meta["config"], renames)
+    key = entry_key(meta["label"], config, meta["version"])
+    legacy = [p for p in (entry.path / "checkpoints").glob("*.safetensors") if LEGACY_CHECKPOINT.fullmatch(p.stem)]
+    if key == entry.key and not legacy:
+        return entry
+
+    def rename_checkpoints(folder: Path) -> None:
+        for path in folder.glob("checkpoints/*.safetensors"):
+            if m := LEGACY_CHECKPOINT.fullmatch(path.stem):
+                target = path.with_name(f"{checkpoint_name(int(m.group(1)))}.safetensors")
+                if target.exists():
+                    raise FileExistsError(f"{entry.name} holds both {path.name} and {target.name}; keep one")
+                path.rename(target)
+
+    return _reseal(store, entry, key, meta | {"config": config, "key": key}, rename_checkpoints)
+
+
+def thin_entry(store: RunStore, entry: RunEntry, keep: Iterable[int] | None = None,
+               rows_every: Mapping[str, int] | None = None) -> RunEntry:
+    """Drop every step checkpoint but the steps in `keep` (which must exist; None keeps all; named checkpoints
+    stay), and keep every n-th row of the tables in `rows_every` (per-step logs no page plots). What was dropped is
+    listed in meta.json, so a reader can tell a thinned entry from a run that never saved it."""
+    entry.verify()
+    steps = entry.checkpoint_steps()
+    keep = set(steps) if keep is None else set(keep)
+    missing = keep - set(steps)
+    if missing:
+        raise ValueError(f"{entry.name} has no checkpoint at steps {sorted(missing)}; it has {steps}")
+    unknown = set(rows_every or {}) - set(entry.table_names())
+    if unknown:
+        raise ValueError(f"{entry.name} has no table {sorted(unknown)}; it has {entry.table_names()}")
+    dropped = [s for s in steps if s not in keep]
+    rows_every = {name: n for name, n in (rows_every or {}).items() if n > 1}
+    if not dropped and not rows_every:
+        return entry
+    meta = dict(entry.meta)
+    if dropped:
+        meta["dropped_checkpoints"] = sorted({*meta.get("dropped_checkpoints", []), *dropped})
+    if rows_every:
+        meta["table_rows_every"] = {**meta.get("table_rows_every", {}), **rows_every}
+
+    def drop(folder: Path) -> None:
+        for step in dropped:
+            (folder / "checkpoints" / f"{checkpoint_name(step)}.safetensors").unlink()
+        for name, n in rows_every.items():
+            path = folder / "tables" / f"{name}.csv"
+            lines = path.read_text().splitlines(keepends=True)
+            path.write_text("".join(lines[:1] + lines[1::n]))      # the header, then every n-th row from the first
+
+    return _reseal(store, entry, entry.key, meta, drop)
 
 
 def migrate_experiment(store: RunStore, experiment: str, renames: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -242,6 +242,33 @@ def test_migration_with_only_checkpoints_to_rename_keeps_the_key(tmp_store):
     assert not list((tmp_store.root / "exp").glob(".*"))
 
 
+def test_thinning_drops_step_checkpoints_records_them_and_reseals(tmp_store):
+    """The kept steps load as before, the dropped ones are gone and listed in meta.json, the key stays, and a
+    step that was never saved cannot be kept."""
+    from labpy.store import checkpoint_name
+    from labpy.store_migrate import thin_entry
+
+    key, meta = _meta({"lr": 0.1}, label="a")
+    result = _result()
+    result.checkpoints = {checkpoint_name(s): {"w": torch.tensor([float(s)])} for s in (0, 100, 200, 300)}
+    result.checkpoints["final"] = {"w": torch.tensor([9.0])}
+    entry = tmp_store.put("exp", key, meta, result, {})
+    with pytest.raises(ValueError, match=r"no checkpoint at steps \[150\]"):
+        thin_entry(tmp_store, entry, keep={0, 150})
+    thinned = thin_entry(tmp_store, entry, keep={0, 300})
+    again = tmp_store.get("exp", key)                     # verifies the resealed manifest
+    assert thinned.key == key and again.checkpoint_steps() == [0, 300]
+    assert again.step_checkpoint(300)["w"].item() == 300.0 and again.checkpoint("final")["w"].item() == 9.0
+    assert again.meta["dropped_checkpoints"] == [100, 200] and again.table("curve").loss.tolist() == [2.5, 1.25]
+    assert thin_entry(tmp_store, again, keep={0, 300}).checkpoint_steps() == [0, 300]    # nothing more to drop
+    with pytest.raises(ValueError, match=r"no table \['nope'\]"):
+        thin_entry(tmp_store, again, rows_every={"nope": 2})
+    thin_entry(tmp_store, again, rows_every={"curve": 2})
+    rows = tmp_store.get("exp", key)
+    assert rows.table("curve").loss.tolist() == [2.5] and rows.meta["table_rows_every"] == {"curve": 2}
+    assert not list((tmp_store.root / "exp").glob(".*"))
+
+
 def test_an_interrupted_migration_leaves_the_original_entry(tmp_store, monkeypatch):
     """Killed between moving the original aside and moving the new entry in: the original comes back whole."""
     import os
