@@ -63,6 +63,11 @@ def final_table(models: list[HopModel]) -> pd.DataFrame:
 QUERY_KINDS = {1: "one-hop", 2: "two-hop", 3: "three-hop"}
 
 
+def query_kind(hops: int) -> str:
+    """The `queries` label of `query_attention` rows: "one-hop", "two-hop", ... ("5-hop" past three)."""
+    return QUERY_KINDS.get(hops, f"{hops}-hop")
+
+
 def slot_name(hop: int) -> str:
     """The column of `query_attention` holding attention to f^hop(q)'s slot."""
     return f"hop-{hop} answer"
@@ -88,7 +93,7 @@ def query_attention(model, batch, task: TwoHopTask) -> pd.DataFrame:
         for head in range(model.cfg.n_heads):
             for hops in range(1, task.max_hops + 1):
                 mask = batch.hops == hops
-                rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}", "queries": QUERY_KINDS[hops],
+                rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}", "queries": query_kind(hops),
                              "previous_token": float(prev[layer, head]),
                              **{slot: float(w[layer, :, head][mask].mean()) for slot, w in to_slot.items()}})
     return pd.DataFrame(rows)
@@ -98,7 +103,7 @@ def carriers(attention: pd.DataFrame) -> dict[str, str]:
     """The heads that carry the circuit, read from where they look: the previous-token head (layer 0), and from
     the queries with the most hops, the head most on each hop's answer ("hop 1", "hop 2", ...)."""
     n_hops = sum(column.endswith(" answer") for column in attention.columns)
-    top = attention[attention.queries == QUERY_KINDS[n_hops]]
+    top = attention[attention.queries == query_kind(n_hops)]
     return {"previous-token": top[top.layer == 0].sort_values("previous_token").iloc[-1].label,
             **{f"hop {j}": top.sort_values(slot_name(j)).iloc[-1].label for j in range(1, n_hops + 1)}}
 
@@ -133,7 +138,8 @@ def layer_ablation_table(model, batch, task: TwoHopTask, layer: int) -> pd.DataF
 def answers_without_layer(model, batch, task: TwoHopTask, layer: int, hops: int, answered: int) -> float:
     """Share of `hops`-hop queries answered with f^answered(q) when all of `layer`'s heads are zeroed: accuracy
     below chance can mean the model still does the earlier hops and stops there."""
-    with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate_head_hook(h)) for h in range(model.cfg.n_heads)]):
+    every_head = [(f"blocks.{layer}.attn.hook_z", ablate_head_hook(h)) for h in range(model.cfg.n_heads)]
+    with model.hooks(fwd_hooks=every_head):
         predicted = answer_logits(model, batch, task).argmax(-1)                   # (B, Q)
     earlier = batch.tokens.gather(1, batch.hop_slots[..., answered - 1])           # (B, Q) the token f^answered(q)
     return float((predicted == earlier)[batch.hops == hops].float().mean())
