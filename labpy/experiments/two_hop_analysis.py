@@ -108,13 +108,18 @@ def carriers(attention: pd.DataFrame) -> dict[str, str]:
             **{f"hop {j}": top.sort_values(slot_name(j)).iloc[-1].label for j in range(1, n_hops + 1)}}
 
 
+def zeroing(layer: int, heads) -> list[tuple[str, object]]:
+    """Forward hooks that zero the outputs (`hook_z`) of `heads` of one layer together."""
+    return [(f"blocks.{layer}.attn.hook_z", ablate_head_hook(h)) for h in heads]
+
+
 @torch.no_grad()
 def ablation_table(model, batch, task: TwoHopTask) -> pd.DataFrame:
     """Accuracy and loss by hop with each head zeroed in turn (and none: `label` "none")."""
     rows = [{"label": "none", "layer": -1, "head": -1, **hop_metrics(model, batch, task)}]
     for layer in range(model.cfg.n_layers):
         for head in range(model.cfg.n_heads):
-            with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate_head_hook(head))]):
+            with model.hooks(fwd_hooks=zeroing(layer, [head])):
                 rows.append({"label": f"L{layer}H{head}", "layer": layer, "head": head,
                              **hop_metrics(model, batch, task)})
     return pd.DataFrame(rows)
@@ -127,7 +132,7 @@ def layer_ablation_table(model, batch, task: TwoHopTask, layer: int) -> pd.DataF
     heads = range(model.cfg.n_heads)
     rows = []
     for zeroed in chain.from_iterable(combinations(heads, k) for k in range(len(heads) + 1)):
-        with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate_head_hook(h)) for h in zeroed]):
+        with model.hooks(fwd_hooks=zeroing(layer, zeroed)):
             rows.append({"zeroed": "+".join(f"L{layer}H{h}" for h in zeroed) or "none", "n_zeroed": len(zeroed),
                          "kept": "+".join(f"L{layer}H{h}" for h in heads if h not in zeroed) or "none",
                          **hop_metrics(model, batch, task)})
@@ -138,8 +143,7 @@ def layer_ablation_table(model, batch, task: TwoHopTask, layer: int) -> pd.DataF
 def answers_without_layer(model, batch, task: TwoHopTask, layer: int, hops: int, answered: int) -> float:
     """Share of `hops`-hop queries answered with f^answered(q) when all of `layer`'s heads are zeroed: accuracy
     below chance can mean the model still does the earlier hops and stops there."""
-    every_head = [(f"blocks.{layer}.attn.hook_z", ablate_head_hook(h)) for h in range(model.cfg.n_heads)]
-    with model.hooks(fwd_hooks=every_head):
+    with model.hooks(fwd_hooks=zeroing(layer, range(model.cfg.n_heads))):
         predicted = answer_logits(model, batch, task).argmax(-1)                   # (B, Q)
     earlier = batch.tokens.gather(1, batch.hop_slots[..., answered - 1])           # (B, Q) the token f^answered(q)
     return float((predicted == earlier)[batch.hops == hops].float().mean())
@@ -157,7 +161,7 @@ def direct_attribution(model, batch, task: TwoHopTask, layer: int, zeroed: tuple
         cache[hook.name] = t
 
     z_name = f"blocks.{layer}.attn.hook_z"
-    hooks = [(z_name, ablate_head_hook(h)) for h in zeroed] + [(z_name, keep)]   # zero first, then record
+    hooks = zeroing(layer, zeroed) + [(z_name, keep)]                             # zero first, then record
     norm = model.ln_final
     if hasattr(norm, "hook_scale"):
         hooks.append(("ln_final.hook_scale", keep))
@@ -181,8 +185,7 @@ def hop_metrics_with_frozen_norm(model, batch, task: TwoHopTask, layer: int, hea
     heads' writes achieve without the norm scaling them up to make good the loss."""
     _, cache = model.run_with_cache(batch.tokens, names_filter="ln_final.hook_scale")
     intact_scale = cache["ln_final.hook_scale"]                                       # (B, T, 1)
-    hooks = [(f"blocks.{layer}.attn.hook_z", ablate_head_hook(head)),
-             ("ln_final.hook_scale", lambda scale, hook: intact_scale)]
+    hooks = zeroing(layer, [head]) + [("ln_final.hook_scale", lambda scale, hook: intact_scale)]
     with model.hooks(fwd_hooks=hooks):
         return hop_metrics(model, batch, task)
 

@@ -75,11 +75,23 @@ class TwoHopTask:
 class TwoHopBatch:
     tokens: torch.Tensor       # (B, T)
     answers: torch.Tensor      # (B, Q) the token each query asks for
-    two_hop: torch.Tensor      # (B, Q) bool: a HOP2 query
-    hop1_slot: torch.Tensor    # (B, Q) position of f(q) in the dictionary: the value slot of the query's own pair
-    hop2_slot: torch.Tensor    # (B, Q) position of f(f(q)): the value slot of the pair whose key is f(q)
     hops: torch.Tensor         # (B, Q) how many hops each query asks for, 1..max_hops
     hop_slots: torch.Tensor    # (B, Q, max_hops) position of f^j(q), j = 1..max_hops
+
+    @property
+    def two_hop(self) -> torch.Tensor:
+        """(B, Q) bool: a HOP2 query."""
+        return self.hops == 2
+
+    @property
+    def hop1_slot(self) -> torch.Tensor:
+        """(B, Q) position of f(q) in the dictionary: the value slot of the query's own pair."""
+        return self.hop_slots[..., 0]
+
+    @property
+    def hop2_slot(self) -> torch.Tensor:
+        """(B, Q) position of f(f(q)): the value slot of the pair whose key is f(q)."""
+        return self.hop_slots[..., 1]
 
 
 def sample(task: TwoHopTask, n: int, generator: torch.Generator) -> TwoHopBatch:
@@ -107,4 +119,4 @@ def sample(task: TwoHopTask, n: int, generator: torch.Generator) -> TwoHopBatch:
     # f^j(q) is written in the value slot of the pair whose key is f^(j-1)(q)
     before = torch.stack(chain[:-1], dim=-1)                                            # (n, Q, k)
     hop_slots = torch.gather(value_pos, 1, before.flatten(1)).view(before.shape)        # (n, Q, k)
-    return TwoHopBatch(tokens, answers, hops == 2, hop_slots[..., 0], hop_slots[..., 1], hops, hop_slots)
+    return TwoHopBatch(tokens, answers, hops, hop_slots)
