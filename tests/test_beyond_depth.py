@@ -104,14 +104,20 @@ def test_zeroing_inside_the_dictionary_spares_the_queries():
     batch = sample(task, 8, step_generator(10, 0))
     with torch.no_grad():
         intact = answer_logits(model, batch, task)
-        with model.hooks(fwd_hooks=bd.zeroing_in_dictionary(task, layer=1, head=2)):
+        with model.hooks(fwd_hooks=bd.zeroing_in_dictionary(task, layer=1, heads=[2])):
             last_inside = answer_logits(model, batch, task)
         with model.hooks(fwd_hooks=tha.zeroing(1, [2])):
             last_everywhere = answer_logits(model, batch, task)
-        with model.hooks(fwd_hooks=bd.zeroing_in_dictionary(task, layer=0, head=2)):
+        with model.hooks(fwd_hooks=bd.zeroing_in_dictionary(task, layer=0, heads=[2])):
             first_inside = answer_logits(model, batch, task)
     assert torch.equal(intact, last_inside)
     assert not torch.allclose(intact, last_everywhere, atol=1e-4)
     assert not torch.allclose(intact, first_inside, atol=1e-4)
-    metrics = bd.metrics_with(model, batch, task, bd.zeroing_in_dictionary(task, layer=1, head=2))
+    with torch.no_grad(), model.hooks(fwd_hooks=bd.zeroing_in_dictionary(task, layer=0, heads=[1, 2])):
+        two_inside = answer_logits(model, batch, task)
+    with torch.no_grad(), model.hooks(fwd_hooks=bd.zeroing_in_dictionary(task, 0, [1])
+                                      + bd.zeroing_in_dictionary(task, 0, [2])):
+        one_then_other = answer_logits(model, batch, task)
+    assert torch.equal(two_inside, one_then_other) and not torch.allclose(two_inside, first_inside, atol=1e-4)
+    metrics = bd.metrics_with(model, batch, task, bd.zeroing_in_dictionary(task, layer=1, heads=[2]))
     assert metrics["acc_hop3"] == pytest.approx((intact.argmax(-1) == batch.answers)[batch.hops == 3].float().mean())

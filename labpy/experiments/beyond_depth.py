@@ -98,14 +98,14 @@ def lookahead_scores(model, batch: TwoHopBatch, task: TwoHopTask) -> pd.DataFram
                          for layer in range(L) for head in range(H)])
 
 
-def zeroing_in_dictionary(task: TwoHopTask, layer: int, head: int) -> list[tuple[str, object]]:
-    """Forward hooks that zero one head's output (`hook_z`) at the dictionary's positions only: the head keeps
-    working at the queries, so what is lost is what it wrote into the dictionary for later layers to read."""
-    inside = 2 * task.n_pairs
+def zeroing_in_dictionary(task: TwoHopTask, layer: int, heads) -> list[tuple[str, object]]:
+    """Forward hooks that zero some heads' outputs (`hook_z`) of one layer at the dictionary's positions only: the
+    heads keep working at the queries, so what is lost is what they wrote into the dictionary for later layers."""
+    inside, heads = 2 * task.n_pairs, [int(h) for h in heads]
 
     def hook(z: torch.Tensor, hook=None) -> torch.Tensor:                           # z: (B, T, H, d_head)
         z = z.clone()
-        z[:, :inside, head] = 0.0
+        z[:, :inside, heads] = 0.0
         return z
 
     return [(f"blocks.{layer}.attn.hook_z", hook)]
