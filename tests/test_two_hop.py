@@ -201,3 +201,16 @@ def test_frozen_norm_ablation_matches_a_hand_built_final_norm():
     losses = F.cross_entropy(logits.transpose(1, 2), batch.answers, reduction="none")
     assert frozen["loss_hop2"] == pytest.approx(losses[batch.two_hop].mean().item(), rel=1e-5)
     assert frozen["loss_hop2"] != pytest.approx(plain["loss_hop2"], rel=1e-3)
+
+
+def test_first_hop_heads_are_the_layer_one_heads_on_f_of_q_from_those_queries():
+    import pandas as pd
+
+    rows = [{"layer": layer, "label": f"L{layer}H{h}", "queries": kind, "hop-1 answer": score}
+            for layer in (0, 1, 2) for h in range(3)
+            for kind, score in (("one-hop", 0.9 if (layer, h) == (1, 0) else 0.1),
+                                ("two-hop", 0.6 if h == 2 else 0.49))]
+    attention = pd.DataFrame(rows)
+    assert tha.first_hop_heads(attention, hops=1) == ["L1H0"]
+    assert tha.first_hop_heads(attention, hops=2) == ["L1H2"]              # L0H2 and L2H2 are not layer 1
+    assert tha.first_hop_heads(attention, hops=2, level=0.4) == ["L1H0", "L1H1", "L1H2"]

@@ -108,6 +108,13 @@ def carriers(attention: pd.DataFrame) -> dict[str, str]:
             **{f"hop {j}": top.sort_values(slot_name(j)).iloc[-1].label for j in range(1, n_hops + 1)}}
 
 
+def first_hop_heads(attention: pd.DataFrame, hops: int, level: float = 0.5) -> list[str]:
+    """The layer-1 heads whose mean attention from `hops`-hop queries to f(q)'s slot is at least `level`: the heads
+    doing those queries' first hop (`attention` from `query_attention`)."""
+    rows = attention[(attention.layer == 1) & (attention.queries == query_kind(hops))]
+    return rows[rows[slot_name(1)] >= level].label.tolist()
+
+
 def zeroing(layer: int, heads) -> list[tuple[str, object]]:
     """Forward hooks that zero the outputs (`hook_z`) of `heads` of one layer together."""
     return [(f"blocks.{layer}.attn.hook_z", ablate_head_hook(h)) for h in heads]
