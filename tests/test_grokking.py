@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from labpy.toy.modular_addition import (ModularAdditionSpec, ModularAdditionTransformer, all_pairs,
                                         embedding_frequency_norms, excluded_logits, fast_logits, fourier_basis,
-                                        logit_frequency_norms, restricted_logits, sum_directions, top_frequencies,
-                                        train_split)
+                                        logit_frequency_norms, neuron_frequency_fve, restricted_logits,
+                                        sum_directions, top_frequencies, train_split)
 
 SPEC = ModularAdditionSpec(p=7, d_model=12, n_heads=3, d_head=4, d_mlp=20)
 
@@ -139,6 +139,18 @@ def test_smoke_run_stores_measures_and_progress(tmp_store):
     assert set(ablation.index) == {"logits", "key frequencies only", "key frequencies removed"}
     assert ablation.accuracy.between(0, 1).all()
 
+    from labpy.experiments.grokking_analysis import neuron_frequencies
+
+    neurons = neuron_frequencies(entry)                                   # one row per MLP neuron
+    _, cache = model.run_with_cache(tokens)
+    acts = cache["blocks.0.mlp.hook_post"][:, -1]
+    assert len(neurons) == config.d_mlp and neurons.fires.tolist() == (acts.max(0).values > 0).tolist()
+    assert neurons.frequency.between(1, (config.p - 1) // 2).all() and neurons.fve.between(0, 1 + 1e-6).all()
+    fve = neuron_frequency_fve(acts, config.p)
+    key = [k - 1 for k in entry.summary["key_freqs"]]
+    assert neurons.key_fve.to_numpy() == pytest.approx(fve[key].sum(0).numpy(), abs=1e-6)
+    assert (neurons.key_fve <= 1 + 1e-5).all()
+
 
 def test_phases_tile_training_from_the_milestones():
     from labpy.experiments.grokking_analysis import PHASES, phases
@@ -155,3 +167,26 @@ def test_a_bad_train_fraction_is_one_clear_error():
 
     with pytest.raises(ConfigError, match=r"GrokkingConfig.train_fraction = 1.5 is out of range"):
         GrokkingConfig(train_fraction=1.5)
+
+
+def test_neuron_fve_finds_one_frequency_products_and_splits_mixtures():
+    """Hand-built neurons over p = 11: a product of frequency-2 waves with a linear term, cos(w_1 (a + b)) (a sum
+    of products, so still frequency 1), an even mix of frequencies 1 and 3, a constant and a dead neuron."""
+    p = 11
+    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).T.double()
+    w = lambda k: 2 * math.pi * k / p
+    acts = torch.stack([torch.cos(w(2) * a) * torch.sin(w(2) * b) + 0.3 * torch.cos(w(2) * a) + 5,
+                        torch.cos(w(1) * (a + b)),
+                        torch.cos(w(1) * a) + torch.cos(w(3) * b),
+                        torch.cos(w(4) * a) + torch.cos(w(4) * (a - b)),      # cos(w(a-b)) is frequency 4 too
+                        torch.full_like(a, 2.0),
+                        torch.zeros_like(a)], dim=1)                          # (p², 6)
+    fve = neuron_frequency_fve(acts, p)                                       # (5, 6)
+    assert fve.shape == (5, 6)
+    assert fve[1, 0] == pytest.approx(1, abs=1e-5) and fve[0, 1] == pytest.approx(1, abs=1e-5)
+    assert fve[0, 2] == pytest.approx(0.5, abs=1e-5) and fve[2, 2] == pytest.approx(0.5, abs=1e-5)
+    assert fve[3, 3] == pytest.approx(1, abs=1e-5)
+    assert torch.all(fve[:, 4:] == 0)                                         # no variance: nothing explained
+    noise = torch.randn(p * p, 3, generator=torch.Generator().manual_seed(0))
+    shares = neuron_frequency_fve(noise, p)
+    assert torch.all(shares.sum(0) <= 1 + 1e-5) and torch.all(shares.max(0).values < 0.5)

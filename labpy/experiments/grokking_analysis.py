@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..toy.modular_addition import (ModularAdditionTransformer, all_pairs, excluded_logits, fast_logits,
-                                    restricted_logits, sum_directions)
+                                    neuron_frequency_fve, restricted_logits, sum_directions)
 
 MEMORISED_ACC = 0.99      # train accuracy: memorisation is complete
 ONSET_ACC = 0.5           # test accuracy: grokking is under way
@@ -86,3 +86,20 @@ def fourier_ablation(entry: Any) -> pd.DataFrame:
     return pd.DataFrame([{"variant": name, "loss": F.cross_entropy(v, labels).item(),
                           "accuracy": (v.argmax(-1) == labels).float().mean().item()}
                          for name, v in variants.items()])
+
+
+@torch.no_grad()
+def neuron_frequencies(entry: Any) -> pd.DataFrame:
+    """One row per MLP neuron of a stored run's final model, read on every pair `a b =`: whether it fires on any
+    pair, the frequency whose terms explain most of its variance (`neuron_frequency_fve`), that fraction (`fve`)
+    and the fraction all of the run's key frequencies explain together (`key_fve`)."""
+    p = entry.config.p
+    tokens, _ = all_pairs(p)                                                           # (p², 3)
+    _, cache = final_model(entry).run_with_cache(tokens, names_filter="blocks.0.mlp.hook_post")
+    acts = cache["blocks.0.mlp.hook_post"][:, -1]                                      # (p², d_mlp) at "="
+    fve = neuron_frequency_fve(acts, p)                                                # (K, d_mlp)
+    best = fve.max(dim=0)
+    key_fve = fve[[k - 1 for k in entry.summary["key_freqs"]]].sum(dim=0)
+    return pd.DataFrame({"neuron": range(acts.shape[1]), "fires": (acts > 0).any(dim=0).numpy(),
+                         "frequency": (best.indices + 1).numpy(), "fve": best.values.numpy(),
+                         "key_fve": key_fve.numpy()})

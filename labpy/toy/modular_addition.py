@@ -185,6 +185,24 @@ def embedding_frequency_norms(W_E: torch.Tensor, p: int) -> torch.Tensor:
     return per_row[1::2] + per_row[2::2]
 
 
+def neuron_frequency_fve(acts: torch.Tensor, p: int) -> torch.Tensor:
+    """(K, n): the fraction of each neuron's variance over the p² pairs in the terms of frequency k = 1 .. K,
+    K = (p-1)/2 — cos and sin of w_k a, of w_k b, and their four products across a and b. `acts` is (p², n), pairs
+    in `all_pairs` order. The paper's neurons each compute a product of one frequency's waves; this measures "one".
+    A neuron that never varies (dead under ReLU) gets 0 everywhere."""
+    basis = fourier_basis(p).double()                                                  # (p, p) rows: const, cos, sin
+    grid = acts.double().reshape(p, p, -1)                                             # (a, b, n)
+    power = torch.einsum("ia,abn,jb->ijn", basis, grid, basis) ** 2                    # (p, p, n) per 2-D component
+    constant = power[0, 0]
+    total = power.sum(dim=(0, 1)) - constant                                           # (n,) variance × p²
+    shares = []
+    for k in range(1, (p - 1) // 2 + 1):
+        rows = [0, 2 * k - 1, 2 * k]                                                   # constant, cos k, sin k
+        shares.append(power[rows][:, rows].sum(dim=(0, 1)) - constant)
+    fve = torch.stack(shares) / total.clamp_min(1e-30)
+    return torch.where(total > 1e-12 * total.max(), fve, torch.zeros_like(fve)).float()
+
+
 def sum_directions(p: int) -> torch.Tensor:
     """(K, 2, p²) unit vectors over the input grid: cos(w_k (a + b)) and sin(w_k (a + b)) for k = 1 .. K.
 
