@@ -108,3 +108,44 @@ def test_formation_replays_the_lab_lm_bit_for_bit_and_scores_every_step(tmp_stor
     uniform_entropy = sum(math.log2(k + 1) for k in range(1, t)) / (t - 1)    # every query spreads evenly
     assert (start.entropy_bits - uniform_entropy).abs().max() < 0.05
     assert heads[["previous_token", "first_token", "induction", "duplicate_token"]].stack().between(0, 1).all()
+
+
+def test_regroupings_are_every_split_into_equal_groups_once():
+    from labpy.experiments.attention_atlas_analysis import regroupings
+
+    nine = regroupings(9, 3)                                           # 9! / (3!^3 · 3!) = 280
+    assert nine.shape == (280, 9) and all(sorted(__import__("collections").Counter(r).values()) == [3, 3, 3] for r in nine)
+    as_sets = {frozenset(frozenset(int(h) for h in range(9) if r[h] == g) for g in range(3)) for r in nine}
+    assert len(as_sets) == 280                                         # no split twice under another labelling
+    assert len(regroupings(4, 2)) == 3 and len(regroupings(6, 3)) == 10
+
+
+def test_group_gap_and_its_exact_p_value_on_hand_built_heads():
+    import numpy as np
+    import pandas as pd
+
+    from labpy.experiments.attention_atlas_analysis import group_eta2, group_gap, head_profiles, kv_group_gaps
+
+    points = np.array([[0.0], [0.0], [3.0], [3.0]])                   # two tight pairs, 3 apart
+    assert group_gap(points, np.array([0, 0, 1, 1])) == 3.0           # across 3, within 0
+    assert group_gap(points, np.array([0, 1, 0, 1])) == -1.5          # across (0 + 3) / 2, within 3
+    rows = []
+    for layer, offset in ((0, 0.0), (1, 10.0)):
+        for head in range(9):
+            group = head // 3
+            rows += [{"kind": "prose", "layer": layer, "head": head, "kv_head": group,
+                      "previous_token": offset + group + 0.01 * head, "first_token": 0.5 * group,
+                      "entropy_bits": 1.0 + (head % 2), "induction": np.nan}]
+    heads = pd.DataFrame(rows)
+    profiles = head_profiles(heads)
+    assert set(profiles.columns) == {"layer", "head", "kv_head", "previous_token (prose)", "first_token (prose)",
+                                     "entropy_bits (prose)"}
+    assert np.allclose(profiles.iloc[:, 3:].mean(), 0) and np.allclose(profiles.iloc[:, 3:].std(ddof=0), 1)
+    table, p_all = kv_group_gaps(head_profiles(heads.drop(columns="entropy_bits")), samples=2000)
+    assert (table.gap > 0).all() and (table.within < table.across).all()
+    assert np.allclose(table.p, 1 / 280)                               # only the true grouping is that tight
+    assert p_all < 0.002
+    assert group_eta2(heads, "first_token", "prose") == 1.0            # constant within groups, differs across
+    assert 0 < group_eta2(heads, "entropy_bits", "prose") < 0.25      # alternates inside every group
+    mixed, _ = kv_group_gaps(profiles, samples=10)                     # entropy splits every group: less alike
+    assert (mixed.p > 1 / 280).all()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from itertools import combinations
+
+import numpy as np
 import pandas as pd
 
 
@@ -32,3 +35,86 @@ def first_step_reaching(curve: pd.DataFrame, column: str, fraction: float) -> in
     """The first step at which `column` reaches `fraction` of its value at the last step."""
     target = fraction * curve[column].iloc[-1]
     return int(curve.step[curve[column] >= target].iloc[0])
+
+
+# ---- do query heads that share a key/value head share roles? --------------------------------------------------
+
+SCORE_COLUMNS = ("previous_token", "duplicate_token", "induction", "first_token", "local_window", "entropy_bits")
+
+
+def head_profiles(heads: pd.DataFrame) -> pd.DataFrame:
+    """One row per (layer, head, kv_head) of one model, one column per score measured on each kind of text
+    ("induction (repeated random)"), each standardised over the model's heads: a description of the head in which
+    no score's units dominate the distance between two heads."""
+    wide = heads.pivot_table(index=["layer", "head", "kv_head"], columns="kind",
+                             values=[c for c in SCORE_COLUMNS if c in heads.columns])
+    wide.columns = [f"{score} ({kind})" for score, kind in wide.columns]
+    wide = wide.dropna(axis=1, how="all")
+    return ((wide - wide.mean()) / wide.std(ddof=0)).reset_index()
+
+
+def regroupings(n: int, size: int) -> np.ndarray:
+    """(P, n) every way to split n heads into unlabelled groups of `size`, as group labels: the exact null of which
+    heads share a key/value head (280 ways for 9 heads in threes)."""
+    def split(rest: tuple[int, ...]):
+        if not rest:
+            yield []
+            return
+        first, others = rest[0], rest[1:]
+        for mates in combinations(others, size - 1):
+            left = tuple(h for h in others if h not in mates)
+            for tail in split(left):
+                yield [(first, *mates), *tail]
+
+    out = []
+    for groups in split(tuple(range(n))):
+        labels = np.empty(n, dtype=int)
+        for g, members in enumerate(groups):
+            labels[list(members)] = g
+        out.append(labels)
+    return np.stack(out)
+
+
+def group_gap(profiles: np.ndarray, groups: np.ndarray) -> float:
+    """Mean distance between heads of different groups less the mean distance within groups (profiles (n, f)):
+    positive when heads of one group are alike."""
+    distance = np.linalg.norm(profiles[:, None] - profiles[None], axis=-1)            # (n, n)
+    same = groups[:, None] == groups[None]
+    off = ~np.eye(len(groups), dtype=bool)
+    return float(distance[off & ~same].mean() - distance[off & same].mean())
+
+
+def kv_group_gaps(profiles: pd.DataFrame, samples: int = 20_000, seed: int = 0) -> tuple[pd.DataFrame, float]:
+    """Per layer: mean distance within and across key/value groups, their gap, and the exact share of regroupings
+    with a gap at least as large (`p`). With it, the p-value of the gap summed over layers, against regroupings
+    drawn independently per layer (`samples` draws, seeded)."""
+    features = [c for c in profiles.columns if c not in ("layer", "head", "kv_head")]
+    rows, null_gaps = [], []
+    for layer, at in profiles.groupby("layer"):
+        x, groups = at[features].to_numpy(), at.kv_head.to_numpy()
+        size = len(groups) // len(set(groups))
+        every = np.array([group_gap(x, labels) for labels in regroupings(len(groups), size)])    # (P,)
+        gap = group_gap(x, groups)
+        distance = np.linalg.norm(x[:, None] - x[None], axis=-1)
+        same, off = groups[:, None] == groups[None], ~np.eye(len(groups), dtype=bool)
+        rows.append({"layer": layer, "within": distance[off & same].mean(), "across": distance[off & ~same].mean(),
+                     "gap": gap, "p": float((every >= gap - 1e-12).mean())})
+        null_gaps.append(every)
+    table = pd.DataFrame(rows)
+    rng = np.random.default_rng(seed)
+    null = sum(every[rng.integers(0, len(every), samples)] for every in null_gaps)              # (samples,)
+    return table, float((1 + (null >= table.gap.sum() - 1e-12).sum()) / (1 + samples))
+
+
+def group_eta2(heads: pd.DataFrame, score: str, kind: str) -> float:
+    """Mean over layers of η² = between-group sum of squares / total sum of squares of `score` on `kind` of text,
+    groups being the key/value heads: 1 when heads of a group score alike and groups differ; (G-1)/(n-1) expected
+    by chance."""
+    shares = []
+    for _, at in heads[heads.kind == kind].groupby("layer"):
+        x, mean = at[score], at[score].mean()
+        total = ((x - mean) ** 2).sum()
+        if total > 0:
+            between = at.groupby("kv_head")[score].agg(lambda g: len(g) * (g.mean() - mean) ** 2).sum()
+            shares.append(between / total)
+    return float(np.mean(shares))
