@@ -9,7 +9,7 @@ import torch
 from labpy.tasks.digits import digit_pair, xor_split
 from labpy.toy.mlp import (LOGIC, MLP, bar_path, bar_pixels, boundary_segment, class_selectivity, correlation_matrix,
                            exclusive_neurons, hidden_activations, knockout_effect, knockout_sweep, logic_pattern,
-                           match_neurons, neuron_changes, train_mlp)
+                           match_neurons, neuron_changes, stroke_pixels, train_mlp)
 
 
 def hand_network() -> MLP:
@@ -133,6 +133,18 @@ def test_bar_pixels_and_path_follow_the_stated_rule():
     assert path[1, -1, 9].item() == pytest.approx(0.95)
     removed = bar_path(path[:, -1], bar.pixel.to_numpy(), np.zeros(2), add=False)
     assert removed[:, -1, [1, 9]].abs().max() == 0 and removed[:, -1, 0].tolist() == pytest.approx([0.2, 0.2])
+
+
+def test_stroke_pixels_are_where_class_0_has_more_ink_anywhere():
+    x = np.zeros((4, 64), np.float32)
+    x[:2, [3, 35, 60]] = [0.5, 0.9, 0.7]                  # class 0 ("1") has ink at 3 (top row), 35 and 60
+    x[2:, [35, 1]] = [0.6, 0.8]                           # class 1 ("7") shares some of 35 and has 1
+    y = np.array([0, 0, 1, 1])
+    stroke = stroke_pixels(x, y, margin=0.25)
+    assert stroke.pixel.tolist() == [60, 3, 35]           # by difference 0.7, 0.5, 0.3; 1 is class 1's ink
+    assert stroke.difference.tolist() == pytest.approx([-0.7, -0.5, -0.3])
+    assert stroke.mean_1.tolist() == pytest.approx([0, 0, 0.6])   # the "7" template a removal lowers ink to
+    assert stroke_pixels(x, y, margin=0.4).pixel.tolist() == [60, 3]
 
 
 def test_logic_functions_of_relu_neurons():

@@ -180,15 +180,28 @@ def knockout_sweep(model: MLP, x: torch.Tensor, y: torch.Tensor, difference: np.
 
 # ---------------------------------------------------------------- the "add the top bar" path (digits)
 
+def _class_means(x: np.ndarray, y: np.ndarray, side: int) -> pd.DataFrame:
+    """One row per pixel: its place, the mean class-0 and class-1 images there and their difference (1 − 0)."""
+    mean_0, mean_1 = x[y == 0].mean(0), x[y == 1].mean(0)                      # (side²,)
+    pixel = np.arange(side * side)
+    return pd.DataFrame({"pixel": pixel, "row": pixel // side, "col": pixel % side, "mean_0": mean_0,
+                         "mean_1": mean_1, "difference": mean_1 - mean_0})
+
+
 def bar_pixels(x: np.ndarray, y: np.ndarray, rows: int, margin: float, side: int = 8) -> pd.DataFrame:
     """The "top bar": pixels in the top `rows` rows where the mean class-1 image ("7") exceeds the mean
     class-0 image ("1") by more than `margin`, largest difference first. x (N, side²) in [0, 1]."""
-    mean_0, mean_1 = x[y == 0].mean(0), x[y == 1].mean(0)                      # (side²,)
-    pixel = np.arange(side * side)
-    frame = pd.DataFrame({"pixel": pixel, "row": pixel // side, "col": pixel % side, "mean_0": mean_0,
-                          "mean_1": mean_1, "difference": mean_1 - mean_0})
+    frame = _class_means(x, y, side)
     frame = frame[(frame.row < rows) & (frame.difference > margin)]
     return frame.sort_values("difference", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def stroke_pixels(x: np.ndarray, y: np.ndarray, margin: float, side: int = 8) -> pd.DataFrame:
+    """The class-0 "stroke": pixels anywhere where the mean class-0 image ("1") exceeds the mean class-1 image ("7")
+    by more than `margin`, largest difference first (`bar_pixels`' columns; `difference` is then negative)."""
+    frame = _class_means(x, y, side)
+    frame = frame[frame.difference < -margin]
+    return frame.sort_values("difference", kind="stable").reset_index(drop=True)
 
 
 def bar_path(images: torch.Tensor, pixels: np.ndarray, targets: np.ndarray, add: bool) -> torch.Tensor:
