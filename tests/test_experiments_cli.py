@@ -1,3 +1,4 @@
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,9 @@ import torch
 from labpy.cli import main
 from labpy.experiments import get_experiment, results, with_overrides
 from labpy.experiments import induction_analysis
+from labpy.experiments.induction import EVAL_SEED, next_token_losses
+from labpy.tasks.repeated_tokens import sample
+from labpy.train import step_generator
 
 
 def _lab(*args, env=None):
@@ -29,6 +33,24 @@ def test_induction_smoke_run_stores_everything_the_page_needs(tmp_store):
     assert len(scores) == 3 * 8 and set(scores.step) == {0, 30, 60}
     ablation = induction_analysis.ablation_table(two)
     assert ablation.ablated.tolist() == ["none", "L0H0", "L0H1", "L0H2", "L0H3"]
+    roles = induction_analysis.last_layer_roles(two).set_index("label")
+    last_scores = scores[(scores.step == 60) & (scores.layer == 1)].set_index("label")
+    assert roles.induction.to_numpy() == pytest.approx(last_scores.induction.to_numpy(), abs=1e-6)
+    T = 2 * two.config.score_half
+    assert roles.entropy_second_copy.between(0, math.log2(T)).all() and roles.first_token.between(0, 1).all()
+    model = induction_analysis.load_model(two)                            # zeroing L1H2 by hand
+    batch = sample(two.config.task(), two.config.eval_batch, step_generator(EVAL_SEED, two.config.seed))
+    first, repeat = batch.target_masks()
+    with torch.no_grad():
+        intact = next_token_losses(model, batch.tokens)[repeat].mean().item()
+        with model.hooks(fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: z * torch.tensor([1., 1., 0., 1.])[:, None])]):
+            zeroed = next_token_losses(model, batch.tokens)[repeat].mean().item()
+    assert roles.loc["L1H2", "repeat_rise"] == pytest.approx(zeroed - intact, abs=1e-6)
+    subsets = induction_analysis.last_layer_zeroing(two).set_index("zeroed")
+    assert len(subsets) == 16 and subsets.repeat_rise["none"] == 0 and subsets.n_zeroed.max() == 4
+    with torch.no_grad(), model.hooks(fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: z * 0)]):
+        silent = next_token_losses(model, batch.tokens)[repeat].mean().item()
+    assert subsets.repeat_rise["L1H0+L1H1+L1H2+L1H3"] == pytest.approx(silent - intact, abs=1e-6)
     # a second call reads the store instead of training again
     before = two.path.stat().st_mtime
     assert results("induction", scale="smoke")["two_layer"].path.stat().st_mtime == before

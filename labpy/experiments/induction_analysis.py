@@ -7,10 +7,14 @@ repeat loss, the ablation of the previous-token head, and every number their pre
 
 from __future__ import annotations
 
+from itertools import chain, combinations
+
 import pandas as pd
 import torch
 
-from ..interp.heads import head_scores_table, induction_scores, patterns_with_head_ablated
+from ..interp.capture import attention_patterns
+from ..interp.heads import (ablate_head_hook, duplicate_token_scores, entropy_bits, first_token_scores,
+                            head_scores_table, induction_scores, patterns_with_head_ablated, previous_token_scores)
 from ..models.toy import load_toy_transformer
 from ..store import RunEntry
 from ..tasks.repeated_tokens import sample
@@ -154,3 +158,55 @@ def measurements(two: RunEntry, one: RunEntry, scores: pd.DataFrame | None = Non
         "first_copy_loss": float(evals.loss_first_copy.iloc[-1]),
         "repeat_loss": float(evals.loss_repeat.iloc[-1]),
     }
+
+
+def _copy_losses(entry: RunEntry):
+    """The stored model, and a function from forward hooks to its mean loss on the repeat and on the first copy
+    of the task's evaluation sequences (nats)."""
+    config = entry.config
+    model = load_model(entry)
+    batch = sample(config.task(), config.eval_batch, step_generator(EVAL_SEED, config.seed))
+    first, repeat = batch.target_masks()
+
+    @torch.no_grad()
+    def losses(hooks) -> tuple[float, float]:
+        with model.hooks(fwd_hooks=list(hooks)):
+            per_target = next_token_losses(model, batch.tokens)              # (B, T-1)
+        return per_target[repeat].mean().item(), per_target[first].mean().item()
+
+    return model, losses
+
+
+def last_layer_zeroing(entry: RunEntry) -> pd.DataFrame:
+    """Every subset of the last layer's heads zeroed together (2^H rows, none first): the rise of the repeat loss
+    and the change of the first-copy loss. One head at a time cannot tell a redundant head from an idle one."""
+    config = entry.config
+    last = config.n_layers - 1
+    _, losses = _copy_losses(entry)
+    intact_repeat, intact_first = losses([])
+    rows = []
+    for zeroed in chain.from_iterable(combinations(range(config.n_heads), k) for k in range(config.n_heads + 1)):
+        rep, fst = losses([(f"blocks.{last}.attn.hook_z", ablate_head_hook(h)) for h in zeroed])
+        rows.append({"zeroed": "+".join(f"L{last}H{h}" for h in zeroed) or "none", "n_zeroed": len(zeroed),
+                     "repeat_rise": rep - intact_repeat, "first_copy_change": fst - intact_first})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def last_layer_roles(entry: RunEntry, zeroing: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every head of the last layer: its scores on the [r, r] probes (induction, previous-token, duplicate-token,
+    first-token, and attention entropy over the second copy, in bits), and what zeroing it alone does to the loss
+    (`repeat_rise`, `first_copy_change`: the singleton rows of `last_layer_zeroing`, passed in or computed)."""
+    config = entry.config
+    model, tokens, half = load_model(entry), score_tokens(config), config.score_half
+    patterns = attention_patterns(model, tokens)                             # (L, B, H, 2·half, 2·half)
+    last = config.n_layers - 1
+    scores = {"induction": induction_scores(patterns, half), "previous_token": previous_token_scores(patterns),
+              "duplicate_token": duplicate_token_scores(patterns, half), "first_token": first_token_scores(patterns),
+              "entropy_second_copy": entropy_bits(patterns[..., half - 1:, :])}   # queries half .. 2·half - 1
+    alone = (last_layer_zeroing(entry) if zeroing is None else zeroing).set_index("zeroed")
+    return pd.DataFrame([{"label": f"L{last}H{head}", "head": head,
+                          **{k: float(v[last, head]) for k, v in scores.items()},
+                          "repeat_rise": float(alone.repeat_rise[f"L{last}H{head}"]),
+                          "first_copy_change": float(alone.first_copy_change[f"L{last}H{head}"])}
+                         for head in range(config.n_heads)])
