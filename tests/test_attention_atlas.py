@@ -113,8 +113,10 @@ def test_formation_replays_the_lab_lm_bit_for_bit_and_scores_every_step(tmp_stor
 def test_regroupings_are_every_split_into_equal_groups_once():
     from labpy.experiments.attention_atlas_analysis import regroupings
 
+    from collections import Counter
+
     nine = regroupings(9, 3)                                           # 9! / (3!^3 · 3!) = 280
-    assert nine.shape == (280, 9) and all(sorted(__import__("collections").Counter(r).values()) == [3, 3, 3] for r in nine)
+    assert nine.shape == (280, 9) and all(sorted(Counter(r).values()) == [3, 3, 3] for r in nine)
     as_sets = {frozenset(frozenset(int(h) for h in range(9) if r[h] == g) for g in range(3)) for r in nine}
     assert len(as_sets) == 280                                         # no split twice under another labelling
     assert len(regroupings(4, 2)) == 3 and len(regroupings(6, 3)) == 10

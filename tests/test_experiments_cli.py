@@ -43,7 +43,8 @@ def test_induction_smoke_run_stores_everything_the_page_needs(tmp_store):
     first, repeat = batch.target_masks()
     with torch.no_grad():
         intact = next_token_losses(model, batch.tokens)[repeat].mean().item()
-        with model.hooks(fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: z * torch.tensor([1., 1., 0., 1.])[:, None])]):
+        keep = torch.tensor([1.0, 1.0, 0.0, 1.0])[:, None]                 # (H, 1): head 2 silenced
+        with model.hooks(fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: z * keep)]):
             zeroed = next_token_losses(model, batch.tokens)[repeat].mean().item()
     assert roles.loc["L1H2", "repeat_rise"] == pytest.approx(zeroed - intact, abs=1e-6)
     subsets = induction_analysis.last_layer_zeroing(two).set_index("zeroed")

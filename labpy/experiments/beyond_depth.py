@@ -10,7 +10,7 @@ readings, each with a measurement here:
   value slot: at the slot holding f²(q) it finds the pair (f²(q), f³(q)) — if that pair comes earlier — and writes
   f³(q) there, where the next layer's hop-2 lookup from the query reads. So the extra hop should depend on the
   order of the pairs (`accuracy_by_order`), show as a head attending from value slots to earlier value slots
-  (`lookahead_scores`), and vanish when that head is zeroed inside the dictionary only (`zeroing_in_dictionary`).
+  (`lookahead_scores`), and vanish when those heads are zeroed inside the dictionary only (`zeroing_in_dictionary`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from ..interp.capture import attention_patterns
 from ..tasks.two_hop import TwoHopBatch, TwoHopTask
 from .two_hop import answer_logits, hop_metrics
 
@@ -82,8 +83,6 @@ def lookahead_slots(batch: TwoHopBatch, task: TwoHopTask) -> torch.Tensor:
 def lookahead_scores(model, batch: TwoHopBatch, task: TwoHopTask) -> pd.DataFrame:
     """Per head: mean attention from each value slot to the value slot of the pair keyed by its token, over the
     value slots where that pair comes earlier (the only ones causal attention can reach)."""
-    from ..interp.heads import attention_patterns
-
     patterns = attention_patterns(model, batch.tokens)                              # (L, B, H, T, T)
     K = task.n_pairs
     source = torch.arange(1, 2 * K, 2).expand(batch.tokens.shape[0], K)            # (B, K) value slots

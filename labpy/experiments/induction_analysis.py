@@ -161,8 +161,8 @@ def measurements(two: RunEntry, one: RunEntry, scores: pd.DataFrame | None = Non
 
 
 def _copy_losses(entry: RunEntry):
-    """The stored model, and a function from forward hooks to its mean loss on the repeat and on the first copy
-    of the task's evaluation sequences (nats)."""
+    """A function from forward hooks to the stored model's mean loss on the repeat and on the first copy of the
+    task's evaluation sequences (nats)."""
     config = entry.config
     model = load_model(entry)
     batch = sample(config.task(), config.eval_batch, step_generator(EVAL_SEED, config.seed))
@@ -174,7 +174,7 @@ def _copy_losses(entry: RunEntry):
             per_target = next_token_losses(model, batch.tokens)              # (B, T-1)
         return per_target[repeat].mean().item(), per_target[first].mean().item()
 
-    return model, losses
+    return losses
 
 
 def last_layer_zeroing(entry: RunEntry) -> pd.DataFrame:
@@ -182,7 +182,7 @@ def last_layer_zeroing(entry: RunEntry) -> pd.DataFrame:
     and the change of the first-copy loss. One head at a time cannot tell a redundant head from an idle one."""
     config = entry.config
     last = config.n_layers - 1
-    _, losses = _copy_losses(entry)
+    losses = _copy_losses(entry)
     intact_repeat, intact_first = losses([])
     rows = []
     for zeroed in chain.from_iterable(combinations(range(config.n_heads), k) for k in range(config.n_heads + 1)):
