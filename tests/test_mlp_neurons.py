@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from labpy.tasks.digits import digit_pair, xor_split
+from labpy.tasks.digits import digit_pair, other_digits, xor_split
 from labpy.toy.mlp import (LOGIC, MLP, bar_path, bar_pixels, boundary_segment, class_selectivity, correlation_matrix,
                            exclusive_neurons, hidden_activations, knockout_effect, knockout_sweep, logic_pattern,
                            match_neurons, neuron_changes, stroke_pixels, train_mlp)
@@ -164,6 +164,16 @@ def test_boundary_segment_is_where_the_neuron_switches():
     ends = boundary_segment(np.array([1.0, -1.0]), -0.5, -0.25, 1.25)     # x1 - x2 = 0.5
     assert ends.shape == (2, 2) and np.allclose(ends[:, 0] - ends[:, 1], 0.5)
     assert boundary_segment(np.array([1.0, 1.0]), -5.0, -0.25, 1.25).shape == (0, 2)
+
+
+def test_other_digits_are_the_rest_of_the_set_scaled_alike():
+    from sklearn.datasets import load_digits
+
+    x, digit = other_digits((1, 7))
+    pair = digit_pair(1, 7, 0.3, seed=0)
+    assert len(x) + len(pair.y_train) + len(pair.y_test) == len(load_digits().target) == 1797
+    assert set(digit.tolist()) == {0, 2, 3, 4, 5, 6, 8, 9} and x.shape == (len(digit), 64)
+    assert 0 <= float(x.min()) and float(x.max()) <= 1 and float(x.max()) > 0.9   # /16, as digit_pair scales
 
 
 def test_data_and_training_are_fixed_by_their_seeds():

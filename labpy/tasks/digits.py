@@ -49,6 +49,14 @@ def digit_pair(a: int = 1, b: int = 7, test_share: float = 0.3, seed: int = 0) -
                  (str(a), str(b)))
 
 
+def other_digits(exclude: tuple[int, ...] = (1, 7)) -> tuple[torch.Tensor, np.ndarray]:
+    """Every image of the digits not in `exclude`, scaled as `digit_pair` scales them: (N, 64) in [0, 1], and each
+    image's digit (N,). What a two-class network says about inputs it was never trained to tell apart."""
+    digits = load_digits()
+    keep = ~np.isin(digits.target, exclude)
+    return torch.from_numpy(digits.data[keep].astype(np.float32) / 16.0), digits.target[keep]
+
+
 def xor_points(per_corner: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`per_corner` jittered copies of each corner: inputs (4·per_corner, 2), XOR labels, and corner ids (0..3)."""
     rng = np.random.default_rng(seed)
