@@ -77,6 +77,7 @@ def test_order_split_and_answer_mass_of_a_model_with_a_known_score():
     assert table.queries.sum() == int((batch.hops == 3).sum())
     assert (table.accuracy == table["last pair first"].astype(float)).all()        # 1 where f³'s pair is first
     assert set(table[table["last pair first"]].order) == {"1·3·2", "3·1·2", "3·2·1"}
+    assert bd.order_gain(table) == pytest.approx(1.0)                                # right exactly where first
     mass = bd.answer_mass(Known(batch, 3), batch, TASK, hops=3).set_index("answer").probability
     first = (batch.hop_slots[..., 2] < batch.hop_slots[..., 1])[batch.hops == 3].float().mean().item()
     assert mass["f^3(q)"] == pytest.approx(first, abs=1e-4) and mass["q"] == pytest.approx(1 - first, abs=1e-4)

@@ -75,13 +75,19 @@ def regroupings(n: int, size: int) -> np.ndarray:
     return np.stack(out)
 
 
-def group_gap(profiles: np.ndarray, groups: np.ndarray) -> float:
-    """Mean distance between heads of different groups less the mean distance within groups (profiles (n, f)):
-    positive when heads of one group are alike."""
+def within_across(profiles: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """Mean distance between two heads of one group, and between heads of different groups (profiles (n, f))."""
     distance = np.linalg.norm(profiles[:, None] - profiles[None], axis=-1)            # (n, n)
     same = groups[:, None] == groups[None]
     off = ~np.eye(len(groups), dtype=bool)
-    return float(distance[off & ~same].mean() - distance[off & same].mean())
+    return float(distance[off & same].mean()), float(distance[off & ~same].mean())
+
+
+def group_gap(profiles: np.ndarray, groups: np.ndarray) -> float:
+    """Mean distance between heads of different groups less the mean distance within groups: positive when heads
+    of one group are alike."""
+    within, across = within_across(profiles, groups)
+    return across - within
 
 
 def kv_group_gaps(profiles: pd.DataFrame, samples: int = 20_000, seed: int = 0) -> tuple[pd.DataFrame, float]:
@@ -94,11 +100,10 @@ def kv_group_gaps(profiles: pd.DataFrame, samples: int = 20_000, seed: int = 0) 
         x, groups = at[features].to_numpy(), at.kv_head.to_numpy()
         size = len(groups) // len(set(groups))
         every = np.array([group_gap(x, labels) for labels in regroupings(len(groups), size)])    # (P,)
-        gap = group_gap(x, groups)
-        distance = np.linalg.norm(x[:, None] - x[None], axis=-1)
-        same, off = groups[:, None] == groups[None], ~np.eye(len(groups), dtype=bool)
-        rows.append({"layer": layer, "within": distance[off & same].mean(), "across": distance[off & ~same].mean(),
-                     "gap": gap, "p": float((every >= gap - 1e-12).mean())})
+        within, across = within_across(x, groups)
+        gap = across - within
+        rows.append({"layer": layer, "within": within, "across": across, "gap": gap,
+                     "p": float((every >= gap - 1e-12).mean())})
         null_gaps.append(every)
     table = pd.DataFrame(rows)
     rng = np.random.default_rng(seed)

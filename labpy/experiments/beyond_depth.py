@@ -23,10 +23,16 @@ from ..tasks.two_hop import TwoHopBatch, TwoHopTask
 from .two_hop import answer_logits, hop_metrics
 
 
+def _dictionary(batch: TwoHopBatch, task: TwoHopTask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K) keys and (B, K) values of each sequence's pairs, in dictionary order."""
+    K = task.n_pairs
+    return batch.tokens[:, 0:2 * K:2], batch.tokens[:, 1:2 * K:2]
+
+
 def cycle_tokens(batch: TwoHopBatch, task: TwoHopTask) -> torch.Tensor:
     """(B, Q, K) the token f^j(q) for j = 0..K-1, read off each sequence's own dictionary (f is one K-cycle)."""
     K = task.n_pairs
-    keys, values = batch.tokens[:, 0:2 * K:2], batch.tokens[:, 1:2 * K:2]          # (B, K)
+    keys, values = _dictionary(batch, task)                                         # (B, K) each
     f = torch.full((batch.tokens.shape[0], task.n_tokens), -1, dtype=torch.long)
     f.scatter_(1, keys, values)                                                     # f[b, key] = value
     walk = [batch.tokens[:, 2 * K + 1::2]]                                          # (B, Q) the query tokens q
@@ -56,11 +62,11 @@ def pair_order(batch: TwoHopBatch, hops: int) -> list[str]:
 
 
 @torch.no_grad()
-def accuracy_by_order(model, batch: TwoHopBatch, task: TwoHopTask, hops: int, zeroed=()) -> pd.DataFrame:
+def accuracy_by_order(model, batch: TwoHopBatch, task: TwoHopTask, hops: int, hooks=()) -> pd.DataFrame:
     """Accuracy on `hops`-hop queries for each order of the pairs on the walk (`pair_order`), and whether the pair
     holding the last hop's answer comes before the one holding the hop before it (the order a look-ahead needs).
-    `zeroed`: forward hooks to run with (an ablation)."""
-    with model.hooks(fwd_hooks=list(zeroed)):
+    `hooks`: forward hooks to run with (an ablation)."""
+    with model.hooks(fwd_hooks=list(hooks)):
         right = (answer_logits(model, batch, task).argmax(-1) == batch.answers).flatten()
     mask = (batch.hops == hops).flatten()
     slots = batch.hop_slots.flatten(0, 1)
@@ -70,11 +76,18 @@ def accuracy_by_order(model, batch: TwoHopBatch, task: TwoHopTask, hops: int, ze
             .reset_index().sort_values("order", ignore_index=True))
 
 
+def order_gain(by_order: pd.DataFrame) -> float:
+    """From `accuracy_by_order`: accuracy with the last hop's pair before the previous hop's, less accuracy with it
+    after (each pooled over its orders, weighted by queries)."""
+    right = (by_order.accuracy * by_order.queries).groupby(by_order["last pair first"]).sum()
+    queries = by_order.queries.groupby(by_order["last pair first"]).sum()
+    return float(right[True] / queries[True] - right[False] / queries[False])
+
+
 def lookahead_slots(batch: TwoHopBatch, task: TwoHopTask) -> torch.Tensor:
     """(B, K) for the value slot of each pair (a, f(a)), in dictionary order: the position of the value slot of the
     pair whose key is f(a) — where f(f(a)) sits."""
-    K = task.n_pairs
-    keys, values = batch.tokens[:, 0:2 * K:2], batch.tokens[:, 1:2 * K:2]          # (B, K)
+    keys, values = _dictionary(batch, task)                                         # (B, K) each
     pair_of_key = (values[:, :, None] == keys[:, None, :]).float().argmax(-1)      # (B, K) the pair keyed f(a)
     return 2 * pair_of_key + 1
 
