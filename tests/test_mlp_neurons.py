@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from labpy.tasks.digits import digit_pair, other_digits, xor_split
-from labpy.toy.mlp import (LOGIC, MLP, bar_path, bar_pixels, boundary_segment, class_selectivity, correlation_matrix,
-                           exclusive_neurons, hidden_activations, knockout_effect, knockout_sweep, logic_pattern,
-                           match_neurons, neuron_changes, stroke_pixels, train_mlp)
+from labpy.toy.mlp import (LOGIC, MLP, bar_path, bar_pixels, boundary_segment, class_selectivity, corner_logic,
+                           correlation_matrix, exclusive_neurons, hidden_activations, knockout_effect, knockout_sweep,
+                           logic_pattern, match_neurons, neuron_changes, stroke_pixels, train_many, train_mlp)
 
 
 def hand_network() -> MLP:
@@ -187,6 +187,28 @@ def test_data_and_training_are_fixed_by_their_seeds():
     one, again, other = (train_mlp(xor, 4, 30, 0.01, seed) for seed in (0, 0, 1))
     assert torch.equal(one.model.w_in.weight, again.model.w_in.weight)
     assert not torch.equal(one.model.w_in.weight, other.model.w_in.weight)
+
+
+def test_training_many_at_once_follows_each_single_run():
+    """Two different draws of the points and three seeds: each batched model ends where `train_mlp` does."""
+    splits = [xor_split(20, 0.1, seed=d)[0] for d in (0, 1, 0)]
+    batched = train_many(splits, 8, 300, 0.01, [0, 0, 3])
+    for split, seed, many in zip(splits, [0, 0, 3], batched):
+        single = train_mlp(split, 8, 300, 0.01, seed)
+        for name, value in single.model.state_dict().items():
+            assert torch.allclose(value, many.model.state_dict()[name], atol=1e-5), name
+        assert many.test_accuracy == single.test_accuracy and abs(many.final_loss - single.final_loss) < 1e-5
+    with pytest.raises(ValueError, match="2 splits and 1 seeds"):
+        train_many(splits[:2], 8, 1, 0.01, [0])
+
+
+def test_corner_logic_names_each_neuron():
+    model = MLP(2, 3)
+    with torch.no_grad():
+        model.w_in.weight.copy_(torch.tensor([[1.0, -1.0], [0.0, 1.0], [-1.0, -1.0]]))
+        model.w_in.bias.copy_(torch.tensor([0.0, 0.0, -0.5]))
+    corners = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    assert corner_logic(model, corners) == ["x1 AND NOT x2", "x2", "dead"]
 
 
 def test_the_smoke_experiment_stores_consistent_tables(tmp_store):

@@ -99,6 +99,53 @@ def train_mlp(split: Split, n_hidden: int, steps: int, lr: float, seed: int, wei
     return Trained(model, final, train_acc, test_acc)
 
 
+def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds: list[int]) -> list[Trained]:
+    """`train_mlp` for many (split, seed) pairs at once: model k starts from `initial_model(…, seeds[k])` and
+    trains on `splits[k]` (all splits the same size). Why: a 2 → 8 → 2 XOR model spends its second in Python
+    overhead, not arithmetic, so hundreds of them train in one batched loop in about the time of a few. Adam's
+    update is per parameter and the summed loss gives each model its own gradient, so model k follows
+    `train_mlp`'s trajectory up to the order of floating-point sums (`tests/test_mlp_neurons.py` checks it)."""
+    if len(splits) != len(seeds):
+        raise ValueError(f"{len(splits)} splits and {len(seeds)} seeds: give one split per seed")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        inits = [initial_model(splits[0].n_inputs, n_hidden, s) for s in seeds]
+        params = [nn.Parameter(torch.stack([getattr(getattr(m, layer), kind).detach() for m in inits]))
+                  for layer in ("w_in", "w_out") for kind in ("weight", "bias")]
+        w_in, b_in, w_out, b_out = params                    # (M, H, n_in), (M, H), (M, n_out, H), (M, n_out)
+        x = torch.stack([sp.x_train for sp in splits])      # (M, N, n_in)
+        y = torch.stack([sp.y_train for sp in splits])      # (M, N)
+
+        def logits_of(inputs: torch.Tensor) -> torch.Tensor:   # (M, N, n_in) -> (M, N, n_out)
+            hidden = F.relu(torch.baddbmm(b_in.unsqueeze(1), inputs, w_in.transpose(1, 2)))
+            return torch.baddbmm(b_out.unsqueeze(1), hidden, w_out.transpose(1, 2))
+
+        def losses(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:   # (M,)
+            return F.cross_entropy(logits_of(inputs).transpose(1, 2), targets, reduction="none").mean(1)
+
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        for _ in range(steps):
+            loss = losses(x, y).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        out = []
+        with torch.no_grad():
+            final = losses(x, y)
+            for k, sp in enumerate(splits):
+                model = MLP(sp.n_inputs, n_hidden, w_out.shape[1])
+                model.load_state_dict({"w_in.weight": w_in[k], "w_in.bias": b_in[k], "w_out.weight": w_out[k],
+                                       "w_out.bias": b_out[k]})
+                model.eval()
+                train_acc = (model(sp.x_train).argmax(-1) == sp.y_train).float().mean().item()
+                test_acc = (model(sp.x_test).argmax(-1) == sp.y_test).float().mean().item()
+                out.append(Trained(model, float(final[k]), train_acc, test_acc))
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 @torch.no_grad()
 def hidden_activations(model: MLP, x: torch.Tensor) -> np.ndarray:
     """(N, H) post-ReLU activations."""
@@ -328,6 +375,13 @@ def logic_pattern(corner_acts: np.ndarray, relative: float = 0.1) -> str:
     if top <= 0:
         return "0000"
     return "".join("1" if a > relative * top else "0" for a in corner_acts)
+
+
+def corner_logic(model: MLP, corners: torch.Tensor) -> list[str]:
+    """Each hidden neuron's logic function (`LOGIC`'s names), read at the exact corners (4, 2) in the order
+    00, 01, 10, 11 with `logic_pattern`'s rule."""
+    acts = hidden_activations(model, corners)                                    # (4, H)
+    return [LOGIC[logic_pattern(acts[:, h])] for h in range(acts.shape[1])]
 
 
 def boundary_segment(w: np.ndarray, b: float, low: float, high: float) -> np.ndarray:
