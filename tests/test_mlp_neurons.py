@@ -8,8 +8,9 @@ import torch
 
 from labpy.tasks.digits import digit_pair, other_digits, xor_split
 from labpy.toy.mlp import (LOGIC, MLP, bar_path, bar_pixels, boundary_segment, class_selectivity, corner_logic,
-                           correlation_matrix, exclusive_neurons, hidden_activations, knockout_effect, knockout_sweep,
-                           logic_pattern, match_neurons, neuron_changes, stroke_pixels, train_many, train_mlp)
+                           correlation_matrix, exclusive_neurons, hidden_activations, initial_model, knockout_effect,
+                           knockout_sweep, logic_pattern, match_neurons, neuron_changes, stroke_pixels, train_many,
+                           train_mlp)
 
 
 def hand_network() -> MLP:
@@ -200,6 +201,21 @@ def test_training_many_at_once_follows_each_single_run():
         assert many.test_accuracy == single.test_accuracy and abs(many.final_loss - single.final_loss) < 1e-5
     with pytest.raises(ValueError, match="2 splits and 1 seeds"):
         train_many(splits[:2], 8, 1, 0.01, [0])
+
+
+def test_a_leaky_relu_passes_a_slope_below_zero_and_keeps_the_initialisation():
+    leaky, plain = MLP(2, 3, negative_slope=0.1), MLP(2, 3)
+    with torch.no_grad():
+        for model in (leaky, plain):
+            model.w_in.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0]]))
+            model.w_in.bias.zero_()
+    x = torch.tensor([[1.0, -1.0]])                                              # pre-activations 1, -1, -2
+    assert torch.allclose(leaky.run(x)[1], torch.tensor([[1.0, -0.1, -0.2]]))
+    assert torch.allclose(plain.run(x)[1], torch.tensor([[1.0, 0.0, 0.0]]))
+    split = xor_split(10, 0.1, seed=0)[0]
+    zero_steps = train_many([split], 4, 0, 0.01, [2], negative_slope=0.01)[0].model
+    assert zero_steps.negative_slope == 0.01
+    assert torch.equal(zero_steps.w_in.weight, initial_model(2, 4, 2).w_in.weight)
 
 
 def test_corner_logic_names_each_neuron():

@@ -23,12 +23,16 @@ from ..tasks.digits import Split
 
 
 class MLP(nn.Module):
-    """x (N, n_in) -> hidden = ReLU(w_in x + b_in) (N, H) -> logits = w_out hidden + b_out (N, n_out)."""
+    """x (N, n_in) -> hidden = ReLU(w_in x + b_in) (N, H) -> logits = w_out hidden + b_out (N, n_out).
 
-    def __init__(self, n_in: int, n_hidden: int, n_out: int = 2) -> None:
+    `negative_slope` > 0 makes the ReLU leaky (below zero a neuron passes slope × its pre-activation, so it
+    still gets a gradient); the initial weights do not depend on it."""
+
+    def __init__(self, n_in: int, n_hidden: int, n_out: int = 2, negative_slope: float = 0.0) -> None:
         super().__init__()
         self.w_in = nn.Linear(n_in, n_hidden)        # weight (H, n_in): row h is neuron h's input weights
         self.w_out = nn.Linear(n_hidden, n_out)      # weight (n_out, H): column h is neuron h's votes
+        self.negative_slope = negative_slope
 
     @property
     def n_hidden(self) -> int:
@@ -40,7 +44,7 @@ class MLP(nn.Module):
 
     def run(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (N, n_out), hidden (N, H)); `keep` (H,) of 0/1 zeroes knocked-out neurons' activations."""
-        hidden = F.relu(self.pre(x))                 # (N, H)
+        hidden = F.leaky_relu(self.pre(x), self.negative_slope)    # (N, H); plain ReLU at slope 0
         if keep is not None:
             hidden = hidden * keep
         return self.w_out(hidden), hidden
@@ -99,12 +103,14 @@ def train_mlp(split: Split, n_hidden: int, steps: int, lr: float, seed: int, wei
     return Trained(model, final, train_acc, test_acc)
 
 
-def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds: list[int]) -> list[Trained]:
+def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds: list[int],
+               negative_slope: float = 0.0) -> list[Trained]:
     """`train_mlp` for many (split, seed) pairs at once: model k starts from `initial_model(…, seeds[k])` and
-    trains on `splits[k]` (all splits the same size). Why: a 2 → 8 → 2 XOR model spends its second in Python
-    overhead, not arithmetic, so hundreds of them train in one batched loop in about the time of a few. Adam's
-    update is per parameter and the summed loss gives each model its own gradient, so model k follows
-    `train_mlp`'s trajectory up to the order of floating-point sums (`tests/test_mlp_neurons.py` checks it)."""
+    trains on `splits[k]` (all splits the same size); `negative_slope` as in `MLP`. Why: a 2 → 8 → 2 XOR model
+    spends its second in Python overhead, not arithmetic, so hundreds of them train in one batched loop in about
+    the time of a few. Adam's update is per parameter and the summed loss gives each model its own gradient, so
+    model k follows `train_mlp`'s trajectory up to the order of floating-point sums (`tests/test_mlp_neurons.py`
+    checks it)."""
     if len(splits) != len(seeds):
         raise ValueError(f"{len(splits)} splits and {len(seeds)} seeds: give one split per seed")
     threads = torch.get_num_threads()
@@ -118,7 +124,7 @@ def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds:
         y = torch.stack([sp.y_train for sp in splits])      # (M, N)
 
         def logits_of(inputs: torch.Tensor) -> torch.Tensor:   # (M, N, n_in) -> (M, N, n_out)
-            hidden = F.relu(torch.baddbmm(b_in.unsqueeze(1), inputs, w_in.transpose(1, 2)))
+            hidden = F.leaky_relu(torch.baddbmm(b_in.unsqueeze(1), inputs, w_in.transpose(1, 2)), negative_slope)
             return torch.baddbmm(b_out.unsqueeze(1), hidden, w_out.transpose(1, 2))
 
         def losses(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:   # (M,)
@@ -134,7 +140,7 @@ def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds:
         with torch.no_grad():
             final = losses(x, y)
             for k, sp in enumerate(splits):
-                model = MLP(sp.n_inputs, n_hidden, w_out.shape[1])
+                model = MLP(sp.n_inputs, n_hidden, w_out.shape[1], negative_slope)
                 model.load_state_dict({"w_in.weight": w_in[k], "w_in.bias": b_in[k], "w_out.weight": w_out[k],
                                        "w_out.bias": b_out[k]})
                 model.eval()
