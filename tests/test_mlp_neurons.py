@@ -218,6 +218,17 @@ def test_a_leaky_relu_passes_a_slope_below_zero_and_keeps_the_initialisation():
     assert torch.equal(zero_steps.w_in.weight, initial_model(2, 4, 2).w_in.weight)
 
 
+def test_warmup_scales_the_first_steps_and_then_leaves_the_rate_alone():
+    """Adam's first step moves a weight by about the rate: with warmup over 10 steps, a tenth of it."""
+    split = xor_split(10, 0.1, seed=0)[0]
+    start = initial_model(2, 4, 0).w_in.weight
+    plain = train_many([split], 4, 1, 0.01, [0])[0].model.w_in.weight
+    warm = train_many([split], 4, 1, 0.01, [0], warmup_steps=10)[0].model.w_in.weight
+    assert torch.allclose((warm - start).abs(), (plain - start).abs() / 10, rtol=1e-3, atol=1e-7)
+    assert torch.equal(train_many([split], 4, 5, 0.01, [0], warmup_steps=1)[0].model.w_in.weight,
+                       train_many([split], 4, 5, 0.01, [0])[0].model.w_in.weight)
+
+
 def test_corner_logic_names_each_neuron():
     model = MLP(2, 3)
     with torch.no_grad():

@@ -104,9 +104,10 @@ def train_mlp(split: Split, n_hidden: int, steps: int, lr: float, seed: int, wei
 
 
 def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds: list[int],
-               negative_slope: float = 0.0) -> list[Trained]:
+               negative_slope: float = 0.0, warmup_steps: int = 0) -> list[Trained]:
     """`train_mlp` for many (split, seed) pairs at once: model k starts from `initial_model(…, seeds[k])` and
-    trains on `splits[k]` (all splits the same size); `negative_slope` as in `MLP`. Why: a 2 → 8 → 2 XOR model
+    trains on `splits[k]` (all splits the same size); `negative_slope` as in `MLP`; `warmup_steps` > 0 raises
+    the rate linearly from lr / warmup_steps at the first step to `lr` at step `warmup_steps`. Why: a 2 → 8 → 2 XOR model
     spends its second in Python overhead, not arithmetic, so hundreds of them train in one batched loop in about
     the time of a few. Adam's update is per parameter and the summed loss gives each model its own gradient, so
     model k follows `train_mlp`'s trajectory up to the order of floating-point sums (`tests/test_mlp_neurons.py`
@@ -131,7 +132,9 @@ def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds:
             return F.cross_entropy(logits_of(inputs).transpose(1, 2), targets, reduction="none").mean(1)
 
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        for _ in range(steps):
+        for step in range(steps):
+            if warmup_steps:
+                optimizer.param_groups[0]["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
             loss = losses(x, y).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
