@@ -107,11 +107,12 @@ def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds:
                negative_slope: float = 0.0, warmup_steps: int = 0) -> list[Trained]:
     """`train_mlp` for many (split, seed) pairs at once: model k starts from `initial_model(…, seeds[k])` and
     trains on `splits[k]` (all splits the same size); `negative_slope` as in `MLP`; `warmup_steps` > 0 raises
-    the rate linearly from lr / warmup_steps at the first step to `lr` at step `warmup_steps`. Why: a 2 → 8 → 2 XOR model
-    spends its second in Python overhead, not arithmetic, so hundreds of them train in one batched loop in about
-    the time of a few. Adam's update is per parameter and the summed loss gives each model its own gradient, so
-    model k follows `train_mlp`'s trajectory up to the order of floating-point sums (`tests/test_mlp_neurons.py`
-    checks it)."""
+    the rate linearly from lr / warmup_steps at the first step to `lr` at step `warmup_steps`.
+
+    Why: a 2 → 8 → 2 XOR model spends its second in Python overhead, not arithmetic, so hundreds of them train
+    in one batched loop in about the time of a few. Adam's update is per parameter and the summed loss gives each
+    model its own gradient, so model k follows `train_mlp`'s trajectory up to the order of floating-point sums
+    (`tests/test_mlp_neurons.py` checks it)."""
     if len(splits) != len(seeds):
         raise ValueError(f"{len(splits)} splits and {len(seeds)} seeds: give one split per seed")
     threads = torch.get_num_threads()
