@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from labpy.tasks.digits import digit_pair, other_digits, xor_split
 from labpy.toy.mlp import (LOGIC, MLP, bar_path, bar_pixels, boundary_segment, class_selectivity, corner_logic,
@@ -227,6 +228,17 @@ def test_warmup_scales_the_first_steps_and_then_leaves_the_rate_alone():
     assert torch.allclose((warm - start).abs(), (plain - start).abs() / 10, rtol=1e-3, atol=1e-7)
     assert torch.equal(train_many([split], 4, 5, 0.01, [0], warmup_steps=1)[0].model.w_in.weight,
                        train_many([split], 4, 5, 0.01, [0])[0].model.w_in.weight)
+
+
+def test_sgd_steps_by_the_gradient_and_bad_optimizers_are_named():
+    split = xor_split(10, 0.1, seed=0)[0]
+    start = initial_model(2, 4, 1)
+    start.zero_grad()
+    F.cross_entropy(start(split.x_train), split.y_train).backward()
+    stepped = train_many([split], 4, 1, 0.5, [1], optimizer="sgd")[0].model
+    assert torch.allclose(stepped.w_in.weight, start.w_in.weight - 0.5 * start.w_in.weight.grad, atol=1e-6)
+    with pytest.raises(ValueError, match="optimizer 'rmsprop'"):
+        train_many([split], 4, 1, 0.5, [1], optimizer="rmsprop")
 
 
 def test_corner_logic_names_each_neuron():

@@ -104,10 +104,11 @@ def train_mlp(split: Split, n_hidden: int, steps: int, lr: float, seed: int, wei
 
 
 def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds: list[int],
-               negative_slope: float = 0.0, warmup_steps: int = 0) -> list[Trained]:
+               negative_slope: float = 0.0, warmup_steps: int = 0, optimizer: str = "adam") -> list[Trained]:
     """`train_mlp` for many (split, seed) pairs at once: model k starts from `initial_model(…, seeds[k])` and
     trains on `splits[k]` (all splits the same size); `negative_slope` as in `MLP`; `warmup_steps` > 0 raises
-    the rate linearly from lr / warmup_steps at the first step to `lr` at step `warmup_steps`.
+    the rate linearly from lr / warmup_steps at the first step to `lr` at step `warmup_steps`; `optimizer` "sgd"
+    takes plain gradient steps instead of Adam's (each weight moves in proportion to its own gradient).
 
     Why: a 2 → 8 → 2 XOR model spends its second in Python overhead, not arithmetic, so hundreds of them train
     in one batched loop in about the time of a few. Adam's update is per parameter and the summed loss gives each
@@ -132,14 +133,17 @@ def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds:
         def losses(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:   # (M,)
             return F.cross_entropy(logits_of(inputs).transpose(1, 2), targets, reduction="none").mean(1)
 
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer {optimizer!r}: use 'adam' or 'sgd'")
+        opt = (torch.optim.AdamW(params, lr=lr, weight_decay=0.0) if optimizer == "adam"
+               else torch.optim.SGD(params, lr=lr))
         for step in range(steps):
             if warmup_steps:
-                optimizer.param_groups[0]["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
+                opt.param_groups[0]["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
             loss = losses(x, y).sum()
-            optimizer.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            opt.step()
         out = []
         with torch.no_grad():
             final = losses(x, y)
