@@ -237,6 +237,9 @@ def test_sgd_steps_by_the_gradient_and_bad_optimizers_are_named():
     F.cross_entropy(start(split.x_train), split.y_train).backward()
     stepped = train_many([split], 4, 1, 0.5, [1], optimizer="sgd")[0].model
     assert torch.allclose(stepped.w_in.weight, start.w_in.weight - 0.5 * start.w_in.weight.grad, atol=1e-6)
+    big_eps = train_many([split], 4, 1, 0.5, [1], eps=1e3)[0].model                 # step = lr·g / (|g| + ε)
+    assert torch.allclose(big_eps.w_in.weight, start.w_in.weight - 0.5 * start.w_in.weight.grad
+                          / (start.w_in.weight.grad.abs() + 1e3), atol=1e-7)
     with pytest.raises(ValueError, match="optimizer 'rmsprop'"):
         train_many([split], 4, 1, 0.5, [1], optimizer="rmsprop")
 

@@ -104,11 +104,13 @@ def train_mlp(split: Split, n_hidden: int, steps: int, lr: float, seed: int, wei
 
 
 def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds: list[int],
-               negative_slope: float = 0.0, warmup_steps: int = 0, optimizer: str = "adam") -> list[Trained]:
+               negative_slope: float = 0.0, warmup_steps: int = 0, optimizer: str = "adam",
+               eps: float = 1e-8) -> list[Trained]:
     """`train_mlp` for many (split, seed) pairs at once: model k starts from `initial_model(…, seeds[k])` and
     trains on `splits[k]` (all splits the same size); `negative_slope` as in `MLP`; `warmup_steps` > 0 raises
     the rate linearly from lr / warmup_steps at the first step to `lr` at step `warmup_steps`; `optimizer` "sgd"
-    takes plain gradient steps instead of Adam's (each weight moves in proportion to its own gradient).
+    takes plain gradient steps instead of Adam's (each weight moves in proportion to its own gradient); `eps` is
+    Adam's ε (PyTorch's default 1e-8).
 
     Why: a 2 → 8 → 2 XOR model spends its second in Python overhead, not arithmetic, so hundreds of them train
     in one batched loop in about the time of a few. Adam's update is per parameter and the summed loss gives each
@@ -135,7 +137,7 @@ def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds:
 
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer {optimizer!r}: use 'adam' or 'sgd'")
-        opt = (torch.optim.AdamW(params, lr=lr, weight_decay=0.0) if optimizer == "adam"
+        opt = (torch.optim.AdamW(params, lr=lr, weight_decay=0.0, eps=eps) if optimizer == "adam"
                else torch.optim.SGD(params, lr=lr))
         for step in range(steps):
             if warmup_steps:
