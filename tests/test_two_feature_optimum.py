@@ -98,6 +98,12 @@ def test_density_sweep_refines_the_largest_step():
     assert steps.density_above > steps.density_below and steps.refined_step == pytest.approx(abs(above - below))
 
 
+def test_at_equal_importance_the_weaker_weight_is_the_smaller_one():
+    """At r = 1 the minimum comes in mirror pairs, so which feature ends up stronger is arbitrary."""
+    found = tfo.minimise([0.5, 0.5], [1.0, 0.9]).iloc[0]
+    assert found.weaker == pytest.approx(min(abs(found.w1), abs(found.w2)))
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"density \[0.0\]"):
         tfo.minimise([0.0], [1.0])

@@ -117,8 +117,9 @@ def minimise(density: Sequence[float], importance: Sequence[float], iterations: 
     """The lowest expected loss over (w1, w2, b1, b2) for each cell (density[k], relative importance[k] of
     feature 2; feature 1 has importance 1): damped Newton from every start, then the best start by a 400-point
     rule; `cell_starts` (C, K, 4) adds K starts of each cell's own. One row per cell: w1, w2, b1, b2, loss,
-    phase (`classify_two_features`' rule), `weaker` (the less important feature's |w|, feature 2's when r = 1)
-    and `gradient` (the norm of the best point's gradient)."""
+    phase (`classify_two_features`' rule), `weaker` (the less important feature's |w|; at r = 1, where the
+    features are interchangeable and the minimum comes in mirror pairs, the smaller |w|) and `gradient` (the norm
+    of the best point's gradient)."""
     p = torch.tensor(density, dtype=torch.float64)                                # (C,)
     r = torch.tensor(importance, dtype=torch.float64)
     if p.shape != r.shape or ((p <= 0) | (p > 1)).any() or (r <= 0).any():
@@ -140,7 +141,9 @@ def minimise(density: Sequence[float], importance: Sequence[float], iterations: 
     frame.insert(0, "density", p.numpy())
     frame["loss"] = loss.min(1).values.numpy()
     frame["phase"] = classify_two_features(best[:, None, :2])
-    frame["weaker"] = np.where(frame.relative_importance > 1, frame.w1.abs(), frame.w2.abs())
+    frame["weaker"] = np.where(frame.relative_importance > 1, frame.w1.abs(),
+                               np.where(frame.relative_importance < 1, frame.w2.abs(),
+                                        np.minimum(frame.w1.abs(), frame.w2.abs())))
     frame["gradient"] = gradient.numpy()
     return frame
 
@@ -173,13 +176,14 @@ def _continued(frame: pd.DataFrame) -> pd.DataFrame:
 
 def density_sweep(importances: Sequence[float], points: int = 60, refine: int = 30,
                   lowest: float = 0.01) -> pd.DataFrame:
-    """The minimum at `points` densities spaced evenly in log from 1 to `lowest`, for each relative importance;
+    """The minimum at `points` densities spaced evenly in log from 1 to `lowest`, for each relative importance
+    up to 1;
     then `refine` more densities evenly spaced (in log) between the two neighbours where the weaker weight
     changes most, started from the minima on either side. Each grid is minimised a second time from each cell's
     own and its neighbours' minima. Rows as `minimise`'s, with `grid` = "coarse" or "refined"."""
-    if max(importances) >= 1:
+    if max(importances) > 1:
         raise ValueError(f"relative importances {list(importances)}: the sweep follows the less important feature 2, "
-                         "so give importances below 1 (r and 1/r are the same problem with the features swapped)")
+                         "so give importances up to 1 (r and 1/r are the same problem with the features swapped)")
     coarse_d = np.geomspace(1.0, lowest, points)
     coarse = _continued(minimise(np.tile(coarse_d, len(importances)), np.repeat(importances, points),
                                  starts=SWEEP_STARTS))
