@@ -35,6 +35,15 @@ def test_expected_loss_matches_sampled_training_loss():
     assert ((exact - per_input.mean(1)).abs() < 4 * error).all(), (exact, per_input.mean(1), error)
 
 
+def test_the_32_point_rule_is_within_half_a_percent_of_a_fine_one():
+    w = torch.tensor([[1.044, -0.815], [1.01, -0.28], [0.755, -0.755], [1.0, 0.0]], dtype=torch.float64)
+    b = torch.tensor([[0.024, 0.116], [0.046, 0.348], [0.05, 0.05], [0.0, 0.2]], dtype=torch.float64)
+    p = torch.tensor([0.398, 0.578, 0.706, 0.3], dtype=torch.float64)
+    importance = torch.tensor([[1, 0.373], [1, 0.72], [1, 1.0], [1, 0.5]], dtype=torch.float64)
+    coarse, fine = (tfo.expected_loss(w, b, p, importance, points=n) for n in (32, 2000))
+    assert ((coarse - fine).abs() / fine < 5e-3).all(), (coarse, fine)
+
+
 def test_hand_computed_losses():
     one = torch.ones((), dtype=torch.float64)
     p, r = 0.3, 0.6

@@ -10,7 +10,8 @@ data can be written down, so the minimum can be found without sampling noise:
 probability p, its value then uniform on [0, 1]. Feature i's term splits by which features are present:
 neither (x̂_i = ReLU(b_i)), only its own, only the other, both. Every integral over the *other* feature's value
 is of ReLU of a linear function, done exactly; the one left, over x_i's own value, uses Gauss–Legendre
-quadrature (32 points: within 0.2% of a 2000-point rule at the minima; `tests/test_two_feature_optimum.py`).
+quadrature (32 points, within 0.5% of a 2000-point rule near the minima, and 400 for reported losses;
+`tests/test_two_feature_optimum.py`).
 """
 
 from __future__ import annotations
@@ -177,9 +178,8 @@ def _continued(frame: pd.DataFrame) -> pd.DataFrame:
 def density_sweep(importances: Sequence[float], points: int = 60, refine: int = 30,
                   lowest: float = 0.01) -> pd.DataFrame:
     """The minimum at `points` densities spaced evenly in log from 1 to `lowest`, for each relative importance
-    up to 1;
-    then `refine` more densities evenly spaced (in log) between the two neighbours where the weaker weight
-    changes most, started from the minima on either side. Each grid is minimised a second time from each cell's
+    up to 1; then `refine` more densities evenly spaced (in log) between the two neighbours where the weaker
+    weight changes most, started from the minima on either side. Each grid is minimised a second time from each cell's
     own and its neighbours' minima. Rows as `minimise`'s, with `grid` = "coarse" or "refined"."""
     if max(importances) > 1:
         raise ValueError(f"relative importances {list(importances)}: the sweep follows the less important feature 2, "
