@@ -3,6 +3,7 @@
     lab_device()          CUDA when present, else the CPU; `LAB_DEVICE=cpu|cuda|cuda:N` overrides it
     to_device(batch)      a tensor, or tuples / lists / dicts / dataclasses of tensors, moved there
     to_cpu(state)         the same, back on the CPU (checkpoints and everything stored)
+    one_thread()          one torch thread for a scope (tiny models), the previous count restored after
 
 `labpy.train.train` moves the model and every batch to `lab_device()`, so its `eval_fn` sees the model there;
 run functions put their fixed eval tensors on `lab_device()` too and hand the store CPU tensors. Provenance
@@ -134,3 +135,15 @@ def describe(device: torch.device) -> str:
         threads = torch.get_num_threads()
         return f"cpu ({os.cpu_count()} cores, {threads} torch thread{'s' if threads > 1 else ''})"
     return str(device)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One torch thread for a scope, restored after: for tiny models it is the fastest on the lab's shared cores,
+    and it fixes the order of the sums, hence the bits, so runs are comparable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -11,7 +11,7 @@ from labpy.tasks.digits import digit_pair, other_digits, xor_split
 from labpy.toy.mlp import (LOGIC, MLP, bar_path, bar_pixels, boundary_segment, class_selectivity, corner_logic,
                            correlation_matrix, exclusive_neurons, hidden_activations, initial_model, knockout_effect,
                            knockout_sweep, logic_pattern, match_neurons, neuron_changes, stroke_pixels, train_many,
-                           train_mlp)
+                           train_mlp, train_snapshots)
 
 
 def hand_network() -> MLP:
@@ -202,6 +202,17 @@ def test_training_many_at_once_follows_each_single_run():
         assert many.test_accuracy == single.test_accuracy and abs(many.final_loss - single.final_loss) < 1e-5
     with pytest.raises(ValueError, match="2 splits and 1 seeds"):
         train_many(splits[:2], 8, 1, 0.01, [0])
+
+
+def test_snapshots_of_one_run_are_the_shorter_runs():
+    split = digit_pair(1, 7, 0.3, seed=0)
+    snaps = train_snapshots([split] * 2, 6, 0.01, [0, 1], at_steps=[0, 1, 7], optimizer="sgd")
+    assert sorted(snaps) == [0, 1, 7]
+    for k, models in snaps.items():
+        for model, again in zip(models, train_many([split] * 2, 6, k, 0.01, [0, 1], optimizer="sgd")):
+            for name, value in model.state_dict().items():
+                assert torch.equal(value, again.model.state_dict()[name]), (k, name)
+    assert torch.equal(snaps[0][1].w_in.weight, initial_model(64, 6, 1).w_in.weight)
 
 
 def test_a_leaky_relu_passes_a_slope_below_zero_and_keeps_the_initialisation():

@@ -1,6 +1,7 @@
 """The exact 2-feature / 1-neuron loss against sampling, hand computations and a brute-force grid."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -111,6 +112,16 @@ def test_at_equal_importance_the_weaker_weight_is_the_smaller_one():
     """At r = 1 the minimum comes in mirror pairs, so which feature ends up stronger is arbitrary."""
     found = tfo.minimise([0.5, 0.5], [1.0, 0.9]).iloc[0]
     assert found.weaker == pytest.approx(min(abs(found.w1), abs(found.w2)))
+
+
+def test_readable_steps_names_columns_and_keeps_close_densities_apart():
+    steps = pd.DataFrame({"relative_importance": [0.1], "coarse_step": [0.65], "refined_step": [0.64],
+                          "density_above": [0.18143], "density_below": [0.18089], "weaker_above": [0.0],
+                          "weaker_below": [0.64]})
+    table = tfo.readable_steps(steps, 60, "|w₂|")
+    assert list(table.columns) == ["r", "largest step, 60 densities", "largest step, refined", "between density",
+                                   "and density", "|w₂| before", "|w₂| after"]
+    assert table["between density"][0] == "0.1814" and table["and density"][0] == "0.1809"
 
 
 def test_bad_input_is_named():

@@ -20,9 +20,9 @@ import torch
 
 from ..store import RunResult
 from ..tasks.digits import CORNER_NAMES, CORNERS, SIDE, digit_pair, xor_split
-from ..toy.mlp import (LOGIC, bar_path, bar_pixels, class_selectivity, correlation_matrix, flip_steps,
-                       hidden_activations, knockout_sweep, logic_pattern, match_neurons, matched_knockouts,
-                       neuron_changes, path_predictions, seed_pairs, single_knockouts, train_mlp, within_class)
+from ..toy.mlp import (bar_path, bar_pixels, class_selectivity, corner_logic, correlation_matrix, flip_steps,
+                       hidden_activations, knockout_sweep, match_neurons, matched_knockouts, neuron_changes,
+                       path_predictions, seed_pairs, single_knockouts, train_mlp, within_class)
 from ..validation import check_ranges, int_between, number_between, one_of, require
 from .registry import Experiment, RunContext, register
 
@@ -152,7 +152,7 @@ def bar_tables(config: MLPNeuronsConfig, trained: dict, split) -> dict[str, pd.D
 
 def corner_table(trained: dict, corner_test: torch.Tensor, x_test: torch.Tensor) -> pd.DataFrame:
     """Per model and neuron: activation at each exact corner, the mean over that corner's jittered test points,
-    the logic function it computes (`labpy.toy.mlp.logic_pattern`, stored by name: a CSV reader would turn the
+    the logic function it computes (`labpy.toy.mlp.corner_logic`, stored by name: a CSV reader would turn the
     pattern "0100" into the number 100), and its vote for XOR = 1 (w_out[1] − w_out[0])."""
     exact = torch.tensor(CORNERS, dtype=torch.float32)                                     # (4, 2)
     rows = []
@@ -160,12 +160,12 @@ def corner_table(trained: dict, corner_test: torch.Tensor, x_test: torch.Tensor)
         at_corner = hidden_activations(t.model, exact)                                     # (4, H)
         jittered = hidden_activations(t.model, x_test)                                     # (N_test, H)
         vote = (t.model.w_out.weight[1] - t.model.w_out.weight[0]).detach().numpy()        # (H,)
+        logic = corner_logic(t.model, exact)
         for h in range(t.model.n_hidden):
-            pattern = logic_pattern(at_corner[:, h])
             for c, name in enumerate(CORNER_NAMES):
                 rows.append({"seed": s, "neuron": h, "corner": name, "activation": float(at_corner[c, h]),
                              "mean_jittered": float(jittered[corner_test.numpy() == c, h].mean()),
-                             "logic": LOGIC[pattern], "vote_xor": float(vote[h])})
+                             "logic": logic[h], "vote_xor": float(vote[h])})
     return pd.DataFrame(rows)
 
 

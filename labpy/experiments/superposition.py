@@ -23,8 +23,7 @@ Everything stored is small: per-feature and per-instance tables, and W itself in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..device import one_thread
 from ..store import RunResult
 from ..toy.sae import SparseAutoencoder, evaluate_sae, max_cosine, train_sae
 from ..toy.superposition import (REPRESENTED, ToyModel, classify_two_features, dimensions_per_feature,
@@ -95,17 +95,6 @@ class SuperpositionConfig:
             require(self, getattr(self, few) < getattr(self, many), few,
                     f"is out of range; superposition needs fewer hidden dimensions than features, so it must be < "
                     f"{many} = {getattr(self, many)}")
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """These models are tiny: one torch thread is fastest on the lab's shared cores (and keeps runs comparable)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def sparsity_sweep(config: SuperpositionConfig, n: int, m: int, sparsities: tuple[float, ...], activation: str,

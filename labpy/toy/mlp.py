@@ -8,6 +8,7 @@ the hidden activations. Everything here runs in well under a second on a CPU.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -19,6 +20,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import spearmanr
 from torch import nn
 
+from ..device import one_thread
 from ..tasks.digits import Split
 
 
@@ -76,16 +78,18 @@ def initial_model(n_in: int, n_hidden: int, seed: int, n_out: int = 2) -> MLP:
         return MLP(n_in, n_hidden, n_out)
 
 
+def _accuracy(model: MLP, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(-1) == y).float().mean().item()
+
+
 def train_mlp(split: Split, n_hidden: int, steps: int, lr: float, seed: int, weight_decay: float = 0.0) -> Trained:
     """Full-batch Adam on cross-entropy from a seeded initialisation: the same seed gives the same weights.
 
     Full batch (a few hundred examples) removes batch-order randomness, so the seed only picks the
-    initialisation — exactly what "two seeds of one architecture" should vary. One torch thread: it is faster
-    for a model this small and makes the sums' order, hence the bits, reproducible.
+    initialisation — exactly what "two seeds of one architecture" should vary.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         model = initial_model(split.n_inputs, n_hidden, seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         for _ in range(steps):
@@ -96,11 +100,60 @@ def train_mlp(split: Split, n_hidden: int, steps: int, lr: float, seed: int, wei
         model.eval()
         with torch.no_grad():
             final = F.cross_entropy(model(split.x_train), split.y_train).item()
-            train_acc = (model(split.x_train).argmax(-1) == split.y_train).float().mean().item()
-            test_acc = (model(split.x_test).argmax(-1) == split.y_test).float().mean().item()
-    finally:
-        torch.set_num_threads(threads)
-    return Trained(model, final, train_acc, test_acc)
+        return Trained(model, final, _accuracy(model, split.x_train, split.y_train),
+                       _accuracy(model, split.x_test, split.y_test))
+
+
+class _StackedMLPs:
+    """M models of one shape as stacked parameters, model k from `initial_model(…, seeds[k])` with `splits[k]`'s
+    training points: w_in (M, H, n_in), b_in (M, H), w_out (M, n_out, H), b_out (M, n_out)."""
+
+    def __init__(self, splits: list[Split], n_hidden: int, seeds: list[int], negative_slope: float) -> None:
+        if len(splits) != len(seeds):
+            raise ValueError(f"{len(splits)} splits and {len(seeds)} seeds: give one split per seed")
+        inits = [initial_model(splits[0].n_inputs, n_hidden, s) for s in seeds]
+        self.params = [nn.Parameter(torch.stack([getattr(getattr(m, layer), kind).detach() for m in inits]))
+                       for layer in ("w_in", "w_out") for kind in ("weight", "bias")]
+        self.splits, self.n_hidden, self.negative_slope = splits, n_hidden, negative_slope
+        self.x = torch.stack([sp.x_train for sp in splits])                  # (M, N, n_in)
+        self.y = torch.stack([sp.y_train for sp in splits])                  # (M, N)
+
+    def losses(self) -> torch.Tensor:
+        """(M,) each model's mean cross-entropy on its own training points."""
+        w_in, b_in, w_out, b_out = self.params
+        hidden = F.leaky_relu(torch.baddbmm(b_in.unsqueeze(1), self.x, w_in.transpose(1, 2)), self.negative_slope)
+        logits = torch.baddbmm(b_out.unsqueeze(1), hidden, w_out.transpose(1, 2))      # (M, N, n_out)
+        return F.cross_entropy(logits.transpose(1, 2), self.y, reduction="none").mean(1)
+
+    def models(self) -> list[MLP]:
+        """The M models as they stand, each an `MLP` of its own (copies, in eval mode)."""
+        w_in, b_in, w_out, b_out = (p.detach().clone() for p in self.params)
+        out = []
+        for k, sp in enumerate(self.splits):
+            model = MLP(sp.n_inputs, self.n_hidden, w_out.shape[1], self.negative_slope)
+            model.load_state_dict({"w_in.weight": w_in[k], "w_in.bias": b_in[k], "w_out.weight": w_out[k],
+                                   "w_out.bias": b_out[k]})
+            out.append(model.eval())
+        return out
+
+
+def _train_stacked(stack: _StackedMLPs, steps: int, lr: float, warmup_steps: int, optimizer: str,
+                   eps: float) -> Iterator[int]:
+    """Full-batch training of every model at once; yields the number of steps taken, from 0 (before any) to
+    `steps`. The summed loss gives each model its own gradient, and Adam's and SGD's updates are per parameter."""
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer {optimizer!r}: use 'adam' or 'sgd'")
+    opt = (torch.optim.AdamW(stack.params, lr=lr, weight_decay=0.0, eps=eps) if optimizer == "adam"
+           else torch.optim.SGD(stack.params, lr=lr))
+    yield 0
+    for step in range(steps):
+        if warmup_steps:
+            opt.param_groups[0]["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
+        loss = stack.losses().sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        yield step + 1
 
 
 def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds: list[int],
@@ -113,53 +166,30 @@ def train_many(splits: list[Split], n_hidden: int, steps: int, lr: float, seeds:
     Adam's ε (PyTorch's default 1e-8).
 
     Why: a 2 → 8 → 2 XOR model spends its second in Python overhead, not arithmetic, so hundreds of them train
-    in one batched loop in about the time of a few. Adam's update is per parameter and the summed loss gives each
-    model its own gradient, so model k follows `train_mlp`'s trajectory up to the order of floating-point sums
-    (`tests/test_mlp_neurons.py` checks it)."""
-    if len(splits) != len(seeds):
-        raise ValueError(f"{len(splits)} splits and {len(seeds)} seeds: give one split per seed")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        inits = [initial_model(splits[0].n_inputs, n_hidden, s) for s in seeds]
-        params = [nn.Parameter(torch.stack([getattr(getattr(m, layer), kind).detach() for m in inits]))
-                  for layer in ("w_in", "w_out") for kind in ("weight", "bias")]
-        w_in, b_in, w_out, b_out = params                    # (M, H, n_in), (M, H), (M, n_out, H), (M, n_out)
-        x = torch.stack([sp.x_train for sp in splits])      # (M, N, n_in)
-        y = torch.stack([sp.y_train for sp in splits])      # (M, N)
-
-        def logits_of(inputs: torch.Tensor) -> torch.Tensor:   # (M, N, n_in) -> (M, N, n_out)
-            hidden = F.leaky_relu(torch.baddbmm(b_in.unsqueeze(1), inputs, w_in.transpose(1, 2)), negative_slope)
-            return torch.baddbmm(b_out.unsqueeze(1), hidden, w_out.transpose(1, 2))
-
-        def losses(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:   # (M,)
-            return F.cross_entropy(logits_of(inputs).transpose(1, 2), targets, reduction="none").mean(1)
-
-        if optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer {optimizer!r}: use 'adam' or 'sgd'")
-        opt = (torch.optim.AdamW(params, lr=lr, weight_decay=0.0, eps=eps) if optimizer == "adam"
-               else torch.optim.SGD(params, lr=lr))
-        for step in range(steps):
-            if warmup_steps:
-                opt.param_groups[0]["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
-            loss = losses(x, y).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        out = []
+    in one batched loop in about the time of a few. Model k follows `train_mlp`'s trajectory up to the order of
+    floating-point sums (`tests/test_mlp_neurons.py` checks it)."""
+    with one_thread():
+        stack = _StackedMLPs(splits, n_hidden, seeds, negative_slope)
+        for _ in _train_stacked(stack, steps, lr, warmup_steps, optimizer, eps):
+            pass
         with torch.no_grad():
-            final = losses(x, y)
-            for k, sp in enumerate(splits):
-                model = MLP(sp.n_inputs, n_hidden, w_out.shape[1], negative_slope)
-                model.load_state_dict({"w_in.weight": w_in[k], "w_in.bias": b_in[k], "w_out.weight": w_out[k],
-                                       "w_out.bias": b_out[k]})
-                model.eval()
-                train_acc = (model(sp.x_train).argmax(-1) == sp.y_train).float().mean().item()
-                test_acc = (model(sp.x_test).argmax(-1) == sp.y_test).float().mean().item()
-                out.append(Trained(model, float(final[k]), train_acc, test_acc))
-    finally:
-        torch.set_num_threads(threads)
-    return out
+            final = stack.losses()
+        return [Trained(model, float(final[k]), _accuracy(model, sp.x_train, sp.y_train),
+                        _accuracy(model, sp.x_test, sp.y_test))
+                for k, (model, sp) in enumerate(zip(stack.models(), splits))]
+
+
+def train_snapshots(splits: list[Split], n_hidden: int, lr: float, seeds: list[int], at_steps: Iterable[int],
+                    negative_slope: float = 0.0, warmup_steps: int = 0, optimizer: str = "adam",
+                    eps: float = 1e-8) -> dict[int, list[MLP]]:
+    """`train_many`'s models after each step count in `at_steps` (0: the initialisation), from one run: the
+    models after k steps of a longer run are those of a k-step run, so following neurons step by step needs
+    no run per step."""
+    wanted = set(at_steps)
+    with one_thread():
+        stack = _StackedMLPs(splits, n_hidden, seeds, negative_slope)
+        return {k: stack.models() for k in _train_stacked(stack, max(wanted), lr, warmup_steps, optimizer, eps)
+                if k in wanted}
 
 
 @torch.no_grad()

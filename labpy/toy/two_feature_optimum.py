@@ -212,3 +212,14 @@ def largest_steps(sweep: pd.DataFrame) -> pd.DataFrame:
                      "density_below": float(both.density.iloc[k + 1]),
                      "weaker_above": float(both.weaker.iloc[k]), "weaker_below": float(both.weaker.iloc[k + 1])})
     return pd.DataFrame(rows)
+
+
+def readable_steps(steps: pd.DataFrame, points: int, weight: str = "|w|") -> pd.DataFrame:
+    """`largest_steps` for a reader: named columns (`points`: the coarse grid's size; `weight`: how the page
+    writes the weaker weight), densities as text to 4 decimals so that two close ones do not print alike."""
+    return (steps.assign(density_above=steps.density_above.map("{:.4f}".format),
+                         density_below=steps.density_below.map("{:.4f}".format))
+            .rename(columns={"relative_importance": "r", "coarse_step": f"largest step, {points} densities",
+                             "refined_step": "largest step, refined", "density_above": "between density",
+                             "density_below": "and density", "weaker_above": f"{weight} before",
+                             "weaker_below": f"{weight} after"}))
