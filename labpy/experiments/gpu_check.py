@@ -1,0 +1,442 @@
+"""What a GPU measures that the CPU can only model: 7B QLoRA memory and speed, a 7B capture, small-model steps.
+
+The hardware page and the memory model answer "is a 16 GB card enough?" from models: `labpy.memory` for the
+bytes of a QLoRA step (checked on the CPU at 10M parameters), `labpy.hardware.capture_bytes` for a capture,
+a fraction of the quoted peak (`hardware.MFU`) for time and a per-step floor (`hardware.STEP_FLOOR_S`) for the
+lab's small models. On a CUDA machine this experiment measures each of them:
+
+1. A Qwen2.5-7B-shaped model with random weights (the shape is what memory and time depend on; no hub
+   download), saved and loaded through the lab's own path, `load_lm(path, "4bit")`: the resident bytes of the
+   4-bit model against `weight_bytes`.
+2. A full capture (every attention pattern and the residual stream after every block, `hf_hooks`) at several
+   lengths: CUDA's peak allocated bytes against `capture_bytes`, and its time against a plain forward.
+3. QLoRA steps (`add_lora` on every linear layer, rank 16, AdamW, the lab's `lm_loss`) at several batch ×
+   length, with and without gradient checkpointing: the peak against `peak_bytes`, the step time against the
+   modelled FLOPs (the achieved fraction of the card's peak).
+4. One training step of the lab's small models — the wind tunnels' `cpu` and `gpu` shapes and the lab LM —
+   timed in the same loop the runs use (a fresh batch, forward, backward, AdamW): the per-step floor.
+
+Also measured: the CUDA context (memory the driver takes before PyTorch allocates anything) and the
+allocator's slack (reserved − allocated at the peak), which the memory model sets aside as a reserve.
+The `smoke` scale runs the same code on the CPU at toy sizes (memory then from torch.profiler's timeline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..device import lab_device
+from ..errors import ConfigError
+from ..memory import GIB, Arch, Setup, peak_bytes, resident_model_bytes, weight_bytes
+from ..store import RunResult
+from ..validation import check_ranges
+from .registry import Experiment, RunContext, register
+
+
+@dataclass(frozen=True)
+class GpuCheckConfig:
+    model: str = "Qwen2.5-7B"            # a name in labpy.hardware.MODELS: the shape of the random-weight model
+    rank: int = 16
+    capture_lens: tuple[int, ...] = (512, 1024, 2048)
+    # QLoRA cases, "batch,seq_len,gc|nogc" and optionally ",bf16" (the loss under bf16 autocast, as HF Trainer's
+    # bf16=True runs it); 1 × 2048 with checkpointing is the memory model's frontier on a 16 GB card
+    qlora_cases: tuple[str, ...] = ("1,512,gc", "1,1024,gc", "1,2048,gc", "2,2048,gc", "8,2048,gc", "1,512,nogc",
+                                    "1,2048,nogc", "1,2048,gc,bf16")
+    compare_len: int = 2048              # tokens of the bf16-vs-4-bit forward timing (the dequantization's cost)
+    qlora_steps: int = 3                 # steps per case; the first creates Adam's state, the rest are timed
+    small_scales: tuple[str, ...] = ("cpu", "gpu")   # wind-tunnel shapes timed, one seed per task × model
+    small_steps: int = 60                # timed steps per small model, after `small_warmup`
+    small_warmup: int = 10
+    # a stand-in shape for the smoke scale (MODELS names only real shapes); 0 = use `model`
+    toy_hidden: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive_int=("rank", "capture_lens", "qlora_steps", "small_steps", "compare_len"),
+                     nonneg_int=("small_warmup", "toy_hidden", "seed"), nonempty=("qlora_cases",))
+        from ..hardware import MODELS
+
+        if self.model not in MODELS:
+            raise ConfigError(f"GpuCheckConfig.model = {self.model!r} is not a model shape; use one of "
+                              f"{', '.join(MODELS)}", config="GpuCheckConfig", field="model", value=self.model)
+        for text in self.qlora_cases:
+            parts = text.split(",")
+            if (len(parts) not in (3, 4) or not all(p.isdigit() and int(p) > 0 for p in parts[:2])
+                    or parts[2] not in ("gc", "nogc") or parts[3:] not in ([], ["bf16"])):
+                raise ConfigError(f"GpuCheckConfig.qlora_cases entry {text!r} is not a case; write batch,seq_len,"
+                                  f"gc|nogc[,bf16], e.g. 4,2048,gc", config="GpuCheckConfig", field="qlora_cases",
+                                  value=self.qlora_cases)
+
+    def arch(self) -> Arch:
+        from ..hardware import MODELS
+
+        arch = MODELS[self.model]
+        if self.toy_hidden:
+            arch = replace(arch, hidden=self.toy_hidden, layers=2, heads=4, kv_heads=2,
+                           intermediate=3 * self.toy_hidden, vocab=1024)
+        return arch
+
+    def hf_config(self):
+        from transformers import Qwen2Config
+
+        a = self.arch()
+        return Qwen2Config(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                           num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+                           tie_word_embeddings=a.tie_embeddings, use_cache=False, max_position_embeddings=32768)
+
+
+# ---- measuring on either device ----
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _fresh(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def measure_peak(device: torch.device, step: Callable[[], None]) -> dict[str, float]:
+    """Run `step()` once; return its wall time and the peak bytes PyTorch's allocator handed out while it ran
+    (everything live, the model included) and, on CUDA, the peak the caching allocator reserved."""
+    _fresh(device)
+    if device.type == "cuda":
+        _sync(device)
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        seconds = time.perf_counter() - t
+        return {"seconds": seconds, "peak_allocated": torch.cuda.max_memory_allocated(device),
+                "peak_reserved": torch.cuda.max_memory_reserved(device)}
+    from ..memory import tensor_peak_bytes
+
+    before = _live_cpu_bytes()
+    t = time.perf_counter()
+    growth = tensor_peak_bytes(step)
+    return {"seconds": time.perf_counter() - t, "peak_allocated": before + growth, "peak_reserved": float("nan")}
+
+
+def _live_cpu_bytes() -> int:
+    """Bytes of every live CPU tensor storage (the CPU stand-in for `torch.cuda.memory_allocated`)."""
+    seen: dict[int, int] = {}
+    with warnings.catch_warnings():                # touching every object wakes deprecated module attributes
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            try:
+                if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and not obj.is_meta:
+                    storage = obj.untyped_storage()
+                    seen[storage.data_ptr()] = storage.nbytes()
+            except (RuntimeError, NotImplementedError, ReferenceError):
+                continue
+    return sum(seen.values())
+
+
+def _allocated(device: torch.device) -> float:
+    return float(torch.cuda.memory_allocated(device)) if device.type == "cuda" else float(_live_cpu_bytes())
+
+
+def context_bytes(device: torch.device) -> float:
+    """Memory the CUDA driver and libraries hold outside PyTorch's allocator: used − reserved (nan on a CPU)."""
+    if device.type != "cuda":
+        return float("nan")
+    free, total = torch.cuda.mem_get_info(device)
+    return float(total - free - torch.cuda.memory_reserved(device))
+
+
+# ---- 1-3: the 7B-shaped model ----
+
+def forward_seconds(model, vocab: int, seq_len: int, device: torch.device, seed: int) -> float:
+    """Best of three no-grad forward passes of one random sequence, after a warm-up."""
+    tokens = torch.randint(0, vocab, (1, seq_len), generator=torch.Generator().manual_seed(seed)).to(device)
+    best = float("inf")
+    with torch.no_grad():
+        for i in range(4):
+            _sync(device)
+            t = time.perf_counter()
+            model(input_ids=tokens)
+            _sync(device)
+            if i:
+                best = min(best, time.perf_counter() - t)
+    return best
+
+
+def save_random_model(config: GpuCheckConfig, folder: Path, device: torch.device) -> float:
+    """A random-weight model of the config's shape as a bf16 `save_pretrained` folder (built on `device`);
+    returns its bf16 forward time at `compare_len` tokens (sdpa), the baseline of the 4-bit model's."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(config.seed)
+    with torch.device(device):
+        model = Qwen2ForCausalLM._from_config(config.hf_config(), dtype=torch.bfloat16, attn_implementation="sdpa")
+    seconds = forward_seconds(model, config.arch().vocab, config.compare_len, device, config.seed)
+    model.save_pretrained(folder, max_shard_size="4GB")
+    del model
+    _fresh(device)
+    return seconds
+
+
+def capture_rows(model, arch: Arch, lens: tuple[int, ...], device: torch.device, seed: int) -> list[dict]:
+    """Peak memory and time of a full capture (patterns + residual stream kept on the device) and of a plain
+    forward, at each length; the modelled bytes beside them."""
+    from ..hardware import capture_bytes
+    from ..interp.hf_hooks import run_with_cache
+
+    def keep(name: str) -> bool:
+        return name.endswith("attn.hook_pattern") or name.endswith("hook_resid_post") or name == "blocks.0.hook_resid_pre"
+
+    rows = []
+    g = torch.Generator().manual_seed(seed)
+    for t in lens:
+        tokens = torch.randint(0, arch.vocab, (1, t), generator=g).to(device)                   # (1, T)
+        out: dict = {}
+
+        def plain() -> None:
+            with torch.no_grad():
+                out["logits"] = model(input_ids=tokens).logits
+            out.clear()
+
+        def captured() -> None:
+            out["logits"], out["cache"] = run_with_cache(model, tokens, names_filter=keep, device=device)
+            out["bytes"] = sum(v.numel() * v.element_size() for v in out["cache"].values())
+            out["n"] = len(out["cache"])
+            del out["logits"], out["cache"]
+
+        plain()                                   # warm-up: kernels chosen, workspaces allocated
+        forward = min((measure_peak(device, plain) for _ in range(2)), key=lambda m: m["seconds"])
+        capture = min((measure_peak(device, captured) for _ in range(2)), key=lambda m: m["seconds"])
+        modelled = capture_bytes(arch, 1, t)
+        rows.append({"seq_len": t, "cached_tensors": out["n"], "cache_bytes": out["bytes"],
+                     "capture_peak": capture["peak_allocated"], "capture_reserved": capture["peak_reserved"],
+                     "capture_s": capture["seconds"], "forward_peak": forward["peak_allocated"],
+                     "forward_s": forward["seconds"], "model_bytes": sum(modelled.values()),
+                     "model_weights": modelled["weights"],
+                     "model_cache": modelled["attention patterns"] + modelled["residual stream"]})
+    return rows
+
+
+def qlora_rows(model, config: GpuCheckConfig, arch: Arch, device: torch.device) -> list[dict]:
+    """QLoRA steps at each case: peak memory and time per step, the memory model and the modelled FLOPs beside."""
+    from ..hardware import Compute, qlora_setup, step_flops
+    from ..memory import lora_params
+    from ..models.lab_lm import lm_loss
+    from ..models.lora import add_lora
+
+    from ..memory import ALL_LINEAR
+
+    peft_model = add_lora(model, config.rank, targets=ALL_LINEAR, gradient_checkpointing=False)
+    peft_model.train()
+    base = peft_model.base_model.model
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    resident = resident_model_bytes(peft_model)
+    rows, g = [], torch.Generator().manual_seed(config.seed)
+    for text in config.qlora_cases:
+        b, t, gc_flag, *autocast = text.split(",")
+        batch_size, seq_len, checkpointing = int(b), int(t), gc_flag == "gc"
+
+        def cast() -> contextlib.AbstractContextManager:
+            return torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+
+        with warnings.catch_warnings():   # transformers 5 renames these `activation_checkpointing_*`
+            warnings.simplefilter("ignore", FutureWarning)
+            if checkpointing:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_disable()
+        setup = qlora_setup(config.rank, "4bit", checkpointing)
+        batch = torch.randint(0, arch.vocab, (batch_size, seq_len + 1), generator=g).to(device)   # (B, T+1)
+        optimizer = torch.optim.AdamW(params, lr=1e-5)
+        times: list[float] = []
+        losses: list[float] = []
+
+        def steps() -> None:
+            for _ in range(config.qlora_steps):
+                _sync(device)
+                t0 = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                with cast():
+                    loss = lm_loss(peft_model, batch)
+                loss.backward()
+                optimizer.step()
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+                losses.append(float(loss.detach()))
+
+        try:
+            measured = measure_peak(device, steps)
+            oom = False
+        except torch.OutOfMemoryError:
+            measured, oom = {"peak_allocated": float("nan"), "peak_reserved": float("nan")}, True
+        modelled = peak_bytes(arch, setup, batch_size, seq_len)
+        flops = step_flops(Compute.from_arch(arch), batch_size * seq_len, seq_len, full=False,
+                           adapter_params=lora_params(arch, setup), recompute=checkpointing)
+        timed = times[1:] or times
+        rows.append({"case": text, "batch": batch_size, "seq_len": seq_len, "checkpointing": checkpointing,
+                     "autocast_bf16": bool(autocast),
+                     "oom": oom, "peak_allocated": measured["peak_allocated"],
+                     "peak_reserved": measured["peak_reserved"], "model_peak": modelled["total"],
+                     "model_weights": sum(weight_bytes(arch, setup).values()), "resident_model": resident,
+                     "step_s": min(timed) if timed else float("nan"), "first_step_s": times[0] if times else float("nan"),
+                     "flops": flops, "loss": losses[-1] if losses else float("nan")})
+        del optimizer, batch
+        peft_model.zero_grad(set_to_none=True)
+        _fresh(device)
+    return rows
+
+
+# ---- 4: the lab's small models ----
+
+def small_model_rows(config: GpuCheckConfig, device: torch.device) -> list[dict]:
+    """Seconds per training step of the wind tunnels' shapes and of the lab LM, as their runs train them."""
+    from ..models.lab_lm import build_lab_lm, lm_loss
+    from .lab_lm import LabLMConfig
+    from .wind_tunnels import _configs, build_model, loss_on, make_batch
+
+    def timed(name: str, scale: str, model: torch.nn.Module, step_loss: Callable[[torch.Generator], torch.Tensor],
+              params: int) -> dict:
+        model.to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        g = torch.Generator().manual_seed(config.seed)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            step_loss(g).backward()
+            optimizer.step()
+
+        for _ in range(config.small_warmup):
+            step()
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(config.small_steps):
+            step()
+        _sync(device)
+        return {"model": name, "scale": scale, "params": params,
+                "step_s": (time.perf_counter() - t) / config.small_steps}
+
+    rows = []
+    for scale in config.small_scales:
+        for label, wt in _configs(scale).items():
+            if not label.endswith("-s0"):
+                continue
+            model = build_model(wt)
+
+            def wt_loss(g: torch.Generator, wt=wt, model=model) -> torch.Tensor:
+                batch = make_batch(wt, wt.batch_size, g)
+                batch = type(batch)(*(x.to(device) for x in (batch.tokens, batch.positions, batch.posterior,
+                                                               batch.labels)))
+                return loss_on(wt, model, batch)
+
+            rows.append(timed(f"wind_tunnels/{label}", scale, model, wt_loss,
+                              sum(p.numel() for p in model.parameters())))
+    lm = LabLMConfig()
+    model = build_lab_lm(lm.hf_config(), lm.seed)
+
+    def lm_step(g: torch.Generator) -> torch.Tensor:
+        batch = torch.randint(0, lm.vocab_size, (lm.batch_size, lm.seq_len + 1), generator=g).to(device)
+        return lm_loss(model, batch)
+
+    rows.append(timed("lab_lm", "cpu", model, lm_step, sum(p.numel() for p in model.parameters())))
+    return rows
+
+
+def matmul_tflops(device: torch.device, n: int) -> float:
+    """Achieved bf16 (CUDA) or fp32 (CPU) rate of an n×n×n matrix product, best of a few: the card's ceiling."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(5):
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        _sync(device)
+        best = min(best, (time.perf_counter() - t) / 5)
+    return 2 * n ** 3 / best / 1e12
+
+
+# ---- the run ----
+
+def run(config: GpuCheckConfig, ctx: RunContext) -> RunResult:
+    from ..models.lm import load_lm
+    from ..provenance import device_description
+
+    def log(stage: str) -> None:            # a GPU lease is short: say where the run is, in the terminal
+        if ctx.progress:
+            print(f"[gpu_check {time.strftime('%H:%M:%S')}] {stage}", file=sys.stderr, flush=True)
+
+    device = lab_device()
+    if device.type != "cuda" and not config.toy_hidden:
+        raise ConfigError(f"gpu_check at the {config.model} shape needs a CUDA device, and this run's device is "
+                          f"{device}; run it on a GPU machine (the smoke scale runs on the CPU)",
+                          config="GpuCheckConfig", field="model", value=config.model)
+    arch = config.arch()
+    summary: dict = {"device": device_description(device),
+                     "model_shape": f"toy (hidden {config.toy_hidden})" if config.toy_hidden else config.model,
+                     "params": arch.n_params()}
+    if device.type == "cuda":
+        torch.ones(1, device=device)                       # create the context before measuring it
+        summary["context_bytes"] = context_bytes(device)
+        summary["card_bytes"] = float(torch.cuda.mem_get_info(device)[1])
+    summary["matmul_tflops"] = matmul_tflops(device, 8192 if device.type == "cuda" else 256)
+    log("small models")
+    small = pd.DataFrame(small_model_rows(config, device))
+    _fresh(device)
+
+    log("random weights: build, time, save")
+    folder = ctx.work_dir / "random-weights"
+    t = time.perf_counter()
+    summary["forward_bf16_s"] = save_random_model(config, folder, device)
+    summary["save_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    log("load in 4 bits")
+    model, _ = load_lm(str(folder), "4bit", dtype=torch.bfloat16,
+                       device_map={"": device.index or 0} if device.type == "cuda" else None)
+    summary["load_4bit_s"] = time.perf_counter() - t
+    summary["resident_4bit_bytes"] = resident_model_bytes(model)
+    summary["allocated_after_load"] = _allocated(device)
+    summary["model_4bit_bytes"] = sum(weight_bytes(arch, Setup(quant="4bit", rank=0, param_bytes=2)).values())
+    if device.type == "cuda":
+        summary["context_after_load_bytes"] = context_bytes(device)
+    log("captures")
+    captures = pd.DataFrame(capture_rows(model, arch, config.capture_lens, device, config.seed))
+    model.set_attn_implementation("sdpa")                    # the memory model's QLoRA recipe
+    summary["forward_4bit_s"] = forward_seconds(model, arch.vocab, config.compare_len, device, config.seed)
+    log("QLoRA cases")
+    qlora = pd.DataFrame(qlora_rows(model, config, arch, device))
+    if device.type == "cuda":
+        summary["context_end_bytes"] = context_bytes(device)
+    del model
+    shutil.rmtree(folder, ignore_errors=True)                # gigabytes of random weights: never stored
+    return RunResult(tables={"captures": captures, "qlora": qlora, "small_models": small}, summary=summary,
+                     seed=config.seed)
+
+
+SMOKE = GpuCheckConfig(toy_hidden=64, rank=4, capture_lens=(16, 32), qlora_cases=("2,32,gc", "2,32,nogc", "2,32,gc,bf16"),
+                       compare_len=32,
+                       qlora_steps=2, small_scales=("smoke",), small_steps=3, small_warmup=1)
+
+register(Experiment(
+    name="gpu_check",
+    title="Measured on a GPU: 7B QLoRA memory and speed, a 7B capture, the small models' steps",
+    track="The lab itself",
+    page="experiments/gpu-check.qmd",
+    version=1,
+    config_type=GpuCheckConfig,
+    scales={"smoke": {"check": SMOKE}, "gpu": {"qwen7b-shape": GpuCheckConfig()}},
+    run=run,
+    description="A random-weight Qwen2.5-7B in 4 bits on CUDA: resident bytes, capture and QLoRA peaks against "
+                "labpy.memory, step times against modelled FLOPs; the small models' per-step floor.",
+))
