@@ -2,7 +2,7 @@
 
 The GPU machine returns only a few flat files (no store folders, no git), so the run is split in two:
 
-    python scripts/gpu_check.py run OUT_DIR [--scale gpu] [--commit SHA]   # on the GPU machine
+    python scripts/gpu_check.py run OUT_DIR [--scale gpu] [--label L] [--commit SHA]   # on the GPU machine
     python scripts/gpu_check.py store OUT_DIR                              # here: one store entry, verified
 
 `run` executes the registered experiment exactly as `lab run gpu_check --scale gpu` would (same config, same
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pandas as pd
 
-TABLES = ("captures", "qlora", "small_models")
 # Page-side packages `import labpy` pulls in (plots, notebook cells, TransformerLens' bridge and its many
 # dependencies) that a GPU machine's image lacks and this run never calls: stubbed in `run` mode, so the run
 # needs only torch, transformers, peft and bitsandbytes there. The toy transformer does build on two
@@ -81,14 +80,14 @@ def stub_page_side() -> None:
     sys.meta_path.insert(0, _StubFinder())
 
 
-def run(out: Path, scale: str, commit: str) -> None:
+def run(out: Path, scale: str, label: str, commit: str) -> None:
     stub_page_side()
     from labpy.device import use_device
     from labpy.experiments.registry import RunContext, get_experiment
     from labpy.provenance import collect
 
     experiment = get_experiment("gpu_check")
-    (label, config), = experiment.configs(scale).items()
+    config = experiment.configs(scale)[label]
     shm = Path("/dev/shm")
     scratch = shm if shm.is_dir() and os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize > 40e9 else None
     started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
@@ -114,9 +113,10 @@ def store(folder: Path) -> None:
     experiment = get_experiment("gpu_check")
     meta = json.loads((folder / "meta.json").read_text())
     config = experiment.config_from(meta["config"])
+    meta["config"] = dataclasses.asdict(config)          # fields added since the run, at their defaults
     if config != experiment.configs(meta["scale"])[meta["label"]]:
         sys.exit(f"{folder}: its config is not gpu_check's {meta['scale']}/{meta['label']} config any more; rerun it")
-    result = RunResult(tables={n: pd.read_csv(folder / f"{n}.csv") for n in TABLES},
+    result = RunResult(tables={p.stem: pd.read_csv(p) for p in sorted(folder.glob("*.csv"))},
                        summary=json.loads((folder / "summary.json").read_text()), seed=config.seed)
     entry = RunStore().put(experiment.name, experiment.key(config, meta["label"]), meta, result,
                            json.loads((folder / "provenance.json").read_text()))
@@ -128,10 +128,11 @@ def main() -> None:
     parser.add_argument("mode", choices=("run", "store"))
     parser.add_argument("folder", type=Path)
     parser.add_argument("--scale", default="gpu")
+    parser.add_argument("--label", default="qwen7b-shape")
     parser.add_argument("--commit", default="unknown")
     args = parser.parse_args()
     if args.mode == "run":
-        run(args.folder, args.scale, args.commit)
+        run(args.folder, args.scale, args.label, args.commit)
     else:
         store(args.folder)
 

@@ -40,7 +40,7 @@ from ..device import lab_device
 from ..errors import ConfigError
 from ..memory import GIB, Arch, Setup, peak_bytes, resident_model_bytes, weight_bytes
 from ..store import RunResult
-from ..validation import check_ranges
+from ..validation import check_ranges, one_of
 from .registry import Experiment, RunContext, register
 
 
@@ -60,11 +60,15 @@ class GpuCheckConfig:
     small_warmup: int = 10
     # a stand-in shape for the smoke scale (MODELS names only real shapes); 0 = use `model`
     toy_hidden: int = 0
+    # "all": everything above; "attention-kernels": only which scaled-dot-product-attention kernels accept the
+    # lab's attention (fp32 or bf16, grouped-query or repeated K/V) and what each keeps for backward
+    part: str = "all"
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_ranges(self, positive_int=("rank", "capture_lens", "qlora_steps", "small_steps", "compare_len"),
-                     nonneg_int=("small_warmup", "toy_hidden", "seed"), nonempty=("qlora_cases",))
+                     nonneg_int=("small_warmup", "toy_hidden", "seed"), nonempty=("qlora_cases",),
+                     rules={"part": one_of("all", "attention-kernels")})
         from ..hardware import MODELS
 
         if self.model not in MODELS:
@@ -297,6 +301,48 @@ def qlora_rows(model, config: GpuCheckConfig, arch: Arch, device: torch.device) 
     return rows
 
 
+# ---- why no-checkpointing peaks exceed the sdpa model: which attention kernel runs ----
+
+def attention_kernel_rows(arch: Arch, seq_len: int, device: torch.device, seed: int) -> list[dict]:
+    """For fp32 and bf16, grouped-query (`enable_gqa`, as transformers calls it without a mask) or K/V repeated
+    to every query head, and each SDPA backend alone or PyTorch's own choice: does it run, and how many bytes
+    does one causal attention of one layer (batch 1) keep for backward (every storage autograd saves, q, k
+    and v included)?"""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..memory import saved_tensor_bytes
+
+    backends = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    h, kv, d = arch.heads, arch.kv_heads, arch.head_dim
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        q = torch.randn(1, h, seq_len, d, generator=g).to(device, dtype)                        # (1, H, T, D)
+        k, v = (torch.randn(1, kv, seq_len, d, generator=g).to(device, dtype) for _ in range(2))  # (1, KV, T, D)
+        for gqa in (True, False):
+            kk, vv = (k, v) if gqa else (k.repeat_interleave(h // kv, 1), v.repeat_interleave(h // kv, 1))
+            for name, backend in backends.items():
+                qq = q.clone().requires_grad_(True)
+                holder = torch.nn.Linear(1, 1)       # saved_tensor_bytes excludes a module's parameters: none here
+
+                def step() -> torch.Tensor:
+                    context = sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext()
+                    with context:
+                        return F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=gqa).sum()
+
+                try:
+                    saved, _ = saved_tensor_bytes(holder, step)
+                    error = ""
+                except RuntimeError as exc:
+                    saved, error = float("nan"), str(exc).strip().splitlines()[0][:160]
+                rows.append({"dtype": str(dtype).removeprefix("torch."), "gqa": gqa, "backend": name,
+                             "runs": not error, "saved_bytes": saved, "error": error,
+                             "probabilities_bytes": h * seq_len ** 2 * (4 if dtype == torch.float32 else 2)})
+    return rows
+
+
 # ---- 4: the lab's small models ----
 
 def small_model_rows(config: GpuCheckConfig, device: torch.device) -> list[dict]:
@@ -383,6 +429,11 @@ def run(config: GpuCheckConfig, ctx: RunContext) -> RunResult:
                           f"{device}; run it on a GPU machine (the smoke scale runs on the CPU)",
                           config="GpuCheckConfig", field="model", value=config.model)
     arch = config.arch()
+    if config.part == "attention-kernels":
+        log("attention kernels")
+        kernels = pd.DataFrame(attention_kernel_rows(arch, config.compare_len, device, config.seed))
+        return RunResult(tables={"kernels": kernels}, summary={"device": device_description(device)},
+                         seed=config.seed)
     summary: dict = {"device": device_description(device),
                      "model_shape": f"toy (hidden {config.toy_hidden})" if config.toy_hidden else config.model,
                      "params": arch.n_params()}
@@ -435,7 +486,8 @@ register(Experiment(
     page="experiments/gpu-check.qmd",
     version=1,
     config_type=GpuCheckConfig,
-    scales={"smoke": {"check": SMOKE}, "gpu": {"qwen7b-shape": GpuCheckConfig()}},
+    scales={"smoke": {"check": SMOKE, "kernels": replace(SMOKE, part="attention-kernels")},
+            "gpu": {"qwen7b-shape": GpuCheckConfig(), "attention-kernels": GpuCheckConfig(part="attention-kernels")}},
     run=run,
     description="A random-weight Qwen2.5-7B in 4 bits on CUDA: resident bytes, capture and QLoRA peaks against "
                 "labpy.memory, step times against modelled FLOPs; the small models' per-step floor.",
