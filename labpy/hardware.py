@@ -307,6 +307,7 @@ LEFT_OUT: dict[str, str] = {
     "interp_benchmark": "a benchmark (its forward times are used directly below)",
     "toy_transformer": "a benchmark, and retrainings of stored induction and wind-tunnel runs (modelled there)",
     "site_render": "renders the website: Quarto and Pandoc, not tensors",
+    "gpu_check": "made on a GPU to check these models: its page compares each number with the model it checks",
     "lr_sweep_corpus": "trains a tokenizer",
 }
 
