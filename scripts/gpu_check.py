@@ -107,6 +107,7 @@ def run(out: Path, scale: str, label: str, commit: str) -> None:
 
 
 def store(folder: Path) -> None:
+    from labpy.experiments.gpu_check import exact_integers
     from labpy.experiments.registry import get_experiment
     from labpy.store import RunResult, RunStore
 
@@ -116,7 +117,7 @@ def store(folder: Path) -> None:
     meta["config"] = dataclasses.asdict(config)          # fields added since the run, at their defaults
     if config != experiment.configs(meta["scale"])[meta["label"]]:
         sys.exit(f"{folder}: its config is not gpu_check's {meta['scale']}/{meta['label']} config any more; rerun it")
-    result = RunResult(tables={p.stem: pd.read_csv(p) for p in sorted(folder.glob("*.csv"))},
+    result = RunResult(tables={p.stem: exact_integers(pd.read_csv(p)) for p in sorted(folder.glob("*.csv"))},
                        summary=json.loads((folder / "summary.json").read_text()), seed=config.seed)
     entry = RunStore().put(experiment.name, experiment.key(config, meta["label"]), meta, result,
                            json.loads((folder / "provenance.json").read_text()))

@@ -415,6 +415,18 @@ def matmul_tflops(device: torch.device, n: int) -> float:
 
 # ---- the run ----
 
+def exact_integers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Float columns holding only whole numbers (bytes, counts; NaN where a kernel refused) as nullable integers:
+    the store writes floats to 6 significant digits, which would round byte counts of 10⁸ by tens of bytes."""
+    out = frame.copy()
+    for name in out.columns:
+        column = out[name]
+        if pd.api.types.is_float_dtype(column) and column.notna().any() and (column.dropna() % 1 == 0).all() \
+                and column.dropna().abs().max() >= 1e6:
+            out[name] = column.astype("Int64")
+    return out
+
+
 def run(config: GpuCheckConfig, ctx: RunContext) -> RunResult:
     from ..models.lm import load_lm
     from ..provenance import device_description
@@ -432,7 +444,7 @@ def run(config: GpuCheckConfig, ctx: RunContext) -> RunResult:
     if config.part == "attention-kernels":
         log("attention kernels")
         kernels = pd.DataFrame(attention_kernel_rows(arch, config.compare_len, device, config.seed))
-        return RunResult(tables={"kernels": kernels}, summary={"device": device_description(device)},
+        return RunResult(tables={"kernels": exact_integers(kernels)}, summary={"device": device_description(device)},
                          seed=config.seed)
     summary: dict = {"device": device_description(device),
                      "model_shape": f"toy (hidden {config.toy_hidden})" if config.toy_hidden else config.model,
@@ -471,7 +483,8 @@ def run(config: GpuCheckConfig, ctx: RunContext) -> RunResult:
         summary["context_end_bytes"] = context_bytes(device)
     del model
     shutil.rmtree(folder, ignore_errors=True)                # gigabytes of random weights: never stored
-    return RunResult(tables={"captures": captures, "qlora": qlora, "small_models": small}, summary=summary,
+    return RunResult(tables={name: exact_integers(t) for name, t in
+                             (("captures", captures), ("qlora", qlora), ("small_models", small))}, summary=summary,
                      seed=config.seed)
 
 
