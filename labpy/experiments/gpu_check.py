@@ -500,7 +500,11 @@ register(Experiment(
     version=1,
     config_type=GpuCheckConfig,
     scales={"smoke": {"check": SMOKE, "kernels": replace(SMOKE, part="attention-kernels")},
-            "gpu": {"qwen7b-shape": GpuCheckConfig(), "attention-kernels": GpuCheckConfig(part="attention-kernels")}},
+            "gpu": {"qwen7b-shape": GpuCheckConfig(), "attention-kernels": GpuCheckConfig(part="attention-kernels"),
+                    # a third run: bf16 autocast without checkpointing (fused attention, half-width activations),
+                    # with the fp32 1 × 2048 case again as this run's own reference
+                    "bf16-no-checkpointing": GpuCheckConfig(capture_lens=(), small_scales=(), qlora_cases=(
+                        "1,1024,nogc,bf16", "1,2048,nogc,bf16", "2,2048,nogc,bf16", "1,2048,nogc"))}},
     run=run,
     description="A random-weight Qwen2.5-7B in 4 bits on CUDA: resident bytes, capture and QLoRA peaks against "
                 "labpy.memory, step times against modelled FLOPs; the small models' per-step floor.",
