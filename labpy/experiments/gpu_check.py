@@ -484,7 +484,8 @@ def run(config: GpuCheckConfig, ctx: RunContext) -> RunResult:
     del model
     shutil.rmtree(folder, ignore_errors=True)                # gigabytes of random weights: never stored
     return RunResult(tables={name: exact_integers(t) for name, t in
-                             (("captures", captures), ("qlora", qlora), ("small_models", small))}, summary=summary,
+                             (("captures", captures), ("qlora", qlora), ("small_models", small)) if len(t)},
+                     summary=summary,
                      seed=config.seed)
 
 
