@@ -61,14 +61,15 @@ class GpuCheckConfig:
     # a stand-in shape for the smoke scale (MODELS names only real shapes); 0 = use `model`
     toy_hidden: int = 0
     # "all": everything above; "attention-kernels": only which scaled-dot-product-attention kernels accept the
-    # lab's attention (fp32 or bf16, grouped-query or repeated K/V) and what each keeps for backward
+    # lab's attention (fp32 or bf16, grouped-query or repeated K/V) and what each keeps for backward;
+    # "small-steps": where a small model's step goes (building the batch on the CPU vs the step on the GPU)
     part: str = "all"
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_ranges(self, positive_int=("rank", "capture_lens", "qlora_steps", "small_steps", "compare_len"),
                      nonneg_int=("small_warmup", "toy_hidden", "seed"), nonempty=("qlora_cases",),
-                     rules={"part": one_of("all", "attention-kernels")})
+                     rules={"part": one_of("all", "attention-kernels", "small-steps")})
         from ..hardware import MODELS
 
         if self.model not in MODELS:
@@ -398,6 +399,62 @@ def small_model_rows(config: GpuCheckConfig, device: torch.device) -> list[dict]
     return rows
 
 
+def small_breakdown_rows(config: GpuCheckConfig, device: torch.device) -> list[dict]:
+    """Where a small model's step goes, timed side by side in one process: building a batch on the CPU and
+    moving it to the device; a step on one batch built beforehand (the model's own cost); and the whole step as
+    the runs take it (a fresh batch each time)."""
+    from ..models.lab_lm import build_lab_lm, lm_loss
+    from .lab_lm import LabLMConfig
+    from .wind_tunnels import _configs, build_model, loss_on, make_batch
+
+    def mean_seconds(fn: Callable[[], None]) -> float:
+        for _ in range(config.small_warmup):
+            fn()
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(config.small_steps):
+            fn()
+        _sync(device)
+        return (time.perf_counter() - t) / config.small_steps
+
+    def breakdown(name: str, scale: str, model: torch.nn.Module, build: Callable[[torch.Generator], object],
+                  loss: Callable[[object], torch.Tensor]) -> dict:
+        model.to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        g = torch.Generator().manual_seed(config.seed)
+        fixed = build(g)
+
+        def step(batch) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss(batch).backward()
+            optimizer.step()
+
+        return {"model": name, "scale": scale, "params": sum(p.numel() for p in model.parameters()),
+                "build_s": mean_seconds(lambda: build(g)), "fixed_step_s": mean_seconds(lambda: step(fixed)),
+                "fresh_step_s": mean_seconds(lambda: step(build(g)))}
+
+    rows = []
+    for scale in config.small_scales:
+        for label, wt in _configs(scale).items():
+            if not label.endswith("-s0"):
+                continue
+
+            def wt_build(g: torch.Generator, wt=wt):
+                batch = make_batch(wt, wt.batch_size, g)
+                return type(batch)(*(x.to(device) for x in (batch.tokens, batch.positions, batch.posterior,
+                                                              batch.labels)))
+
+            model = build_model(wt)
+            rows.append(breakdown(f"wind_tunnels/{label}", scale, model, wt_build,
+                                  lambda batch, wt=wt, model=model: loss_on(wt, model, batch)))
+    lm = LabLMConfig()
+    model = build_lab_lm(lm.hf_config(), lm.seed)
+    rows.append(breakdown("lab_lm", "cpu", model,
+                          lambda g: torch.randint(0, lm.vocab_size, (lm.batch_size, lm.seq_len + 1), generator=g).to(device),
+                          lambda batch: lm_loss(model, batch)))
+    return rows
+
+
 def matmul_tflops(device: torch.device, n: int) -> float:
     """Achieved bf16 (CUDA) or fp32 (CPU) rate of an n×n×n matrix product, best of a few: the card's ceiling."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -445,6 +502,11 @@ def run(config: GpuCheckConfig, ctx: RunContext) -> RunResult:
         log("attention kernels")
         kernels = pd.DataFrame(attention_kernel_rows(arch, config.compare_len, device, config.seed))
         return RunResult(tables={"kernels": exact_integers(kernels)}, summary={"device": device_description(device)},
+                         seed=config.seed)
+    if config.part == "small-steps":
+        log("small models, step by step")
+        parts = pd.DataFrame(small_breakdown_rows(config, device))
+        return RunResult(tables={"small_breakdown": parts}, summary={"device": device_description(device)},
                          seed=config.seed)
     summary: dict = {"device": device_description(device),
                      "model_shape": f"toy (hidden {config.toy_hidden})" if config.toy_hidden else config.model,
@@ -500,12 +562,14 @@ register(Experiment(
     page="experiments/gpu-check.qmd",
     version=1,
     config_type=GpuCheckConfig,
-    scales={"smoke": {"check": SMOKE, "kernels": replace(SMOKE, part="attention-kernels")},
+    scales={"smoke": {"check": SMOKE, "kernels": replace(SMOKE, part="attention-kernels"),
+                      "small-steps": replace(SMOKE, part="small-steps")},
             "gpu": {"qwen7b-shape": GpuCheckConfig(), "attention-kernels": GpuCheckConfig(part="attention-kernels"),
                     # a third run: bf16 autocast without checkpointing (fused attention, half-width activations),
                     # with the fp32 1 × 2048 case again as this run's own reference
                     "bf16-no-checkpointing": GpuCheckConfig(capture_lens=(), small_scales=(), qlora_cases=(
-                        "1,1024,nogc,bf16", "1,2048,nogc,bf16", "2,2048,nogc,bf16", "1,2048,nogc"))}},
+                        "1,1024,nogc,bf16", "1,2048,nogc,bf16", "2,2048,nogc,bf16", "1,2048,nogc")),
+                    "small-steps": GpuCheckConfig(part="small-steps")}},
     run=run,
     description="A random-weight Qwen2.5-7B in 4 bits on CUDA: resident bytes, capture and QLoRA peaks against "
                 "labpy.memory, step times against modelled FLOPs; the small models' per-step floor.",
