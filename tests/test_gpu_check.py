@@ -75,3 +75,19 @@ def test_smoke_run_through_the_device_hand_off_matches_the_models(tmp_path):
     assert (qlora.peak_allocated / qlora.model_peak - 1)[~qlora.autocast_bf16].abs().max() < 0.05
     assert abs(entry.summary["resident_4bit_bytes"] / entry.summary["model_4bit_bytes"] - 1) < 0.01
     assert set(entry.table("small_models").scale) == {"smoke", "cpu"}
+
+
+def test_whole_numbers_keep_every_digit_through_the_store(tmp_path):
+    """The store writes floats with 6 significant digits; byte counts (NaN where a kernel refused) must survive."""
+    import pandas as pd
+
+    from labpy.experiments.gpu_check import exact_integers
+    from labpy.store import RunResult, RunStore
+
+    frame = pd.DataFrame({"saved_bytes": [117669904.0, float("nan")], "seconds": [0.0123456789, 1.5]})
+    store = RunStore(tmp_path / "runs", read_only=False)
+    entry = store.put("x", "k", {"label": "k"}, RunResult(tables={"t": exact_integers(frame)}), {})
+    back = entry.table("t")
+    assert back.saved_bytes.iloc[0] == 117669904 and pd.isna(back.saved_bytes.iloc[1])
+    rounded = store.put("y", "k", {"label": "k"}, RunResult(tables={"t": frame}), {}).table("t")
+    assert rounded.saved_bytes.iloc[0] != 117669904          # what the conversion is for

@@ -180,14 +180,19 @@ def forward_seconds(model, vocab: int, seq_len: int, device: torch.device, seed:
 
 
 def save_random_model(config: GpuCheckConfig, folder: Path, device: torch.device) -> float:
-    """A random-weight model of the config's shape as a bf16 `save_pretrained` folder (built on `device`);
-    returns its bf16 forward time at `compare_len` tokens (sdpa), the baseline of the 4-bit model's."""
+    """A random-weight model of the config's shape as a bf16 `save_pretrained` folder (built on `device` where it
+    fits); returns its bf16 forward time at `compare_len` tokens (sdpa), the baseline of the 4-bit model's."""
     from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(config.seed)
-    with torch.device(device):
+    bf16_bytes = 2 * config.arch().n_params()
+    # on a card too small for the bf16 model (a 16 GB one for 7B), build it in host memory: no bf16 timing then
+    build_on = device if device.type != "cuda" or torch.cuda.mem_get_info(device)[0] > 1.3 * bf16_bytes \
+        else torch.device("cpu")
+    with torch.device(build_on):
         model = Qwen2ForCausalLM._from_config(config.hf_config(), dtype=torch.bfloat16, attn_implementation="sdpa")
-    seconds = forward_seconds(model, config.arch().vocab, config.compare_len, device, config.seed)
+    seconds = (forward_seconds(model, config.arch().vocab, config.compare_len, device, config.seed)
+               if build_on == device else float("nan"))
     model.save_pretrained(folder, max_shard_size="4GB")
     del model
     _fresh(device)
