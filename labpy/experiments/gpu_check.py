@@ -62,14 +62,16 @@ class GpuCheckConfig:
     toy_hidden: int = 0
     # "all": everything above; "attention-kernels": only which scaled-dot-product-attention kernels accept the
     # lab's attention (fp32 or bf16, grouped-query or repeated K/V) and what each keeps for backward;
-    # "small-steps": where a small model's step goes (building the batch on the CPU vs the step on the GPU)
+    # "small-steps": where a small model's step goes (building the batch on the CPU vs the step on the GPU);
+    # "lab-lm-quant": the qlora page's timing (LoRA steps on fp32, 8-bit and 4-bit bases, interleaved) on a
+    # random-weight lab LM
     part: str = "all"
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_ranges(self, positive_int=("rank", "capture_lens", "qlora_steps", "small_steps", "compare_len"),
                      nonneg_int=("small_warmup", "toy_hidden", "seed"), nonempty=("qlora_cases",),
-                     rules={"part": one_of("all", "attention-kernels", "small-steps")})
+                     rules={"part": one_of("all", "attention-kernels", "small-steps", "lab-lm-quant")})
         from ..hardware import MODELS
 
         if self.model not in MODELS:
@@ -475,6 +477,34 @@ def matmul_tflops(device: torch.device, n: int) -> float:
     return 2 * n ** 3 / best / 1e12
 
 
+def lab_lm_quant_rows(config: GpuCheckConfig, folder: Path, device: torch.device) -> pd.DataFrame:
+    """The qlora page's timing run (`qlora.interleaved_step_seconds`: its cpu config's rank, batch, length, blocks
+    and steps; the smoke config's for a toy run) on a random-weight model of the lab LM's shape, on `device`:
+    seconds per LoRA step on each base."""
+    from ..finetune import load_base
+    from ..models.lab_lm import build_lab_lm
+    from ..models.lora import add_lora
+    from .lab_lm import LabLMConfig
+    from .qlora import QUANTS, interleaved_step_seconds
+    from .registry import get_experiment
+
+    timing = get_experiment("qlora").configs("smoke" if config.toy_hidden else "cpu")["timing"]
+    lm = LabLMConfig()
+    build_lab_lm(lm.hf_config(), lm.seed).save_pretrained(folder)
+    models, optimizers = {}, {}
+    for name in QUANTS:
+        model, _ = load_base(str(folder), None if name == "fp32" else name)
+        torch.manual_seed(timing.seed)
+        model = add_lora(model, timing.rank)
+        model.train()
+        models[name] = model
+        optimizers[name] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=timing.lr)
+    g = torch.Generator().manual_seed(config.seed)
+    batches = [torch.randint(0, lm.vocab_size, (timing.batch_size, timing.seq_len + 1), generator=g).to(device)
+               for _ in range(timing.timing_steps)]                                        # (B, T+1) each
+    return interleaved_step_seconds(models, optimizers, batches, timing.timing_blocks, device)
+
+
 # ---- the run ----
 
 def exact_integers(frame: pd.DataFrame) -> pd.DataFrame:
@@ -507,6 +537,11 @@ def run(config: GpuCheckConfig, ctx: RunContext) -> RunResult:
         log("attention kernels")
         kernels = pd.DataFrame(attention_kernel_rows(arch, config.compare_len, device, config.seed))
         return RunResult(tables={"kernels": exact_integers(kernels)}, summary={"device": device_description(device)},
+                         seed=config.seed)
+    if config.part == "lab-lm-quant":
+        log("lab LM, LoRA steps on fp32, 8-bit and 4-bit bases")
+        times = lab_lm_quant_rows(config, ctx.work_dir / "lab-lm", device)
+        return RunResult(tables={"lab_lm_quant": times}, summary={"device": device_description(device)},
                          seed=config.seed)
     if config.part == "small-steps":
         log("small models, step by step")
@@ -568,13 +603,15 @@ register(Experiment(
     version=1,
     config_type=GpuCheckConfig,
     scales={"smoke": {"check": SMOKE, "kernels": replace(SMOKE, part="attention-kernels"),
-                      "small-steps": replace(SMOKE, part="small-steps")},
+                      "small-steps": replace(SMOKE, part="small-steps"),
+                      "lab-lm-quant": replace(SMOKE, part="lab-lm-quant")},
             "gpu": {"qwen7b-shape": GpuCheckConfig(), "attention-kernels": GpuCheckConfig(part="attention-kernels"),
                     # a third run: bf16 autocast without checkpointing (fused attention, half-width activations),
                     # with the fp32 1 × 2048 case again as this run's own reference
                     "bf16-no-checkpointing": GpuCheckConfig(capture_lens=(), small_scales=(), qlora_cases=(
                         "1,1024,nogc,bf16", "1,2048,nogc,bf16", "2,2048,nogc,bf16", "1,2048,nogc")),
-                    "small-steps": GpuCheckConfig(part="small-steps")}},
+                    "small-steps": GpuCheckConfig(part="small-steps"),
+                    "lab-lm-quant": GpuCheckConfig(part="lab-lm-quant")}},
     run=run,
     description="A random-weight Qwen2.5-7B in 4 bits on CUDA: resident bytes, capture and QLoRA peaks against "
                 "labpy.memory, step times against modelled FLOPs; the small models' per-step floor.",

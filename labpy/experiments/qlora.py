@@ -139,17 +139,11 @@ def run_training(config: QLoRAConfig, ctx: RunContext) -> RunResult:
     return RunResult(tables=tables, summary=summary, seed=config.seed)
 
 
-def run_timing(config: QLoRAConfig, ctx: RunContext) -> RunResult:
-    """Blocks of `timing_steps` LoRA steps per base, interleaved with a rotating order; seconds per step."""
-    models, optimizers = {}, {}
-    for name in QUANTS:
-        model, tokenizer = _lora_model(config, None if name == "fp32" else name)
-        model.train()
-        models[name] = model
-        optimizers[name] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    _, batch_fn = _data(config, tokenizer)
-    device = lab_device()
-    batches = [to_device(batch_fn(step), device) for step in range(config.timing_steps)]  # (B, T+1) each, shared
+def interleaved_step_seconds(models: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                             batches: list[torch.Tensor], blocks: int, device: torch.device) -> pd.DataFrame:
+    """Seconds per LoRA step of each model, in blocks of `len(batches)` steps interleaved with a rotating order
+    (so a slow spell of a shared machine hits every model alike), after one warm-up block each."""
+    names = list(models)
 
     def block(name: str) -> float:
         model, optimizer = models[name], optimizers[name]
@@ -162,15 +156,30 @@ def run_timing(config: QLoRAConfig, ctx: RunContext) -> RunResult:
         synchronize(device)                                   # queued GPU work belongs to this block
         return (time.perf_counter() - start) / len(batches)
 
-    torch.set_num_threads(1)
-    for name in QUANTS:                                       # warm-up: first calls pay for lazy initialisation
+    for name in names:                                        # warm-up: first calls pay for lazy initialisation
         block(name)
     rows = []
-    for b in range(config.timing_blocks):
-        order = QUANTS[b % 3:] + QUANTS[:b % 3]
-        for name in order:
+    for b in range(blocks):
+        k = b % len(names)
+        for name in names[k:] + names[:k]:
             rows.append({"block": b, "base": name, "seconds_per_step": block(name)})
-    times = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def run_timing(config: QLoRAConfig, ctx: RunContext) -> RunResult:
+    """Blocks of `timing_steps` LoRA steps per base, interleaved with a rotating order; seconds per step."""
+    models, optimizers = {}, {}
+    for name in QUANTS:
+        model, tokenizer = _lora_model(config, None if name == "fp32" else name)
+        model.train()
+        models[name] = model
+        optimizers[name] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    _, batch_fn = _data(config, tokenizer)
+    device = lab_device()
+    batches = [to_device(batch_fn(step), device) for step in range(config.timing_steps)]  # (B, T+1) each, shared
+
+    torch.set_num_threads(1)
+    times = interleaved_step_seconds(models, optimizers, batches, config.timing_blocks, device)
     wide = times.pivot(index="block", columns="base", values="seconds_per_step")
     summary = {f"step_time_ratio_{q}": statistics.median(wide[q] / wide["fp32"]) for q in ("8bit", "4bit")}
     summary |= {f"ms_per_step_{q}": 1000 * float(wide[q].median()) for q in QUANTS}
