@@ -64,14 +64,17 @@ class GpuCheckConfig:
     # lab's attention (fp32 or bf16, grouped-query or repeated K/V) and what each keeps for backward;
     # "small-steps": where a small model's step goes (building the batch on the CPU vs the step on the GPU);
     # "lab-lm-quant": the qlora page's timing (LoRA steps on fp32, 8-bit and 4-bit bases, interleaved) on a
-    # random-weight lab LM
+    # random-weight lab LM; "compiled-steps": the paper-sized bijection transformer's step, eager against
+    # torch.compile in each of `compile_modes` ("reduce-overhead" replays CUDA graphs)
     part: str = "all"
+    compile_modes: tuple[str, ...] = ("default", "reduce-overhead")
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_ranges(self, positive_int=("rank", "capture_lens", "qlora_steps", "small_steps", "compare_len"),
                      nonneg_int=("small_warmup", "toy_hidden", "seed"), nonempty=("qlora_cases",),
-                     rules={"part": one_of("all", "attention-kernels", "small-steps", "lab-lm-quant")})
+                     rules={"part": one_of("all", "attention-kernels", "small-steps", "lab-lm-quant", "compiled-steps"),
+                            "compile_modes": one_of("default", "reduce-overhead", "max-autotune")})
         from ..hardware import MODELS
 
         if self.model not in MODELS:
@@ -505,6 +508,50 @@ def lab_lm_quant_rows(config: GpuCheckConfig, folder: Path, device: torch.device
     return interleaved_step_seconds(models, optimizers, batches, timing.timing_blocks, device)
 
 
+def compiled_step_rows(config: GpuCheckConfig, device: torch.device) -> list[dict]:
+    """Seconds per step of the wind tunnels' bijection transformer (gpu shape; smoke shape for a toy run) on one
+    batch built beforehand: eager, then `torch.compile` in each mode; the first step (which compiles) apart."""
+    from .wind_tunnels import _configs, build_model, loss_on, make_batch
+
+    wt = _configs("smoke" if config.toy_hidden else "gpu")["bijection-transformer-s0"]
+    g = torch.Generator().manual_seed(config.seed)
+    batch = make_batch(wt, wt.batch_size, g)
+    batch = type(batch)(*(x.to(device) for x in (batch.tokens, batch.positions, batch.posterior, batch.labels)))
+    rows = []
+    for mode in ("eager", *config.compile_modes):
+        model = build_model(wt).to(device).train()
+        forward = model if mode == "eager" else torch.compile(model, mode=None if mode == "default" else mode)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss_on(wt, forward, batch).backward()
+            optimizer.step()
+
+        _sync(device)
+        t = time.perf_counter()
+        try:
+            step()
+            error = ""
+        except Exception as exc:                 # a mode that fails to compile is a finding, not a crash
+            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
+        _sync(device)
+        first = time.perf_counter() - t
+        seconds = float("nan")
+        if not error:
+            for _ in range(config.small_warmup):
+                step()
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(config.small_steps):
+                step()
+            _sync(device)
+            seconds = (time.perf_counter() - t) / config.small_steps
+        rows.append({"model": "wind_tunnels/bijection-transformer-s0", "mode": mode, "first_step_s": first,
+                     "step_s": seconds, "error": error})
+    return rows
+
+
 # ---- the run ----
 
 def exact_integers(frame: pd.DataFrame) -> pd.DataFrame:
@@ -537,6 +584,11 @@ def run(config: GpuCheckConfig, ctx: RunContext) -> RunResult:
         log("attention kernels")
         kernels = pd.DataFrame(attention_kernel_rows(arch, config.compare_len, device, config.seed))
         return RunResult(tables={"kernels": exact_integers(kernels)}, summary={"device": device_description(device)},
+                         seed=config.seed)
+    if config.part == "compiled-steps":
+        log("compiled steps")
+        steps = pd.DataFrame(compiled_step_rows(config, device))
+        return RunResult(tables={"compiled_steps": steps}, summary={"device": device_description(device)},
                          seed=config.seed)
     if config.part == "lab-lm-quant":
         log("lab LM, LoRA steps on fp32, 8-bit and 4-bit bases")
@@ -591,7 +643,7 @@ def run(config: GpuCheckConfig, ctx: RunContext) -> RunResult:
                      seed=config.seed)
 
 
-SMOKE = GpuCheckConfig(toy_hidden=64, rank=4, capture_lens=(16, 32), qlora_cases=("2,32,gc", "2,32,nogc", "2,32,gc,bf16"),
+SMOKE = GpuCheckConfig(toy_hidden=64, compile_modes=(), rank=4, capture_lens=(16, 32), qlora_cases=("2,32,gc", "2,32,nogc", "2,32,gc,bf16"),
                        compare_len=32,
                        qlora_steps=2, small_scales=("smoke",), small_steps=3, small_warmup=1)
 
@@ -604,14 +656,16 @@ register(Experiment(
     config_type=GpuCheckConfig,
     scales={"smoke": {"check": SMOKE, "kernels": replace(SMOKE, part="attention-kernels"),
                       "small-steps": replace(SMOKE, part="small-steps"),
-                      "lab-lm-quant": replace(SMOKE, part="lab-lm-quant")},
+                      "lab-lm-quant": replace(SMOKE, part="lab-lm-quant"),
+                      "compiled-steps": replace(SMOKE, part="compiled-steps")},
             "gpu": {"qwen7b-shape": GpuCheckConfig(), "attention-kernels": GpuCheckConfig(part="attention-kernels"),
                     # a third run: bf16 autocast without checkpointing (fused attention, half-width activations),
                     # with the fp32 1 × 2048 case again as this run's own reference
                     "bf16-no-checkpointing": GpuCheckConfig(capture_lens=(), small_scales=(), qlora_cases=(
                         "1,1024,nogc,bf16", "1,2048,nogc,bf16", "2,2048,nogc,bf16", "1,2048,nogc")),
                     "small-steps": GpuCheckConfig(part="small-steps"),
-                    "lab-lm-quant": GpuCheckConfig(part="lab-lm-quant")}},
+                    "lab-lm-quant": GpuCheckConfig(part="lab-lm-quant"),
+                    "compiled-steps": GpuCheckConfig(part="compiled-steps")}},
     run=run,
     description="A random-weight Qwen2.5-7B in 4 bits on CUDA: resident bytes, capture and QLoRA peaks against "
                 "labpy.memory, step times against modelled FLOPs; the small models' per-step floor.",
