@@ -194,12 +194,18 @@ def test_data_and_training_are_fixed_by_their_seeds():
 def test_training_many_at_once_follows_each_single_run():
     """Two different draws of the points and three seeds: each batched model ends where `train_mlp` does."""
     splits = [xor_split(20, 0.1, seed=d)[0] for d in (0, 1, 0)]
-    batched = train_many(splits, 8, 300, 0.01, [0, 0, 3])
-    for split, seed, many in zip(splits, [0, 0, 3], batched):
-        single = train_mlp(split, 8, 300, 0.01, seed)
-        for name, value in single.model.state_dict().items():
-            assert torch.allclose(value, many.model.state_dict()[name], atol=1e-5), name
-        assert many.test_accuracy == single.test_accuracy and abs(many.final_loss - single.final_loss) < 1e-5
+    # Batched and single matmuls sum in different orders on different CPUs: after 20 steps the runs agree to 1e-5;
+    # over 300 Adam steps (which rescale tiny gradients) the rounding grows to ~1e-4 on some machines, while a
+    # wrong seed or split would differ by O(1).
+    for steps, tol in ((20, 1e-5), (300, 1e-3)):
+        batched = train_many(splits, 8, steps, 0.01, [0, 0, 3])
+        for split, seed, many in zip(splits, [0, 0, 3], batched):
+            single = train_mlp(split, 8, steps, 0.01, seed)
+            for name, value in single.model.state_dict().items():
+                assert torch.allclose(value, many.model.state_dict()[name], atol=tol, rtol=tol), (steps, name)
+            assert abs(many.final_loss - single.final_loss) < tol
+            if steps == 300:
+                assert many.test_accuracy == single.test_accuracy
     with pytest.raises(ValueError, match="2 splits and 1 seeds"):
         train_many(splits[:2], 8, 1, 0.01, [0])
 
