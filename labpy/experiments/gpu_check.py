@@ -29,7 +29,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -356,56 +356,70 @@ def attention_kernel_rows(arch: Arch, seq_len: int, device: torch.device, seed: 
 
 # ---- 4: the lab's small models ----
 
-def small_model_rows(config: GpuCheckConfig, device: torch.device) -> list[dict]:
-    """Seconds per training step of the wind tunnels' shapes and of the lab LM, as their runs train them."""
+Build = Callable[[torch.Generator], object]          # a batch for one step, on the device
+Loss = Callable[[object], torch.Tensor]
+
+
+def tunnel_batch(config, g: torch.Generator, device: torch.device):
+    """A wind-tunnel batch as its run builds one (on the CPU), moved to `device`."""
+    from .wind_tunnels import make_batch
+
+    batch = make_batch(config, config.batch_size, g)
+    return type(batch)(*(x.to(device) for x in (batch.tokens, batch.positions, batch.posterior, batch.labels)))
+
+
+def small_models(config: GpuCheckConfig, device: torch.device) -> Iterator[tuple[str, str, torch.nn.Module, Build, Loss]]:
+    """(name, scale, model on `device`, batch builder, loss) for seed 0 of each wind-tunnel task × model at each
+    of `small_scales`, then the lab LM's cpu config on random tokens."""
     from ..models.lab_lm import build_lab_lm, lm_loss
     from .lab_lm import LabLMConfig
-    from .wind_tunnels import _configs, build_model, loss_on, make_batch
+    from .wind_tunnels import _configs, build_model, loss_on
 
-    def timed(name: str, scale: str, model: torch.nn.Module, step_loss: Callable[[torch.Generator], torch.Tensor],
-              params: int) -> dict:
-        model.to(device).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        g = torch.Generator().manual_seed(config.seed)
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            step_loss(g).backward()
-            optimizer.step()
-
-        for _ in range(config.small_warmup):
-            step()
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(config.small_steps):
-            step()
-        _sync(device)
-        return {"model": name, "scale": scale, "params": params,
-                "step_s": (time.perf_counter() - t) / config.small_steps}
-
-    rows = []
     for scale in config.small_scales:
         for label, wt in _configs(scale).items():
-            if not label.endswith("-s0"):
-                continue
-            model = build_model(wt)
-
-            def wt_loss(g: torch.Generator, wt=wt, model=model) -> torch.Tensor:
-                batch = make_batch(wt, wt.batch_size, g)
-                batch = type(batch)(*(x.to(device) for x in (batch.tokens, batch.positions, batch.posterior,
-                                                               batch.labels)))
-                return loss_on(wt, model, batch)
-
-            rows.append(timed(f"wind_tunnels/{label}", scale, model, wt_loss,
-                              sum(p.numel() for p in model.parameters())))
+            if label.endswith("-s0"):
+                model = build_model(wt).to(device).train()
+                yield (f"wind_tunnels/{label}", scale, model, lambda g, wt=wt: tunnel_batch(wt, g, device),
+                       lambda batch, wt=wt, model=model: loss_on(wt, model, batch))
     lm = LabLMConfig()
-    model = build_lab_lm(lm.hf_config(), lm.seed)
+    model = build_lab_lm(lm.hf_config(), lm.seed).to(device).train()
+    yield ("lab_lm", "cpu", model,
+           lambda g: torch.randint(0, lm.vocab_size, (lm.batch_size, lm.seq_len + 1), generator=g).to(device),
+           lambda batch: lm_loss(model, batch))
 
-    def lm_step(g: torch.Generator) -> torch.Tensor:
-        batch = torch.randint(0, lm.vocab_size, (lm.batch_size, lm.seq_len + 1), generator=g).to(device)
-        return lm_loss(model, batch)
 
-    rows.append(timed("lab_lm", "cpu", model, lm_step, sum(p.numel() for p in model.parameters())))
+def training_step(model: torch.nn.Module, loss: Loss) -> Callable[[object], None]:
+    """One AdamW step of `model` on a batch, as the runs take it."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(batch) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss(batch).backward()
+        optimizer.step()
+
+    return step
+
+
+def mean_seconds(fn: Callable[[], None], config: GpuCheckConfig, device: torch.device) -> float:
+    """Mean seconds per call of `fn` over `small_steps` calls, after `small_warmup`, synchronised at both ends."""
+    for _ in range(config.small_warmup):
+        fn()
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(config.small_steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t) / config.small_steps
+
+
+def small_model_rows(config: GpuCheckConfig, device: torch.device) -> list[dict]:
+    """Seconds per training step of the wind tunnels' shapes and of the lab LM, as their runs train them (a fresh
+    batch each step)."""
+    rows = []
+    for name, scale, model, build, loss in small_models(config, device):
+        step, g = training_step(model, loss), torch.Generator().manual_seed(config.seed)
+        rows.append({"model": name, "scale": scale, "params": sum(p.numel() for p in model.parameters()),
+                     "step_s": mean_seconds(lambda: step(build(g)), config, device)})
     return rows
 
 
@@ -413,55 +427,14 @@ def small_breakdown_rows(config: GpuCheckConfig, device: torch.device) -> list[d
     """Where a small model's step goes, timed side by side in one process: building a batch on the CPU and
     moving it to the device; a step on one batch built beforehand (the model's own cost); and the whole step as
     the runs take it (a fresh batch each time)."""
-    from ..models.lab_lm import build_lab_lm, lm_loss
-    from .lab_lm import LabLMConfig
-    from .wind_tunnels import _configs, build_model, loss_on, make_batch
-
-    def mean_seconds(fn: Callable[[], None]) -> float:
-        for _ in range(config.small_warmup):
-            fn()
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(config.small_steps):
-            fn()
-        _sync(device)
-        return (time.perf_counter() - t) / config.small_steps
-
-    def breakdown(name: str, scale: str, model: torch.nn.Module, build: Callable[[torch.Generator], object],
-                  loss: Callable[[object], torch.Tensor]) -> dict:
-        model.to(device).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        g = torch.Generator().manual_seed(config.seed)
-        fixed = build(g)
-
-        def step(batch) -> None:
-            optimizer.zero_grad(set_to_none=True)
-            loss(batch).backward()
-            optimizer.step()
-
-        return {"model": name, "scale": scale, "params": sum(p.numel() for p in model.parameters()),
-                "build_s": mean_seconds(lambda: build(g)), "fixed_step_s": mean_seconds(lambda: step(fixed)),
-                "fresh_step_s": mean_seconds(lambda: step(build(g)))}
-
     rows = []
-    for scale in config.small_scales:
-        for label, wt in _configs(scale).items():
-            if not label.endswith("-s0"):
-                continue
-
-            def wt_build(g: torch.Generator, wt=wt):
-                batch = make_batch(wt, wt.batch_size, g)
-                return type(batch)(*(x.to(device) for x in (batch.tokens, batch.positions, batch.posterior,
-                                                              batch.labels)))
-
-            model = build_model(wt)
-            rows.append(breakdown(f"wind_tunnels/{label}", scale, model, wt_build,
-                                  lambda batch, wt=wt, model=model: loss_on(wt, model, batch)))
-    lm = LabLMConfig()
-    model = build_lab_lm(lm.hf_config(), lm.seed)
-    rows.append(breakdown("lab_lm", "cpu", model,
-                          lambda g: torch.randint(0, lm.vocab_size, (lm.batch_size, lm.seq_len + 1), generator=g).to(device),
-                          lambda batch: lm_loss(model, batch)))
+    for name, scale, model, build, loss in small_models(config, device):
+        step, g = training_step(model, loss), torch.Generator().manual_seed(config.seed)
+        fixed = build(g)
+        rows.append({"model": name, "scale": scale, "params": sum(p.numel() for p in model.parameters()),
+                     "build_s": mean_seconds(lambda: build(g), config, device),
+                     "fixed_step_s": mean_seconds(lambda: step(fixed), config, device),
+                     "fresh_step_s": mean_seconds(lambda: step(build(g)), config, device)})
     return rows
 
 
@@ -511,42 +484,25 @@ def lab_lm_quant_rows(config: GpuCheckConfig, folder: Path, device: torch.device
 def compiled_step_rows(config: GpuCheckConfig, device: torch.device) -> list[dict]:
     """Seconds per step of the wind tunnels' bijection transformer (gpu shape; smoke shape for a toy run) on one
     batch built beforehand: eager, then `torch.compile` in each mode; the first step (which compiles) apart."""
-    from .wind_tunnels import _configs, build_model, loss_on, make_batch
+    from .wind_tunnels import _configs, build_model, loss_on
 
     wt = _configs("smoke" if config.toy_hidden else "gpu")["bijection-transformer-s0"]
-    g = torch.Generator().manual_seed(config.seed)
-    batch = make_batch(wt, wt.batch_size, g)
-    batch = type(batch)(*(x.to(device) for x in (batch.tokens, batch.positions, batch.posterior, batch.labels)))
+    batch = tunnel_batch(wt, torch.Generator().manual_seed(config.seed), device)
     rows = []
     for mode in ("eager", *config.compile_modes):
         model = build_model(wt).to(device).train()
         forward = model if mode == "eager" else torch.compile(model, mode=None if mode == "default" else mode)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            loss_on(wt, forward, batch).backward()
-            optimizer.step()
-
+        step = training_step(model, lambda b, forward=forward: loss_on(wt, forward, b))
         _sync(device)
         t = time.perf_counter()
         try:
-            step()
+            step(batch)
             error = ""
         except Exception as exc:                 # a mode that fails to compile is a finding, not a crash
             error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
         _sync(device)
         first = time.perf_counter() - t
-        seconds = float("nan")
-        if not error:
-            for _ in range(config.small_warmup):
-                step()
-            _sync(device)
-            t = time.perf_counter()
-            for _ in range(config.small_steps):
-                step()
-            _sync(device)
-            seconds = (time.perf_counter() - t) / config.small_steps
+        seconds = float("nan") if error else mean_seconds(lambda: step(batch), config, device)
         rows.append({"model": "wind_tunnels/bijection-transformer-s0", "mode": mode, "first_step_s": first,
                      "step_s": seconds, "error": error})
     return rows
@@ -580,26 +536,18 @@ def run(config: GpuCheckConfig, ctx: RunContext) -> RunResult:
                           f"{device}; run it on a GPU machine (the smoke scale runs on the CPU)",
                           config="GpuCheckConfig", field="model", value=config.model)
     arch = config.arch()
-    if config.part == "attention-kernels":
-        log("attention kernels")
-        kernels = pd.DataFrame(attention_kernel_rows(arch, config.compare_len, device, config.seed))
-        return RunResult(tables={"kernels": exact_integers(kernels)}, summary={"device": device_description(device)},
-                         seed=config.seed)
-    if config.part == "compiled-steps":
-        log("compiled steps")
-        steps = pd.DataFrame(compiled_step_rows(config, device))
-        return RunResult(tables={"compiled_steps": steps}, summary={"device": device_description(device)},
-                         seed=config.seed)
-    if config.part == "lab-lm-quant":
-        log("lab LM, LoRA steps on fp32, 8-bit and 4-bit bases")
-        times = lab_lm_quant_rows(config, ctx.work_dir / "lab-lm", device)
-        return RunResult(tables={"lab_lm_quant": times}, summary={"device": device_description(device)},
-                         seed=config.seed)
-    if config.part == "small-steps":
-        log("small models, step by step")
-        parts = pd.DataFrame(small_breakdown_rows(config, device))
-        return RunResult(tables={"small_breakdown": parts}, summary={"device": device_description(device)},
-                         seed=config.seed)
+    one_table = {   # part: (table, what it measures) for the parts that are one measurement each
+        "attention-kernels": ("kernels", lambda: attention_kernel_rows(arch, config.compare_len, device, config.seed)),
+        "compiled-steps": ("compiled_steps", lambda: compiled_step_rows(config, device)),
+        "lab-lm-quant": ("lab_lm_quant", lambda: lab_lm_quant_rows(config, ctx.work_dir / "lab-lm", device)),
+        "small-steps": ("small_breakdown", lambda: small_breakdown_rows(config, device)),
+    }
+    if config.part in one_table:
+        name, measure = one_table[config.part]
+        log(config.part)
+        frame = measure()
+        return RunResult(tables={name: exact_integers(pd.DataFrame(frame))},
+                         summary={"device": device_description(device)}, seed=config.seed)
     summary: dict = {"device": device_description(device),
                      "model_shape": f"toy (hidden {config.toy_hidden})" if config.toy_hidden else config.model,
                      "params": arch.n_params()}
