@@ -18,6 +18,11 @@ lab's small models. On a CUDA machine this experiment measures each of them:
 
 Also measured: the CUDA context (memory the driver takes before PyTorch allocates anything) and the
 allocator's slack (reserved − allocated at the peak), which the memory model sets aside as a reserve.
+
+Follow-up questions run as their own configs (`part`), each a few seconds to a minute on a GPU: which
+attention kernel PyTorch picks for the lab's fp32 grouped-query call; where a small model's step goes
+(building the batch vs the step); the lab LM's LoRA step on fp32, 8-bit and 4-bit bases; and a small model's
+step under `torch.compile` and CUDA graphs.
 The `smoke` scale runs the same code on the CPU at toy sizes (memory then from torch.profiler's timeline).
 """
 
@@ -246,11 +251,9 @@ def capture_rows(model, arch: Arch, lens: tuple[int, ...], device: torch.device,
 def qlora_rows(model, config: GpuCheckConfig, arch: Arch, device: torch.device) -> list[dict]:
     """QLoRA steps at each case: peak memory and time per step, the memory model and the modelled FLOPs beside."""
     from ..hardware import Compute, qlora_setup, step_flops
-    from ..memory import lora_params
+    from ..memory import ALL_LINEAR, lora_params
     from ..models.lab_lm import lm_loss
     from ..models.lora import add_lora
-
-    from ..memory import ALL_LINEAR
 
     peft_model = add_lora(model, config.rank, targets=ALL_LINEAR, gradient_checkpointing=False)
     peft_model.train()
