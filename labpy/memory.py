@@ -79,6 +79,15 @@ class Arch:
     def n_params(self) -> int:
         return self.linear_params() + self.other_params()
 
+    def hf_config(self, max_positions: int) -> Any:
+        """A `transformers.Qwen2Config` of this shape (no KV cache: the lab trains and captures whole sequences)."""
+        from transformers import Qwen2Config
+
+        return Qwen2Config(vocab_size=self.vocab, hidden_size=self.hidden, intermediate_size=self.intermediate,
+                           num_hidden_layers=self.layers, num_attention_heads=self.heads,
+                           num_key_value_heads=self.kv_heads, tie_word_embeddings=self.tie_embeddings,
+                           use_cache=False, max_position_embeddings=max_positions)
+
     @classmethod
     def from_config(cls, config: Any) -> Arch:
         return cls(hidden=config.hidden_size, layers=config.num_hidden_layers, heads=config.num_attention_heads,

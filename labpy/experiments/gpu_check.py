@@ -41,7 +41,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..device import lab_device
+from ..device import lab_device, synchronize
 from ..errors import ConfigError
 from ..memory import GIB, Arch, Setup, peak_bytes, resident_model_bytes, weight_bytes
 from ..store import RunResult
@@ -103,20 +103,10 @@ class GpuCheckConfig:
         return arch
 
     def hf_config(self):
-        from transformers import Qwen2Config
-
-        a = self.arch()
-        return Qwen2Config(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
-                           num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
-                           tie_word_embeddings=a.tie_embeddings, use_cache=False, max_position_embeddings=32768)
+        return self.arch().hf_config(max_positions=32768)
 
 
 # ---- measuring on either device ----
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def _fresh(device: torch.device) -> None:
     gc.collect()
@@ -130,10 +120,10 @@ def measure_peak(device: torch.device, step: Callable[[], None]) -> dict[str, fl
     (everything live, the model included) and, on CUDA, the peak the caching allocator reserved."""
     _fresh(device)
     if device.type == "cuda":
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         step()
-        _sync(device)
+        synchronize(device)
         seconds = time.perf_counter() - t
         return {"seconds": seconds, "peak_allocated": torch.cuda.max_memory_allocated(device),
                 "peak_reserved": torch.cuda.max_memory_reserved(device)}
@@ -180,10 +170,10 @@ def forward_seconds(model, vocab: int, seq_len: int, device: torch.device, seed:
     best = float("inf")
     with torch.no_grad():
         for i in range(4):
-            _sync(device)
+            synchronize(device)
             t = time.perf_counter()
             model(input_ids=tokens)
-            _sync(device)
+            synchronize(device)
             if i:
                 best = min(best, time.perf_counter() - t)
     return best
@@ -282,14 +272,14 @@ def qlora_rows(model, config: GpuCheckConfig, arch: Arch, device: torch.device) 
 
         def steps() -> None:
             for _ in range(config.qlora_steps):
-                _sync(device)
+                synchronize(device)
                 t0 = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
                 with cast():
                     loss = lm_loss(peft_model, batch)
                 loss.backward()
                 optimizer.step()
-                _sync(device)
+                synchronize(device)
                 times.append(time.perf_counter() - t0)
                 losses.append(float(loss.detach()))
 
@@ -363,6 +353,12 @@ Build = Callable[[torch.Generator], object]          # a batch for one step, on 
 Loss = Callable[[object], torch.Tensor]
 
 
+def tunnel_kind(name: str) -> str:
+    """'bijection-transformer' from a wind-tunnel label ('bijection-transformer-s3') or a timed model's name
+    ('wind_tunnels/bijection-transformer-s0'): the task × model whose shape a timing stands for."""
+    return "-".join(name.rsplit("/", 1)[-1].split("-")[:2])
+
+
 def tunnel_batch(config, g: torch.Generator, device: torch.device):
     """A wind-tunnel batch as its run builds one (on the CPU), moved to `device`."""
     from .wind_tunnels import make_batch
@@ -407,11 +403,11 @@ def mean_seconds(fn: Callable[[], None], config: GpuCheckConfig, device: torch.d
     """Mean seconds per call of `fn` over `small_steps` calls, after `small_warmup`, synchronised at both ends."""
     for _ in range(config.small_warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     t = time.perf_counter()
     for _ in range(config.small_steps):
         fn()
-    _sync(device)
+    synchronize(device)
     return (time.perf_counter() - t) / config.small_steps
 
 
@@ -447,11 +443,11 @@ def matmul_tflops(device: torch.device, n: int) -> float:
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     best = float("inf")
     for _ in range(5):
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         for _ in range(5):
             a @ b
-        _sync(device)
+        synchronize(device)
         best = min(best, (time.perf_counter() - t) / 5)
     return 2 * n ** 3 / best / 1e12
 
@@ -496,14 +492,14 @@ def compiled_step_rows(config: GpuCheckConfig, device: torch.device) -> list[dic
         model = build_model(wt).to(device).train()
         forward = model if mode == "eager" else torch.compile(model, mode=None if mode == "default" else mode)
         step = training_step(model, lambda b, forward=forward: loss_on(wt, forward, b))
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         try:
             step(batch)
             error = ""
         except Exception as exc:                 # a mode that fails to compile is a finding, not a crash
             error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
-        _sync(device)
+        synchronize(device)
         first = time.perf_counter() - t
         seconds = float("nan") if error else mean_seconds(lambda: step(batch), config, device)
         rows.append({"model": "wind_tunnels/bijection-transformer-s0", "mode": mode, "first_step_s": first,

@@ -126,12 +126,7 @@ class MemoryModelConfig:
                     intermediate=self.intermediate, vocab=self.vocab, tie_embeddings=True)
 
     def hf_config(self):
-        from transformers import Qwen2Config
-
-        return Qwen2Config(vocab_size=self.vocab, hidden_size=self.hidden, intermediate_size=self.intermediate,
-                           num_hidden_layers=self.layers, num_attention_heads=self.heads,
-                           num_key_value_heads=self.kv_heads, tie_word_embeddings=True, use_cache=False,
-                           max_position_embeddings=4096)
+        return self.arch().hf_config(max_positions=4096)
 
 
 def qwen7b_setups(rank: int) -> dict[str, Setup]:
