@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..device import to_cpu, to_device
 from ..store import RunResult
 from ..toy.modular_addition import (ModularAdditionSpec, ModularAdditionTransformer, all_pairs,
                                     embedding_frequency_norms, excluded_logits, fast_logits, logit_frequency_norms,
                                     restricted_logits, sum_directions, top_frequencies, train_split)
-from ..train import StatsContext, TrainSpec, train
+from ..train import StatsContext, TrainLog, TrainSpec, train
 from ..validation import check_ranges, int_at_least, number_between
 from .registry import Experiment, RunContext, register
 
@@ -70,12 +72,25 @@ def should_stop(rows: list[dict[str, float]], stop_accuracy: float, hold_epochs:
     return recent[0]["step"] <= last - hold_epochs and all(r["test_acc"] >= stop_accuracy for r in recent)
 
 
-def run(config: GrokkingConfig, ctx: RunContext) -> RunResult:
+@dataclass
+class GrokkingTraining:
+    """One trained seed: its training log (evaluations, per-frequency norms, kept checkpoints), the model with its
+    final weights (on the training device), the progress measures that use the future, and the run's summary."""
+
+    log: TrainLog
+    model: ModularAdditionTransformer
+    progress: pd.DataFrame       # step, restricted_loss, excluded_train_loss at every kept checkpoint
+    summary: dict[str, Any]
+
+
+def train_grokking(config: GrokkingConfig, ctx: RunContext, device: torch.device | str) -> GrokkingTraining:
+    """Train one seed on `device` and measure it; `grokking` (CPU, one entry per seed with its weights) and
+    `grokking_seeds` (many seeds on a GPU, compact entries) store different parts of the same training."""
     spec = config.spec()
-    tokens, labels = all_pairs(config.p)                                               # (p², 3), (p²,)
-    is_train = train_split(config.p, config.train_fraction, config.data_seed)          # (p²,)
+    tokens, labels = to_device(all_pairs(config.p), device)                           # (p², 3), (p²,)
+    is_train = train_split(config.p, config.train_fraction, config.data_seed).to(device)  # (p²,)
     train_tokens, train_labels = tokens[is_train], labels[is_train]
-    directions = sum_directions(config.p)                                              # (K, 2, p²)
+    directions = sum_directions(config.p).to(device)                                   # (K, 2, p²)
     model = ModularAdditionTransformer(spec, seed=config.seed)
     n_top = config.n_key_freqs
 
@@ -117,10 +132,9 @@ def run(config: GrokkingConfig, ctx: RunContext) -> RunResult:
                            threads=config.threads)
     log = train(model, lambda step: (train_tokens, train_labels), loss_fn, train_spec, eval_fn=eval_fn,
                 work_dir=ctx.work_dir, progress=ctx.progress, desc=f"grokking {ctx.label}", stats_fn=frequency_rows,
-                device="cpu", stop_fn=lambda rows: should_stop(rows, config.stop_accuracy, config.hold_epochs))
+                device=device, stop_fn=lambda rows: should_stop(rows, config.stop_accuracy, config.hold_epochs))
     epochs = int(log.steps.step.iloc[-1])
     final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
     with torch.no_grad():
         key = top_frequencies(logit_frequency_norms(fast_logits(model, tokens), directions), n_top)
         rows = []
@@ -134,8 +148,16 @@ def run(config: GrokkingConfig, ctx: RunContext) -> RunResult:
     summary = {"epochs": epochs, "key_freqs": key, "n_train": int(is_train.sum()), "n_test": int((~is_train).sum()),
                "n_params": sum(p.numel() for p in model.parameters()), "chance_loss": math.log(config.p),
                "stopped_early": epochs < config.max_epochs}
-    return RunResult(tables={"evals": log.evals, "frequencies": log.custom_stats, "progress": pd.DataFrame(rows)},
-                     summary=summary, checkpoints={"final": final_state}, seed=config.seed)
+    model.load_state_dict(final_state)
+    return GrokkingTraining(log=log, model=model, progress=pd.DataFrame(rows), summary=summary)
+
+
+def run(config: GrokkingConfig, ctx: RunContext) -> RunResult:
+    trained = train_grokking(config, ctx, "cpu")
+    final = to_cpu({k: v.detach().clone() for k, v in trained.model.state_dict().items()})
+    return RunResult(tables={"evals": trained.log.evals, "frequencies": trained.log.custom_stats,
+                             "progress": trained.progress},
+                     summary=trained.summary, checkpoints={"final": final}, seed=config.seed)
 
 
 SEEDS = (0, 1, 2)

@@ -103,3 +103,14 @@ def neuron_frequencies(entry: Any) -> pd.DataFrame:
     return pd.DataFrame({"neuron": range(acts.shape[1]), "fires": (acts > 0).any(dim=0).numpy(),
                          "frequency": (best.indices + 1).numpy(), "fve": best.values.numpy(),
                          "key_fve": key_fve.numpy()})
+
+
+def forecast_onsets(warning: pd.Series, onset: pd.Series) -> pd.Series:
+    """A leave-one-out forecast of each seed's onset from its own warning epoch: the warning times the median
+    onset / warning ratio of the *other* seeds. The seed contributes only what it knows at its warning; the other
+    seeds are finished runs, as they would be for someone training one more."""
+    if len(warning) < 2:
+        raise ValueError(f"a leave-one-out forecast needs at least 2 seeds, got {len(warning)}")
+    warning, onset = warning.reset_index(drop=True), onset.reset_index(drop=True)
+    ratio = onset / warning
+    return pd.Series([warning[i] * ratio.drop(index=i).median() for i in range(len(warning))])

@@ -153,7 +153,7 @@ def fast_logits(model: ModularAdditionTransformer, tokens: torch.Tensor) -> torc
     """
     attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
     table = model.W_E[None] + model.W_pos[:, None]                                     # (3, V, d)
-    position = torch.arange(tokens.shape[1])
+    position = torch.arange(tokens.shape[1], device=tokens.device)
     q = _heads(table, attn.W_Q)[2, tokens[:, 2]][:, None]                              # (B, 1, H, e)
     k = _heads(table, attn.W_K)[position, tokens]                                      # (B, 3, H, e)
     v = _heads(table, attn.W_V)[position, tokens]
@@ -180,7 +180,7 @@ def fourier_basis(p: int) -> torch.Tensor:
 def embedding_frequency_norms(W_E: torch.Tensor, p: int) -> torch.Tensor:
     """(p-1)/2 squared norms: how much of the residues' embeddings (W_E rows 0..p-1) lies in frequency k
     (its cos and sin rows of the Fourier basis together), k = 1 .. (p-1)/2."""
-    in_basis = fourier_basis(p) @ W_E[:p].float()                                      # (p, d)
+    in_basis = fourier_basis(p).to(W_E.device) @ W_E[:p].float()                         # (p, d)
     per_row = (in_basis ** 2).sum(dim=1)                                               # (p,)
     return per_row[1::2] + per_row[2::2]
 

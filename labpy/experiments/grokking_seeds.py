@@ -1,0 +1,71 @@
+"""Grokking over many seeds, on a GPU: when does each seed grok, which frequencies does it choose, and what the
+split and weight decay change (open problems 5.4 and 5.5 with more than three seeds).
+
+Each run trains one seed exactly as `grokking` does (`train_grokking`: the same model, data, optimiser, stopping
+rule and progress measures), but on the lab's device (CUDA when present) and with a compact entry: no weights
+and no per-frequency history, only the evaluations (with the logits' top frequencies at each one), the
+restricted/excluded losses at the kept checkpoints and the final per-frequency norms. About 20 KB a seed, so
+dozens of seeds fit the store. On two CPU cores one seed takes about twenty minutes, so this experiment has no
+`cpu` scale; `scripts/gpu_check.py run OUT --experiment grokking_seeds --labels all` runs it on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from ..device import lab_device
+from ..store import RunResult
+from .grokking import GrokkingConfig, train_grokking
+from .registry import Experiment, RunContext, register
+
+INIT_SEEDS = tuple(range(32))       # the same split (data_seed 0), different initialisations
+SPLIT_SEEDS = tuple(range(1, 9))    # initialisation seed 0, different 30% training splits
+NO_DECAY_SEEDS = tuple(range(4))    # the same split, no weight decay
+
+
+def top_frequency_lists(stats: pd.DataFrame, n: int) -> pd.Series:
+    """Per evaluated step, the `n` frequencies with the largest logit norm, strongest first, as "k1 k2 ..."
+    (a string: one short column instead of 56 rows per evaluation)."""
+    ranked = stats.sort_values(["step", "logit_norm"], ascending=[True, False]).groupby("step").head(n)
+    return ranked.groupby("step").freq.agg(lambda f: " ".join(str(int(k)) for k in f))
+
+
+def run(config: GrokkingConfig, ctx: RunContext) -> RunResult:
+    trained = train_grokking(config, ctx, lab_device())
+    stats = trained.log.custom_stats                                   # step, freq, embed_norm, logit_norm
+    evals = trained.log.evals.copy()
+    evals["top_logit_freqs"] = evals.step.map(top_frequency_lists(stats, config.n_key_freqs))
+    final = stats[stats.step == stats.step.max()][["freq", "embed_norm", "logit_norm"]].reset_index(drop=True)
+    return RunResult(tables={"evals": evals, "progress": trained.progress, "final_frequencies": final},
+                     summary=trained.summary, seed=config.seed)
+
+
+def _gpu_configs() -> dict[str, GrokkingConfig]:
+    base = GrokkingConfig(hold_epochs=500)
+    return ({f"init-s{s}": dataclasses.replace(base, seed=s) for s in INIT_SEEDS}
+            | {f"split-d{d}": dataclasses.replace(base, data_seed=d) for d in SPLIT_SEEDS}
+            | {f"nodecay-s{s}": dataclasses.replace(base, seed=s, weight_decay=0.0) for s in NO_DECAY_SEEDS})
+
+
+_SMOKE = GrokkingConfig(p=13, d_model=16, n_heads=2, d_head=8, d_mlp=32, train_fraction=0.5, lr=3e-3, max_epochs=60,
+                        eval_every=10, checkpoint_every=20, hold_epochs=20, n_key_freqs=2)
+
+register(Experiment(
+    name="grokking_seeds",
+    title="Grokking over many seeds on a GPU: initialisation, split and weight decay",
+    track="Toy models",
+    page="experiments/grokking.qmd",
+    version=1,
+    config_type=GrokkingConfig,
+    scales={
+        "smoke": {"init-s0": _SMOKE, "init-s1": dataclasses.replace(_SMOKE, seed=1),
+                  "split-d1": dataclasses.replace(_SMOKE, data_seed=1),
+                  "nodecay-s0": dataclasses.replace(_SMOKE, weight_decay=0.0)},
+        "gpu": _gpu_configs(),
+    },
+    run=run,
+    description="The grokking setup over 32 initialisations, 8 training splits and 4 seeds without weight decay, "
+                "trained on a GPU; compact entries (curves, progress measures, final frequencies, no weights).",
+))
