@@ -79,7 +79,8 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def stub_page_side() -> None:
-    sys.meta_path.insert(0, _StubFinder())
+    if not any(isinstance(finder, _StubFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _StubFinder())
 
 
 def run_one(out: Path, experiment_name: str, scale: str, label: str, commit: str) -> None:

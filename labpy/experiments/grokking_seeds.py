@@ -44,9 +44,10 @@ def run(config: GrokkingConfig, ctx: RunContext) -> RunResult:
 
 def _gpu_configs() -> dict[str, GrokkingConfig]:
     base = GrokkingConfig(hold_epochs=500)
-    return ({f"init-s{s}": dataclasses.replace(base, seed=s) for s in INIT_SEEDS}
-            | {f"split-d{d}": dataclasses.replace(base, data_seed=d) for d in SPLIT_SEEDS}
-            | {f"nodecay-s{s}": dataclasses.replace(base, seed=s, weight_decay=0.0) for s in NO_DECAY_SEEDS})
+    # the longest runs (no decay: all 12,000 epochs) first, so that parallel workers finish together
+    return ({f"nodecay-s{s}": dataclasses.replace(base, seed=s, weight_decay=0.0) for s in NO_DECAY_SEEDS}
+            | {f"init-s{s}": dataclasses.replace(base, seed=s) for s in INIT_SEEDS}
+            | {f"split-d{d}": dataclasses.replace(base, data_seed=d) for d in SPLIT_SEEDS})
 
 
 _SMOKE = GrokkingConfig(p=13, d_model=16, n_heads=2, d_head=8, d_mlp=32, train_fraction=0.5, lr=3e-3, max_epochs=60,
