@@ -5,8 +5,15 @@ Each run trains one seed exactly as `grokking` does (`train_grokking`: the same 
 rule and progress measures), but on the lab's device (CUDA when present) and with a compact entry: no weights
 and no per-frequency history, only the evaluations (with the logits' top frequencies at each one), the
 restricted/excluded losses at the kept checkpoints and the final per-frequency norms. About 20 KB a seed, so
-dozens of seeds fit the store. On two CPU cores one seed takes about twenty minutes, so this experiment has no
-`cpu` scale; `scripts/gpu_check.py run OUT --experiment grokking_seeds --labels all` runs it on a GPU machine.
+dozens of seeds fit the store. Alone on this lab's CPU one seed trains at about 15 epochs a second (7-8 minutes
+to grok; over 20 when runs share the two cores), so the 44 runs are a working day: this experiment has no `cpu`
+scale, and `scripts/gpu_check.py run OUT --experiment grokking_seeds --labels all` runs it on a GPU machine.
+
+Not stored yet. The first attempt (an H200, 2026-12-04) learned what the sweep costs there: this model's step is
+a few hundred tiny kernels, so processes sharing the GPU wait on each other. Sixteen worker processes finished
+no seed in 470 s; two finished one each in 139 and 173 s, about 3× one CPU core. Next time: `--workers 1`, or
+seeds batched into one model. The predictions written for the sweep are in git (commit 367bae2,
+experiments/grokking.qmd § "Written later: many seeds on a GPU"), to go back on the page with the runs.
 """
 
 from __future__ import annotations
