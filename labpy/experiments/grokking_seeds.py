@@ -6,14 +6,14 @@ rule and progress measures), but on the lab's device (CUDA when present) and wit
 and no per-frequency history, only the evaluations (with the logits' top frequencies at each one), the
 restricted/excluded losses at the kept checkpoints and the final per-frequency norms. About 20 KB a seed, so
 dozens of seeds fit the store. Alone on this lab's CPU one seed trains at about 15 epochs a second (7-8 minutes
-to grok; over 20 when runs share the two cores), so the 44 runs are a working day: this experiment has no `cpu`
-scale, and `scripts/gpu_check.py run OUT --experiment grokking_seeds --labels all` runs it on a GPU machine.
+to grok; over 20 when runs share the two cores). The `cpu` scale adds 6 initialisations, 3 splits and one run
+without weight decay to `grokking`'s three seeds; the `gpu` scale (32, 8 and 4) is for a GPU machine:
+`scripts/gpu_check.py run OUT --experiment grokking_seeds --labels all`.
 
-Not stored yet. The first attempt (an H200, 2026-12-04) learned what the sweep costs there: this model's step is
-a few hundred tiny kernels, so processes sharing the GPU wait on each other. Sixteen worker processes finished
-no seed in 470 s; two finished one each in 139 and 173 s, about 3× one CPU core. Next time: `--workers 1`, or
-seeds batched into one model. The predictions written for the sweep are in git (commit 367bae2,
-experiments/grokking.qmd § "Written later: many seeds on a GPU"), to go back on the page with the runs.
+The `gpu` scale is not stored. The first attempt (an H200, 2026-12-04) learned what the sweep costs there: this
+model's step is a few hundred tiny kernels, so processes sharing the GPU wait on each other. Sixteen worker
+processes finished no seed in 470 s; two finished one each in 139 and 173 s, about 3× one CPU core. Next time:
+`--workers 1`, or seeds batched into one model.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from .registry import Experiment, RunContext, register
 INIT_SEEDS = tuple(range(32))       # the same split (data_seed 0), different initialisations
 SPLIT_SEEDS = tuple(range(1, 9))    # initialisation seed 0, different 30% training splits
 NO_DECAY_SEEDS = tuple(range(4))    # the same split, no weight decay
+# On the CPU: the seeds `grokking` has not trained (its seeds 0-2 are the same configs, stored with weights).
+CPU_INIT_SEEDS, CPU_SPLIT_SEEDS, CPU_NO_DECAY_SEEDS = tuple(range(3, 9)), (1, 2, 3), (0,)
 
 
 def top_frequency_lists(stats: pd.DataFrame, n: int) -> pd.Series:
@@ -49,12 +51,12 @@ def run(config: GrokkingConfig, ctx: RunContext) -> RunResult:
                      summary=trained.summary, seed=config.seed)
 
 
-def _gpu_configs() -> dict[str, GrokkingConfig]:
+def _configs(init: tuple[int, ...], splits: tuple[int, ...], no_decay: tuple[int, ...]) -> dict[str, GrokkingConfig]:
     base = GrokkingConfig(hold_epochs=500)
     # the longest runs (no decay: all 12,000 epochs) first, so that parallel workers finish together
-    return ({f"nodecay-s{s}": dataclasses.replace(base, seed=s, weight_decay=0.0) for s in NO_DECAY_SEEDS}
-            | {f"init-s{s}": dataclasses.replace(base, seed=s) for s in INIT_SEEDS}
-            | {f"split-d{d}": dataclasses.replace(base, data_seed=d) for d in SPLIT_SEEDS})
+    return ({f"nodecay-s{s}": dataclasses.replace(base, seed=s, weight_decay=0.0) for s in no_decay}
+            | {f"init-s{s}": dataclasses.replace(base, seed=s) for s in init}
+            | {f"split-d{d}": dataclasses.replace(base, data_seed=d) for d in splits})
 
 
 _SMOKE = GrokkingConfig(p=13, d_model=16, n_heads=2, d_head=8, d_mlp=32, train_fraction=0.5, lr=3e-3, max_epochs=60,
@@ -71,9 +73,11 @@ register(Experiment(
         "smoke": {"init-s0": _SMOKE, "init-s1": dataclasses.replace(_SMOKE, seed=1),
                   "split-d1": dataclasses.replace(_SMOKE, data_seed=1),
                   "nodecay-s0": dataclasses.replace(_SMOKE, weight_decay=0.0)},
-        "gpu": _gpu_configs(),
+        "cpu": _configs(CPU_INIT_SEEDS, CPU_SPLIT_SEEDS, CPU_NO_DECAY_SEEDS),
+        "gpu": _configs(INIT_SEEDS, SPLIT_SEEDS, NO_DECAY_SEEDS),
     },
     run=run,
-    description="The grokking setup over 32 initialisations, 8 training splits and 4 seeds without weight decay, "
-                "trained on a GPU; compact entries (curves, progress measures, final frequencies, no weights).",
+    description="The grokking setup over more initialisations, other training splits and without weight decay "
+                "(cpu: 6, 3 and 1 beside grokking's three seeds; gpu: 32, 8 and 4); compact entries (curves, "
+                "progress measures, final frequencies, no weights).",
 ))
