@@ -299,6 +299,7 @@ LEFT_OUT: dict[str, str] = {
     "probes": "the time goes to fitting scikit-learn probes with control tasks, not to the model",
     "finetune_heads": "reads stored adapters and scores heads: analysis, no training",
     "grokking": "full-batch training that stops early: the step count is a result, not a config",
+    "grokking_seeds": "the same training as grokking (more seeds): the step count is a result, not a config",
     "mlp_neurons": "tiny MLPs on digits and XOR (kFLOPs per step): nothing a GPU would change",
     "superposition": "tiny ReLU toy models (20 → 5 units): per-step overhead, not FLOPs",
     "memory_model": "memory measurements under the profiler, which dominates the time",

@@ -70,3 +70,23 @@ def test_leave_one_out_forecast_by_hand():
     pd.testing.assert_series_equal(forecast_onsets(marks.warning, marks.onset), expected, check_names=False)
     with pytest.raises(ValueError, match="at least 2 seeds"):
         forecast_onsets(marks.warning[:1], marks.onset[:1])
+
+
+def test_grokkings_three_seeds_are_the_same_runs_as_the_new_ones():
+    """The grokking page pools `grokking`'s seeds 0-2 with `grokking_seeds`' cpu runs: that is only fair while their
+    configs are the same (seed 0 held on longer after grokking, which moves none of its milestones)."""
+    import dataclasses
+
+    from labpy.experiments.registry import get_experiment
+
+    old = get_experiment("grokking").configs("cpu")
+    new = get_experiment("grokking_seeds")
+    assert set(new.configs("cpu")).isdisjoint({f"init-s{i}" for i in range(3)})
+    for i in range(3):
+        assert dataclasses.replace(old[f"seed{i}"], hold_epochs=500) == new.configs("gpu")[f"init-s{i}"]
+    base = new.configs("gpu")["init-s0"]
+    for label, config in new.configs("cpu").items():
+        kind, seed = label.split("-")
+        changed = {"init": {"seed": int(seed[1:])}, "split": {"data_seed": int(seed[1:])},
+                   "nodecay": {"seed": int(seed[1:]), "weight_decay": 0.0}}[kind]
+        assert config == dataclasses.replace(base, **changed), label
