@@ -3,7 +3,7 @@
 The GPU machine returns only a few flat files (no store folders, no git), so the run is split in two:
 
     python scripts/gpu_check.py run OUT_DIR [--scale gpu] [--label L] [--commit SHA]   # on the GPU machine
-    python scripts/gpu_check.py run OUT_DIR --experiment grokking_seeds --labels all --workers 8 [--commit SHA]
+    python scripts/gpu_check.py run OUT_DIR --experiment grokking_seeds --labels all [--commit SHA]
     python scripts/gpu_check.py store OUT_DIR                              # here: verified store entries
 
 `run` executes a registered experiment exactly as `lab run EXPERIMENT --scale gpu` would (same config, same

@@ -1,10 +1,10 @@
-"""Grokking over many seeds, on a GPU: when does each seed grok, which frequencies does it choose, and what the
+"""Grokking over more seeds: when does each seed grok, which frequencies does it choose, and what the
 split and weight decay change (open problems 5.4 and 5.5 with more than three seeds).
 
 Each run trains one seed exactly as `grokking` does (`train_grokking`: the same model, data, optimiser, stopping
 rule and progress measures), but on the lab's device (CUDA when present) and with a compact entry: no weights
 and no per-frequency history, only the evaluations (with the logits' top frequencies at each one), the
-restricted/excluded losses at the kept checkpoints and the final per-frequency norms. About 20 KB a seed, so
+restricted/excluded losses at the kept checkpoints and the final per-frequency norms. About 27 KB a seed, so
 dozens of seeds fit the store. Alone on this lab's CPU one seed trains at about 15 epochs a second (7-8 minutes
 to grok; over 20 when runs share the two cores). The `cpu` scale adds 6 initialisations, 3 splits and one run
 without weight decay to `grokking`'s three seeds; the `gpu` scale (32, 8 and 4) is for a GPU machine:
@@ -64,7 +64,7 @@ _SMOKE = GrokkingConfig(p=13, d_model=16, n_heads=2, d_head=8, d_mlp=32, train_f
 
 register(Experiment(
     name="grokking_seeds",
-    title="Grokking over many seeds on a GPU: initialisation, split and weight decay",
+    title="Grokking over more seeds: initialisation, split and weight decay",
     track="Toy models",
     page="experiments/grokking.qmd",
     version=1,
