@@ -11,7 +11,8 @@ PACKAGE = Path(labpy.__file__).parent
 
 # lowest first; a module's layer is that of its longest matching prefix
 LAYERS = (
-    ("base", ("errors", "paths", "history", "validation", "device", "provenance", "store", "store_migrate", "render_log",
+    ("base", ("errors", "paths", "history", "validation", "device", "provenance", "store", "store_migrate", "run_times",
+              "render_log",
               "nf4", "pages")),
     ("core", ("train", "tasks", "models", "toy", "interp", "memory", "finetune", "hardware")),
     ("experiments", ("experiments",)),
