@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -34,7 +35,7 @@ TARGET_VS_PLAIN, TARGET_VS_TRANSFORMER_LENS, TARGET_LOAD_S = 1.15, 1.0, 20.0
 class InterpBenchmarkConfig:
     batch: int = 4
     seq_len: int = 128
-    repeats: int = 15
+    repeats: int = 40       # 15 until the third run: too few to tell SmolLM2's capture from the bridge's
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -96,6 +97,24 @@ def time_smollm2_loads() -> pd.DataFrame:
             else:
                 os.environ["LAB_RUNS_DIR"] = saved
     return pd.DataFrame(rows)
+
+
+def paired_ratios(captures: pd.DataFrame, model: str, numerator: str, denominator: str) -> pd.Series:
+    """Per-repeat time ratio of two ways on one model: both ran back to back in each repeat, so machine load
+    that drifts between repeats cancels."""
+    wide = captures[captures.model == model].pivot(index="repeat", columns="way", values="seconds")
+    return wide[numerator] / wide[denominator]
+
+
+def median_interval(ratios: pd.Series, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(median, low, high): the median ratio with a percentile-bootstrap interval (scipy), seeded so a page
+    shows the same interval every time it executes."""
+    from scipy.stats import bootstrap
+
+    values = ratios.to_numpy(dtype=float)
+    ci = bootstrap((values,), np.median, confidence_level=confidence, method="percentile", n_resamples=10_000,
+                   rng=np.random.default_rng(seed)).confidence_interval
+    return float(np.median(values)), float(ci.low), float(ci.high)
 
 
 def run(config: InterpBenchmarkConfig, ctx: RunContext) -> RunResult:
