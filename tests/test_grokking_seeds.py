@@ -70,6 +70,12 @@ def test_leave_one_out_forecast_by_hand():
     pd.testing.assert_series_equal(forecast_onsets(marks.warning, marks.onset), expected, check_names=False)
     with pytest.raises(ValueError, match="at least 2 seeds"):
         forecast_onsets(marks.warning[:1], marks.onset[:1])
+    # gaps 200, 600, 800: seed 0 adds median(600, 800) = 700, seed 1 median(200, 800) = 500, seed 2 median(200, 600)
+    expected_gap = pd.Series([800.0, 700.0, 800.0])
+    pd.testing.assert_series_equal(forecast_onsets(marks.warning, marks.onset, by="gap"), expected_gap,
+                                   check_names=False)
+    with pytest.raises(ValueError, match="by='sum'"):
+        forecast_onsets(marks.warning, marks.onset, by="sum")
 
 
 def test_grokkings_three_seeds_are_the_same_runs_as_the_new_ones():

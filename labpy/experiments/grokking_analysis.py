@@ -105,12 +105,19 @@ def neuron_frequencies(entry: Any) -> pd.DataFrame:
                          "key_fve": key_fve.numpy()})
 
 
-def forecast_onsets(warning: pd.Series, onset: pd.Series) -> pd.Series:
+def forecast_onsets(warning: pd.Series, onset: pd.Series, by: str = "ratio") -> pd.Series:
     """A leave-one-out forecast of each seed's onset from its own warning epoch: the warning times the median
-    onset / warning ratio of the *other* seeds. The seed contributes only what it knows at its warning; the other
-    seeds are finished runs, as they would be for someone training one more."""
+    onset / warning ratio of the *other* seeds (`by="ratio"`), or plus their median onset - warning gap
+    (`by="gap"`). The seed contributes only what it knows at its warning; the other seeds are finished runs, as
+    they would be for someone training one more."""
+    if by not in ("ratio", "gap"):
+        raise ValueError(f"by={by!r}: a forecast scales the warning by the other seeds' ratio ('ratio') or adds "
+                         f"their gap ('gap')")
     if len(warning) < 2:
         raise ValueError(f"a leave-one-out forecast needs at least 2 seeds, got {len(warning)}")
     warning, onset = warning.reset_index(drop=True), onset.reset_index(drop=True)
+    if by == "gap":
+        gap = onset - warning
+        return pd.Series([warning[i] + gap.drop(index=i).median() for i in range(len(warning))])
     ratio = onset / warning
     return pd.Series([warning[i] * ratio.drop(index=i).median() for i in range(len(warning))])
