@@ -93,6 +93,10 @@ def test_grokkings_three_seeds_are_the_same_runs_as_the_new_ones():
     base = new.configs("gpu")["init-s0"]
     for label, config in new.configs("cpu").items():
         kind, seed = label.split("-")
-        changed = {"init": {"seed": int(seed[1:])}, "split": {"data_seed": int(seed[1:])},
-                   "nodecay": {"seed": int(seed[1:]), "weight_decay": 0.0}}[kind]
+        if kind.startswith("decay"):                 # seed 0 with a weaker decay, allowed to train for longer
+            changed = {"weight_decay": float(kind.removeprefix("decay")), "max_epochs": 16_000}
+        else:
+            changed = {"init": {"seed": int(seed[1:])}, "split": {"data_seed": int(seed[1:])},
+                       "nodecay": {"seed": int(seed[1:]), "weight_decay": 0.0}}[kind]
         assert config == dataclasses.replace(base, **changed), label
+    assert {c.weight_decay for l, c in new.configs("cpu").items() if l.startswith("decay")} == {0.5, 0.3}
