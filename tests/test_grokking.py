@@ -1,7 +1,11 @@
 """The grokking model and its Fourier tools (`labpy.toy.modular_addition`), against a hand computation of the
 same network, the algebra of the Fourier basis, and logits built from the algorithm the paper found."""
 
+import dataclasses
 import math
+
+import numpy as np
+import pandas as pd
 
 import pytest
 import torch
@@ -190,3 +194,39 @@ def test_neuron_fve_finds_one_frequency_products_and_splits_mixtures():
     noise = torch.randn(p * p, 3, generator=torch.Generator().manual_seed(0))
     shares = neuron_frequency_fve(noise, p)
     assert torch.all(shares.sum(0) <= 1 + 1e-5) and torch.all(shares.max(0).values < 0.5)
+
+
+def test_initial_norms_are_the_ones_training_starts_from(tmp_path):
+    """The rebuilt untrained model's Fourier norms agree with what training itself recorded at epoch 0 (its
+    evaluation there; the per-frequency rows start later): the share of the embedding and of the logits in their
+    strongest few frequencies."""
+    from labpy.experiments.grokking_analysis import initial_frequency_norms
+    from labpy.experiments.registry import RunContext, get_experiment
+
+    experiment = get_experiment("grokking_seeds")
+    config = dataclasses.replace(experiment.configs("smoke")["init-s1"], max_epochs=20)
+    at_start = experiment.run(config, RunContext(work_dir=tmp_path)).tables["evals"].query("step == 0").iloc[0]
+    rebuilt = initial_frequency_norms(config).set_index("freq")
+    n = config.n_key_freqs
+    model = ModularAdditionTransformer(config.spec(), seed=config.seed)
+    with torch.no_grad():
+        logits = fast_logits(model, all_pairs(config.p)[0])                           # (p², p)
+    centred = logits - logits.mean(dim=0, keepdim=True)
+    assert rebuilt.logit_norm.nlargest(n).sum() / float((centred ** 2).sum()) == pytest.approx(
+        at_start.logit_top_share, rel=1e-5)
+    W_E = model.W_E.detach()
+    share = rebuilt.embed_norm.nlargest(n).sum() / float((W_E[:config.p] ** 2).sum())
+    assert share == pytest.approx(at_start.embed_top_share, rel=1e-5)
+    other_seed = initial_frequency_norms(dataclasses.replace(config, seed=2)).set_index("freq")
+    assert not np.allclose(other_seed.embed_norm, rebuilt.embed_norm)         # the seed matters
+
+
+def test_mean_rank_and_chance_band_by_hand():
+    from labpy.experiments.grokking_analysis import chance_band, mean_rank
+
+    norms = {"a": pd.Series([0.1, 0.5, 0.3, 0.9], index=[1, 2, 3, 4]),        # ranks: 4→1, 2→2, 3→3, 1→4
+             "b": pd.Series([2.0, 1.0, 1.0, 0.0], index=[1, 2, 3, 4])}        # ranks: 1→1, 2 and 3 tie at 2.5, 4→4
+    assert mean_rank(norms, {"a": [4, 2], "b": [3]}) == pytest.approx((1 + 2 + 2.5) / 3)
+    low, high = chance_band([2, 1], 4, draws=4_000)
+    assert low < 2.5 < high and 1 <= low and high <= 4                     # random ranks of 1..4 average 2.5
+    assert chance_band([56], 56) == (28.5, 28.5)                          # every frequency chosen: no spread

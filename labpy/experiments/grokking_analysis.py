@@ -121,3 +121,36 @@ def forecast_onsets(warning: pd.Series, onset: pd.Series, by: str = "ratio") -> 
         return pd.Series([warning[i] + gap.drop(index=i).median() for i in range(len(warning))])
     ratio = onset / warning
     return pd.Series([warning[i] * ratio.drop(index=i).median() for i in range(len(warning))])
+
+
+def initial_frequency_norms(config: Any) -> pd.DataFrame:
+    """Per frequency (1..K), the untrained model's embedding and logit Fourier norms: the model rebuilt from
+    `config.seed` exactly as `train_grokking` builds it, so these are the norms training starts from."""
+    from ..toy.modular_addition import embedding_frequency_norms, logit_frequency_norms
+
+    model = ModularAdditionTransformer(config.spec(), seed=config.seed)
+    tokens, _ = all_pairs(config.p)                                                    # (p², 3)
+    with torch.no_grad():
+        embed = embedding_frequency_norms(model.W_E, config.p)                         # (K,)
+        logit = logit_frequency_norms(fast_logits(model, tokens), sum_directions(config.p))   # (K,)
+    return pd.DataFrame({"freq": range(1, len(embed) + 1), "embed_norm": embed.numpy(), "logit_norm": logit.numpy()})
+
+
+def mean_rank(norms: dict[str, pd.Series], chosen: dict[str, list[int]]) -> float:
+    """Mean rank (1 = the largest norm) of each run's `chosen` frequencies among its own `norms` (a Series indexed
+    by frequency), pooled over runs."""
+    ranks = [norms[run].rank(ascending=False, method="average").loc[freqs] for run, freqs in chosen.items()]
+    return float(pd.concat(ranks).mean())
+
+
+def chance_band(sizes: list[int], n_freqs: int, draws: int = 10_000, seed: int = 0,
+                middle: float = 0.9) -> tuple[float, float]:
+    """The middle `middle` of the pooled mean rank when each seed's set of `sizes[i]` frequencies is drawn at random
+    from `n_freqs` (ranks are then a uniform draw without replacement)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    means = np.array([np.concatenate([rng.choice(n_freqs, size, replace=False) + 1 for size in sizes]).mean()
+                      for _ in range(draws)])
+    tail = (1 - middle) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
