@@ -38,7 +38,7 @@ from ..tasks.source_code import prose_and_code_windows
 from ..validation import NONNEG_INT, check_ranges, number_between, one_of
 from .registry import Experiment, RunContext, register
 
-MODELS = ("smollm2-135m", "lab-lm:smoke")
+MODELS = ("smollm2-135m", "lab-lm", "lab-lm:smoke")
 KINDS = ("prose", "code")
 TOKEN_CLASSES = ("lowercase word", "capitalised word", "digit", "punctuation", "whitespace", "other")
 
@@ -273,7 +273,8 @@ register(Experiment(
     config_type=NeuronConfig,
     scales={"smoke": {"lab-lm": NeuronConfig(model="lab-lm:smoke", n_windows=4, seq_len=16, layers=(0, 1), top_k=3,
                                              context=4, top_share=0.1, pca_sample=20)},
-            "cpu": {"smollm2": NeuronConfig()}},
+            # the lab LM (4 layers, 384 neurons): whether AdamW left dead gates in a small LM (all its layers)
+            "cpu": {"smollm2": NeuronConfig(), "lab-lm": NeuronConfig(model="lab-lm", layers=(0, 1, 2, 3))}},
     run=run,
     description="Gate open rates per layer, code- and prose-selective neurons with their top-activating snippets and "
                 "ablations, and value vectors (token identity, class probes, PCA) in SmolLM2-135M.",
