@@ -96,7 +96,7 @@ def run(config: GateDeathConfig, ctx: RunContext) -> RunResult:
 register(Experiment(
     name="gate_death",
     title="Does the gate's nonlinearity decide whether AdamW kills neurons? The lab LM with ReLU gates",
-    track="Training dynamics",
+    track="Representations",
     page="experiments/neurons-and-values.qmd",
     version=1,
     config_type=GateDeathConfig,
