@@ -1,8 +1,9 @@
 """Inside SmolLM2's MLPs and value vectors: how often the gates open, what single neurons respond to (a small
 offline Neuroscope), whether knocking a neuron out hurts where it fires, and what the value vectors hold.
 
-Run (SmolLM2-135M; the smoke scale uses the smoke lab LM) over windows of prose (pydoc topics) and Python
-source (held-out stdlib files), position 0 (the attention-sink token) left out of every statistic:
+Run (SmolLM2-135M, and the lab LM for the same statistics on a small LM trained here; the smoke scale uses the
+smoke lab LM) over windows of prose (pydoc topics) and Python source (held-out stdlib files), position 0 (the
+attention-sink token) left out of every statistic:
 
 - **gates**, every layer: the share of gate pre-activations above 0 (SwiGLU's gate silu(g) passes most of u
   only there), and the shares of neurons that open on under 1% or over 99% of tokens;
