@@ -18,13 +18,13 @@ import pandas as pd
 import torch
 
 from ..device import lab_device, to_device
-from ..models.lab_lm import build_lab_lm, lm_loss, per_token_loss
+from ..models.lab_lm import build_lab_lm, lm_loss, mean_loss
 from ..store import RunResult
 from ..tasks.corpus import eval_windows
 from ..tasks.source_code import prose_and_code_windows
 from ..train import StatsContext, train
 from ..validation import POSITIVE_INT, check_ranges, one_of
-from .ffn_neurons import capture, gate_rows
+from .ffn_neurons import capture, flat, gate_rows
 from .lab_lm import LabLMConfig, SMOKE, build_corpus, train_batches, train_spec
 from .registry import Experiment, RunContext, register
 
@@ -61,7 +61,7 @@ def gate_probe(windows: torch.Tensor, steps: tuple[int, ...]):
         with torch.no_grad():
             _, cache = run_with_cache(model, windows[:, :-1], lambda n: n.endswith("mlp.hook_pre"))
         model.train(was_training)
-        return [{"step": ctx.step, **gate_rows(cache[f"blocks.{l}.mlp.hook_pre"][:, 1:].flatten(0, 1), l, "held-out")}
+        return [{"step": ctx.step, **gate_rows(flat(cache[f"blocks.{l}.mlp.hook_pre"]), l, "held-out")}
                 for l in range(model.config.num_hidden_layers)]                     # position 0 left out
     return stats
 
@@ -74,16 +74,11 @@ def run(config: GateDeathConfig, ctx: RunContext) -> RunResult:
     model = build_lab_lm(hf_config, lab.seed)
     device = lab_device()
     val = to_device(eval_windows(corpus.val, lab.seq_len, lab.eval_tokens), device)        # (N, T + 1)
-
-    def eval_fn(model) -> dict[str, float]:
-        losses = torch.cat([per_token_loss(model, val[i:i + 32]) for i in range(0, len(val), 32)])
-        return {"val_loss": losses.mean().item()}
-
     spec = train_spec(lab)
     spec = dataclasses.replace(spec, measure_steps=tuple(sorted({*spec.measure_steps, *config.gate_steps})))
-    log = train(model, train_batches(lab, corpus), lm_loss, spec, eval_fn=eval_fn, work_dir=ctx.work_dir,
-                progress=ctx.progress, desc=f"gate_death {ctx.label}", stats_fn=gate_probe(val[:16], config.gate_steps),
-                device=device)
+    log = train(model, train_batches(lab, corpus), lm_loss, spec, eval_fn=lambda m: {"val_loss": mean_loss(m, val)},
+                work_dir=ctx.work_dir, progress=ctx.progress, desc=f"gate_death {ctx.label}",
+                stats_fn=gate_probe(val[:16], config.gate_steps), device=device)
     model = model.cpu().eval()
     texts = prose_and_code_windows(corpus.tokenizer, config.n_windows, config.seq_len + 1)
     gates = pd.DataFrame(capture(model, texts, []).gates)

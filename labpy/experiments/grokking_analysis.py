@@ -116,11 +116,9 @@ def forecast_onsets(warning: pd.Series, onset: pd.Series, by: str = "ratio") -> 
     if len(warning) < 2:
         raise ValueError(f"a leave-one-out forecast needs at least 2 seeds, got {len(warning)}")
     warning, onset = warning.reset_index(drop=True), onset.reset_index(drop=True)
-    if by == "gap":
-        gap = onset - warning
-        return pd.Series([warning[i] + gap.drop(index=i).median() for i in range(len(warning))])
-    ratio = onset / warning
-    return pd.Series([warning[i] * ratio.drop(index=i).median() for i in range(len(warning))])
+    link = (onset / warning) if by == "ratio" else (onset - warning)
+    others = pd.Series([link.drop(index=i).median() for i in range(len(warning))])
+    return warning * others if by == "ratio" else warning + others
 
 
 def initial_frequency_norms(config: Any) -> pd.DataFrame:
