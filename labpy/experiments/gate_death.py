@@ -66,7 +66,11 @@ def gate_probe(windows: torch.Tensor, steps: tuple[int, ...]):
     return stats
 
 
-def run(config: GateDeathConfig, ctx: RunContext) -> RunResult:
+def retrain(config: GateDeathConfig, ctx: RunContext, weight_decay: float | None = None,
+            extra_stats=None) -> tuple[torch.nn.Module, object, pd.DataFrame, dict]:
+    """The lab LM trained again with `config.hidden_act` gates (and `weight_decay` instead of its own, if given).
+    Returns (model on the CPU, training log, final gate table on prose and code, summary). `extra_stats`, a
+    `stats_fn`, adds rows of its own to the gate probe's at every measured step."""
     lab = config.lab_lm()
     corpus = build_corpus(lab)
     hf_config = lab.hf_config()
@@ -75,17 +79,26 @@ def run(config: GateDeathConfig, ctx: RunContext) -> RunResult:
     device = lab_device()
     val = to_device(eval_windows(corpus.val, lab.seq_len, lab.eval_tokens), device)        # (N, T + 1)
     spec = train_spec(lab)
-    spec = dataclasses.replace(spec, measure_steps=tuple(sorted({*spec.measure_steps, *config.gate_steps})))
+    spec = dataclasses.replace(spec, measure_steps=tuple(sorted({*spec.measure_steps, *config.gate_steps})),
+                               weight_decay=spec.weight_decay if weight_decay is None else weight_decay)
+    probe = gate_probe(val[:16], config.gate_steps)
+    stats = probe if extra_stats is None else (lambda c: probe(c) + extra_stats(c, val[:16]))
     log = train(model, train_batches(lab, corpus), lm_loss, spec, eval_fn=lambda m: {"val_loss": mean_loss(m, val)},
-                work_dir=ctx.work_dir, progress=ctx.progress, desc=f"gate_death {ctx.label}",
-                stats_fn=gate_probe(val[:16], config.gate_steps), device=device)
+                work_dir=ctx.work_dir, progress=ctx.progress, desc=f"{ctx.label or config.hidden_act} gates",
+                stats_fn=stats, device=device)
     model = model.cpu().eval()
     texts = prose_and_code_windows(corpus.tokenizer, config.n_windows, config.seq_len + 1)
     gates = pd.DataFrame(capture(model, texts, []).gates)
     summary = {"hidden_act": config.hidden_act, "final_val_loss": float(log.evals.val_loss.iloc[-1]),
-               "d_mlp": hf_config.intermediate_size, "n_layers": hf_config.num_hidden_layers}
+               "d_mlp": hf_config.intermediate_size, "n_layers": hf_config.num_hidden_layers,
+               "weight_decay": spec.weight_decay}
+    return model, log, gates, summary
+
+
+def run(config: GateDeathConfig, ctx: RunContext) -> RunResult:
+    _, log, gates, summary = retrain(config, ctx)
     return RunResult(tables={"evals": log.evals, "gates_in_training": log.custom_stats, "gates": gates},
-                     summary=summary, seed=lab.seed)
+                     summary=summary, seed=config.lab_lm().seed)
 
 
 register(Experiment(
