@@ -137,6 +137,17 @@ def feature_dimensionality(W: torch.Tensor) -> torch.Tensor:
     return norms ** 2 / (overlaps ** 2).sum(dim=-1)
 
 
+def interference(W: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """(..., m, n), (n,) bool -> (..., n): Σ_j (Ŵ_i · W_j)² over the features j ≠ i marked in `sources`, how much
+    of feature i's readout direction those features fill (the off-diagonal part of D_i's denominator).
+    NaN for a feature with W_i = 0."""
+    unit = W / feature_norms(W).unsqueeze(-2)                                    # (..., m, n)
+    overlaps = torch.einsum("...mi,...mj->...ij", unit, W) ** 2                  # (..., n, n)
+    n = W.shape[-1]
+    keep = sources[None, :] & ~torch.eye(n, dtype=torch.bool, device=W.device)  # (n, n): row i, column j
+    return (overlaps * keep).sum(-1)
+
+
 def dimensions_per_feature(W: torch.Tensor) -> torch.Tensor:
     """(..., m, n) -> (...): m / ‖W‖_F², the paper's summary of how many dimensions a feature gets on average."""
     return W.shape[-2] / (W ** 2).sum(dim=(-2, -1))

@@ -1,0 +1,60 @@
+"""superposition_variants: the cross-class interference against a hand computation and D_i, the log-spaced sweep,
+and the two-sparsity model's classes."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from labpy.experiments.registry import RunContext, get_experiment
+from labpy.experiments.superposition_variants import SuperpositionVariantsConfig, log_spaced_sparsities
+from labpy.toy.superposition import feature_dimensionality, feature_norms, interference
+
+
+def test_interference_by_hand_and_against_dimensionality():
+    # three features in the plane: e1, 2 e2 and (1, 1)
+    W = torch.tensor([[1.0, 0.0, 1.0], [0.0, 2.0, 1.0]])                                      # (m=2, n=3)
+    only_third = torch.tensor([False, False, True])
+    # feature 0: (e1 · (1, 1))² = 1; feature 1: (e2 · (1, 1))² = 1; feature 2 is the source itself: 0
+    assert interference(W, only_third).tolist() == pytest.approx([1.0, 1.0, 0.0])
+    first_two = torch.tensor([True, True, False])
+    # feature 2: ((1,1)/√2 · e1)² + ((1,1)/√2 · 2 e2)² = 1/2 + 2
+    assert interference(W, first_two)[2].item() == pytest.approx(2.5)
+    everyone = torch.ones(3, dtype=torch.bool)
+    expected = feature_norms(W) ** 2 / feature_dimensionality(W) - feature_norms(W) ** 2   # D_i's denominator − ‖W_i‖²
+    assert interference(W, everyone).tolist() == pytest.approx(expected.tolist())
+    batched = torch.stack([W, 2 * W])
+    assert interference(batched, everyone)[1].tolist() == pytest.approx((4 * interference(W, everyone)).tolist())
+
+
+def test_log_spaced_sparsities_and_bad_config():
+    s = log_spaced_sparsities(2.0, 8.0, 3)
+    assert s == (0.5, 0.75, 0.875)
+    ks = [1 / (1 - x) for x in SuperpositionVariantsConfig().fine_sparsities]
+    ratios = np.diff(np.log(ks))
+    assert ks[0] == pytest.approx(1.5, rel=1e-3) and ks[-1] == pytest.approx(12.5, rel=1e-3)
+    assert ratios.max() - ratios.min() < 1e-3                      # even steps on a log scale
+    assert any(0.6 <= x <= 0.9 for x in SuperpositionVariantsConfig().fine_sparsities)
+    with pytest.raises(ValueError, match="fine_low_k"):
+        SuperpositionVariantsConfig(fine_low_k=1.0)
+    with pytest.raises(ValueError, match="n_hidden"):
+        SuperpositionVariantsConfig(n_hidden=20)
+
+
+def test_smoke_run_classes_and_sweep():
+    experiment = get_experiment("superposition_variants")
+    config = experiment.configs("smoke")["toy"]
+    result = experiment.run(config, RunContext(work_dir=None))
+    two = result.tables["two_features"]
+    half = config.n_features // 2
+    assert set(two[two.feature < half].feature_class) == {"A (dense)"}
+    assert (two[two.feature < half].density == config.dense_density).all()
+    assert sorted(two[two.feature >= half].density.unique()) == pytest.approx(sorted(config.sparse_densities))
+    # D_i = ‖W_i‖² / (‖W_i‖² + interference from everyone else), rebuilt from the two classes' parts
+    rebuilt = two.norm ** 2 / (two.norm ** 2 + two.from_class_a + two.from_class_b)
+    assert np.allclose(rebuilt, two.dimensionality, atol=1e-4)
+    fine = result.tables["fine_instances"]
+    assert len(fine) == config.fine_points * len(config.importance_decays) * config.replicates
+    assert set(fine.importance_decay) == set(config.importance_decays)
+    assert not math.isnan(result.summary["seconds_per_part"]["two sparsities"])
