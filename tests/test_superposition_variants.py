@@ -4,6 +4,7 @@ and the two-sparsity model's classes."""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -58,3 +59,14 @@ def test_smoke_run_classes_and_sweep():
     assert len(fine) == config.fine_points * len(config.importance_decays) * config.replicates
     assert set(fine.importance_decay) == set(config.importance_decays)
     assert not math.isnan(result.summary["seconds_per_part"]["two sparsities"])
+
+
+def test_longest_plateau_by_hand():
+    from labpy.experiments.superposition_analysis import longest_plateau
+    dstar = pd.Series({0.0: 1.0, 0.5: 0.52, 0.6: 0.49, 0.7: 0.7, 0.75: 0.5, 0.8: 0.46, 0.9: 0.5, 0.95: 0.3})
+    plateau = longest_plateau(dstar.sample(frac=1, random_state=0))          # order of the index does not matter
+    # runs near 1/2: [0.5, 0.6] spans (1 − 0.5)/(1 − 0.6) = 1.25; [0.75, 0.8, 0.9] spans 0.25/0.1 = 2.5
+    assert (plateau.first, plateau.last, plateau.points) == (0.75, 0.9, 3)
+    assert plateau.span == pytest.approx(2.5)
+    assert longest_plateau(pd.Series({0.1: 0.9, 0.2: 0.8})).span == 0.0
+    assert longest_plateau(pd.Series({0.3: 0.5})).span == pytest.approx(1.0)

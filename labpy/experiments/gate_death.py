@@ -12,6 +12,7 @@ prose and code, and on a fixed held-out batch at a few steps during training, to
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -22,7 +23,7 @@ from ..models.lab_lm import build_lab_lm, lm_loss, mean_loss
 from ..store import RunResult
 from ..tasks.corpus import eval_windows
 from ..tasks.source_code import prose_and_code_windows
-from ..train import StatsContext, train
+from ..train import StatsContext, TrainLog, train
 from ..validation import POSITIVE_INT, check_ranges, one_of
 from .ffn_neurons import capture, flat, gate_rows
 from .lab_lm import LabLMConfig, SMOKE, build_corpus, train_batches, train_spec
@@ -67,10 +68,11 @@ def gate_probe(windows: torch.Tensor, steps: tuple[int, ...]):
 
 
 def retrain(config: GateDeathConfig, ctx: RunContext, weight_decay: float | None = None,
-            extra_stats=None) -> tuple[torch.nn.Module, object, pd.DataFrame, dict]:
+            extra_stats: Callable[[StatsContext, torch.Tensor], list[dict]] | None = None
+            ) -> tuple[TrainLog, pd.DataFrame, dict]:
     """The lab LM trained again with `config.hidden_act` gates (and `weight_decay` instead of its own, if given).
-    Returns (model on the CPU, training log, final gate table on prose and code, summary). `extra_stats`, a
-    `stats_fn`, adds rows of its own to the gate probe's at every measured step."""
+    Returns (training log, final gate table on prose and code, summary). `extra_stats(ctx, windows)` adds rows of
+    its own to the gate probe's at every measured step, on the same held-out windows (B, T + 1)."""
     lab = config.lab_lm()
     corpus = build_corpus(lab)
     hf_config = lab.hf_config()
@@ -92,11 +94,11 @@ def retrain(config: GateDeathConfig, ctx: RunContext, weight_decay: float | None
     summary = {"hidden_act": config.hidden_act, "final_val_loss": float(log.evals.val_loss.iloc[-1]),
                "d_mlp": hf_config.intermediate_size, "n_layers": hf_config.num_hidden_layers,
                "weight_decay": spec.weight_decay}
-    return model, log, gates, summary
+    return log, gates, summary
 
 
 def run(config: GateDeathConfig, ctx: RunContext) -> RunResult:
-    _, log, gates, summary = retrain(config, ctx)
+    log, gates, summary = retrain(config, ctx)
     return RunResult(tables={"evals": log.evals, "gates_in_training": log.custom_stats, "gates": gates},
                      summary=summary, seed=config.lab_lm().seed)
 

@@ -19,7 +19,7 @@ import torch
 
 from ..store import RunResult
 from ..train import StatsContext
-from ..validation import check_ranges, require
+from ..validation import POSITIVE_INT, check_ranges, require
 from .gate_death import GateDeathConfig, retrain
 from .registry import Experiment, RunContext, register
 
@@ -35,7 +35,7 @@ class GateRevivalConfig:
     gate_steps: tuple[int, ...] = (1, 10, 100, 200, 300, 500, 1000, 1500)   # steps at which the gates are measured
 
     def __post_init__(self) -> None:
-        check_ranges(self, nonneg=("weight_decay",), positive_int=("dead_step",))
+        check_ranges(self, nonneg=("weight_decay",), positive_int=("dead_step",), rules={"gate_steps": POSITIVE_INT})
         require(self, self.dead_step in self.gate_steps, "dead_step",
                 f"is out of range; it must be one of gate_steps {self.gate_steps}")
 
@@ -111,7 +111,7 @@ def revival_probe(config: GateRevivalConfig, work_dir: Path | None):
 
 def run(config: GateRevivalConfig, ctx: RunContext) -> RunResult:
     gd = config.gate_death()
-    _, log, gates, summary = retrain(gd, ctx, weight_decay=config.weight_decay,
+    log, gates, summary = retrain(gd, ctx, weight_decay=config.weight_decay,
                                      extra_stats=revival_probe(config, ctx.work_dir))
     stats = log.custom_stats
     swaps = stats[stats.neuron.notna()] if "neuron" in stats else pd.DataFrame()

@@ -77,6 +77,27 @@ def nearest_fraction(d: float, fractions: Mapping[str, float] = FRACTIONS, withi
     return min(close, key=close.get) if close else "none"
 
 
+class Plateau(NamedTuple):
+    first: float        # the densest sparsity S of the run
+    last: float         # the sparsest
+    points: int
+    span: float         # (1 − first) / (1 − last): how far the run reaches in 1/(1 − S); 0 when there is none
+
+
+def longest_plateau(dstar: pd.Series, level: float = 0.5, within: float = 0.05) -> Plateau:
+    """The run of consecutive sweep points (index: sparsity S) with D* within `within` of `level` that spans the
+    largest factor in 1/(1 − S) — the paper's "sticky" plateau, as wide as the sweep can show it."""
+    runs, current = [], []
+    for s, near in ((dstar.sort_index() - level).abs() <= within).items():
+        current = current + [float(s)] if near else []
+        if current:
+            runs.append(current)
+    if not runs:
+        return Plateau(float("nan"), float("nan"), 0, 0.0)
+    best = max(runs, key=lambda r: ((1 - r[0]) / (1 - r[-1]), len(r)))
+    return Plateau(best[0], best[-1], len(best), (1 - best[0]) / (1 - best[-1]))
+
+
 def share_near(dims: Sequence[float], fractions: Mapping[str, float] = PAPER_SHAPES, within: float = 0.03) -> float:
     """The share of the dimensionalities `dims` that lie within `within` of one of `fractions`."""
     values = np.asarray(dims, dtype=float)[:, None]                              # (N, 1)

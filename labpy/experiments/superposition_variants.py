@@ -54,7 +54,7 @@ class SuperpositionVariantsConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, positive_int=("n_hidden", "fine_points", "replicates", "steps", "batch_size"),
-                     positive=("lr",), nonneg_int=("seed",),
+                     positive=("lr", "fine_low_k", "fine_high_k"), nonneg_int=("seed",),
                      rules={"n_features": int_at_least(2), "importance_decays": number_between(0, 1),
                             "dense_density": DENSITY, "sparse_densities": DENSITY},
                      nonempty=("importance_decays", "sparse_densities"))
