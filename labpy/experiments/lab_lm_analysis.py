@@ -142,6 +142,13 @@ def token_frame(entry: RunEntry) -> pd.DataFrame:
 MATRIX_KINDS = ("embedding", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def attention_mlp_snr(params: pd.DataFrame) -> pd.Series:
+    """Step -> the mean SNR |m̂|/√v̂ of the attention and MLP weight matrices: each kind averaged over layers
+    first, then the kinds averaged (the embedding left out), so that no kind counts more for having more layers."""
+    matrices = params[params.kind.isin(MATRIX_KINDS) & (params.kind != "embedding")]
+    return matrices.groupby(["step", "kind"]).snr.mean().groupby("step").mean()
+
+
 def optimizer_measurements(entry: RunEntry) -> dict:
     """Every number the optimizer-state page checks its predictions against."""
     params = param_frame(entry)
