@@ -32,3 +32,13 @@ def test_beta2_0999_reproduces_the_lab_lm_smoke_run(tmp_path):
     assert a[1] == pytest.approx(b[1], abs=1e-6) and (a - b).abs().max() > 1e-4
     stats = shorter.tables["param_stats"]
     assert {"snr", "sqrt_v_mean", "step_mean"} <= set(stats.columns) and stats.step.nunique() > 2
+
+
+def test_attention_mlp_snr_averages_kinds_over_layers_first():
+    import pandas as pd
+
+    from labpy.experiments.lab_lm_analysis import attention_mlp_snr
+    params = pd.DataFrame({"step": [1, 1, 1, 1, 2], "kind": ["q_proj", "q_proj", "down_proj", "embedding", "q_proj"],
+                           "snr": [0.2, 0.4, 0.9, 5.0, 0.1]})
+    # step 1: q_proj's two layers average to 0.3, down_proj 0.9 -> 0.6; the embedding is left out
+    assert attention_mlp_snr(params).to_dict() == pytest.approx({1: 0.6, 2: 0.1})
