@@ -1,6 +1,7 @@
 """superposition_variants: the cross-class interference against a hand computation and D_i, the log-spaced sweep,
 and the two-sparsity model's classes."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -70,3 +71,24 @@ def test_longest_plateau_by_hand():
     assert plateau.span == pytest.approx(2.5)
     assert longest_plateau(pd.Series({0.1: 0.9, 0.2: 0.8})).span == 0.0
     assert longest_plateau(pd.Series({0.3: 0.5})).span == pytest.approx(1.0)
+
+
+def test_antipodal_partners_by_hand():
+    from labpy.toy.superposition import antipodal_partners
+    # features: e1, −e1 (a pair), e2, 0.3·(−e2) (too short to count), (−1, −0.1) nearly opposite e1 as well
+    W = torch.tensor([[1.0, -1.0, 0.0, 0.0, -1.0], [0.0, 0.0, 1.0, -0.3, -0.1]])
+    partners = antipodal_partners(W).tolist()
+    assert partners[0] == 1 and partners[1] == 0                 # e1's most opposite represented feature is −e1
+    assert partners[2] == -1 and partners[3] == -1               # −0.3 e2 is not represented, so e2 has no partner
+    assert partners[4] == 0                                      # cos((−1, −0.1), e1) = −0.995
+    assert antipodal_partners(torch.stack([W, W]))[1].tolist() == partners
+
+
+def test_the_boundary_run_skips_the_fine_sweep():
+    experiment = get_experiment("superposition_variants")
+    boundary = experiment.configs("cpu")["boundary"]
+    assert boundary.fine_sparsities == () and max(boundary.sparse_densities) == boundary.dense_density
+    small = dataclasses.replace(experiment.configs("smoke")["toy"], fine_points=0)
+    result = experiment.run(small, RunContext(work_dir=None))
+    assert set(result.tables) == {"two_features", "two_instances"}
+    assert "partner" in result.tables["two_features"]

@@ -7,7 +7,9 @@
    as one batched model (`sparsity_sweep`).
 2. Non-uniform sparsity (open problem 4.4). n = 20 into m = 5, uniform importance; features 0–9 (class A) keep
    density `dense_density`, features 10–19 (class B) get sparser over `sparse_densities`. Per feature: its norm,
-   its dimensionality D_i and how much of its readout the *other* class leaks into, Σ_j (Ŵ_i · W_j)² over j in it.
+   its dimensionality D_i, how much of its readout the *other* class leaks into, Σ_j (Ŵ_i · W_j)² over j in it,
+   and its antipodal partner if it has one. The `boundary` run (added after the first one's results) repeats this
+   part alone, with more seeds, between equal densities and B three times sparser.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from ..device import one_thread
 from ..store import RunResult
-from ..toy.superposition import (ToyModel, dimensions_per_feature, features_frame, instance_grid, interference,
+from ..toy.superposition import (ToyModel, antipodal_partners, dimensions_per_feature, features_frame, instance_grid, interference,
                                  train_toy)
 from ..validation import check_ranges, int_at_least, number_between, require
 from .registry import Experiment, RunContext, register
@@ -38,7 +40,8 @@ def log_spaced_sparsities(low_k: float, high_k: float, points: int) -> tuple[flo
 class SuperpositionVariantsConfig:
     n_features: int = 20
     n_hidden: int = 5
-    # 1. fine sweep: 1/(1 - S) from fine_low_k to fine_high_k, `fine_points` points, at each importance decay
+    # 1. fine sweep: 1/(1 - S) from fine_low_k to fine_high_k, `fine_points` points (0: no fine sweep), at each
+    #    importance decay
     fine_low_k: float = 1.5
     fine_high_k: float = 12.5
     fine_points: int = 18
@@ -53,8 +56,8 @@ class SuperpositionVariantsConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive_int=("n_hidden", "fine_points", "replicates", "steps", "batch_size"),
-                     positive=("lr", "fine_low_k", "fine_high_k"), nonneg_int=("seed",),
+        check_ranges(self, positive_int=("n_hidden", "replicates", "steps", "batch_size"),
+                     positive=("lr", "fine_low_k", "fine_high_k"), nonneg_int=("seed", "fine_points"),
                      rules={"n_features": int_at_least(2), "importance_decays": number_between(0, 1),
                             "dense_density": DENSITY, "sparse_densities": DENSITY},
                      nonempty=("importance_decays", "sparse_densities"))
@@ -94,6 +97,7 @@ def two_sparsities(config: SuperpositionVariantsConfig, seed: int) -> tuple[pd.D
         density=probability.reshape(-1).numpy(),
         from_class_a=interference(W, ~is_b).reshape(-1).numpy(),
         from_class_b=interference(W, is_b).reshape(-1).numpy(),
+        partner=antipodal_partners(W).reshape(-1).numpy(),
         bias=model.b.detach().reshape(-1).numpy())
     instances = labels.assign(loss=result.loss.numpy(), dims_per_feature=dimensions_per_feature(W).numpy())
     return features, instances
@@ -103,7 +107,7 @@ def run(config: SuperpositionVariantsConfig, ctx: RunContext) -> RunResult:
     seconds: dict[str, float] = {}
     sweeps = []
     with one_thread():
-        for k, decay in enumerate(config.importance_decays):
+        for k, decay in enumerate(config.importance_decays if config.fine_points else ()):
             t0 = time.perf_counter()
             features, instances, _, _ = sparsity_sweep(config.sweep_config(decay), config.n_features, config.n_hidden,
                                                        config.fine_sparsities, "relu", seed=config.seed + 100 * k)
@@ -112,9 +116,10 @@ def run(config: SuperpositionVariantsConfig, ctx: RunContext) -> RunResult:
         t0 = time.perf_counter()
         two_features, two_instances = two_sparsities(config, seed=config.seed + 500)
         seconds["two sparsities"] = round(time.perf_counter() - t0, 1)
-    tables = {"fine_features": pd.concat([f for f, _ in sweeps], ignore_index=True),
-              "fine_instances": pd.concat([i for _, i in sweeps], ignore_index=True),
-              "two_features": two_features, "two_instances": two_instances}
+    tables = {"two_features": two_features, "two_instances": two_instances}
+    if sweeps:
+        tables |= {"fine_features": pd.concat([f for f, _ in sweeps], ignore_index=True),
+                   "fine_instances": pd.concat([i for _, i in sweeps], ignore_index=True)}
     return RunResult(tables=tables, summary={"seconds_per_part": seconds}, seed=config.seed)
 
 
@@ -128,7 +133,11 @@ register(Experiment(
     page="experiments/superposition.qmd",
     version=1,
     config_type=SuperpositionVariantsConfig,
-    scales={"smoke": {"toy": SMOKE}, "cpu": {"toy": SuperpositionVariantsConfig()}},
+    # "boundary" (added after the "toy" run's results): the two-class model between equal and three-fold sparser
+    scales={"smoke": {"toy": SMOKE},
+            "cpu": {"toy": SuperpositionVariantsConfig(),
+                    "boundary": SuperpositionVariantsConfig(fine_points=0, replicates=5,
+                                                            sparse_densities=(0.3, 0.25, 0.2, 0.15, 0.1))}},
     run=run,
     description="The 20 → 5 ReLU output model over a fine, log-spaced sparsity sweep with geometric and uniform "
                 "importance; and with half its features dense and half sparser (open problem 4.4).",

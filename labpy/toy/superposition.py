@@ -148,6 +148,20 @@ def interference(W: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
     return (overlaps * keep).sum(-1)
 
 
+def antipodal_partners(W: torch.Tensor, cosine: float = -0.9) -> torch.Tensor:
+    """(..., m, n) -> (..., n) long: for each represented feature, the represented feature pointing most nearly the
+    opposite way if their cosine is below `cosine` (an antipodal pair), else −1."""
+    norms = feature_norms(W)                                                     # (..., n)
+    unit = W / norms.unsqueeze(-2).clamp_min(1e-12)
+    cos = torch.einsum("...mi,...mj->...ij", unit, unit)                         # (..., n, n)
+    kept = norms > REPRESENTED
+    n = W.shape[-1]
+    eligible = kept.unsqueeze(-1) & kept.unsqueeze(-2) & ~torch.eye(n, dtype=torch.bool, device=W.device)
+    cos = torch.where(eligible, cos, torch.full_like(cos, 2.0))
+    best, partner = cos.min(-1)
+    return torch.where(best < cosine, partner, torch.full_like(partner, -1))
+
+
 def dimensions_per_feature(W: torch.Tensor) -> torch.Tensor:
     """(..., m, n) -> (...): m / ‖W‖_F², the paper's summary of how many dimensions a feature gets on average."""
     return W.shape[-2] / (W ** 2).sum(dim=(-2, -1))
