@@ -19,25 +19,27 @@ import torch
 
 from ..store import RunResult
 from ..train import StatsContext, adam_eps, adam_moments
-from ..validation import POSITIVE_INT, check_ranges, require
-from .gate_death import GateDeathConfig, retrain
+from ..validation import POSITIVE_INT, check_ranges, one_of, require
+from .gate_death import ACTIVATIONS, GateDeathConfig, retrain
 from .gate_revival import DEAD_SHARE, mlp_inputs, open_share
 from .registry import Experiment, RunContext, register
 
 
 @dataclass(frozen=True)
 class GateLayersConfig:
+    hidden_act: str = "relu"                  # the MLP's gate nonlinearity; "silu" is the lab LM's own, the control
     smoke: bool = False
     gate_steps: tuple[int, ...] = (1, 2, 5, 10, 20, 30, 50, 70, 100, 150, 200, 300, 500, 1000, 1500)
     align_step: int = 100                     # the step at which dead and live gate rows are compared
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive_int=("align_step",), rules={"gate_steps": POSITIVE_INT})
+        check_ranges(self, positive_int=("align_step",),
+                     rules={"gate_steps": POSITIVE_INT, "hidden_act": one_of(*ACTIVATIONS)})
         require(self, self.align_step in self.gate_steps, "align_step",
                 f"is out of range; it must be one of gate_steps {self.gate_steps}")
 
     def gate_death(self) -> GateDeathConfig:
-        return GateDeathConfig(hidden_act="relu", smoke=self.smoke, gate_steps=self.gate_steps,
+        return GateDeathConfig(hidden_act=self.hidden_act, smoke=self.smoke, gate_steps=self.gate_steps,
                                **({"n_windows": 4, "seq_len": 16} if self.smoke else {}))
 
 
@@ -99,8 +101,9 @@ register(Experiment(
     version=1,
     config_type=GateLayersConfig,
     scales={"smoke": {"relu": GateLayersConfig(smoke=True, gate_steps=(1, 5, 10, 20, 30), align_step=10)},
-            "cpu": {"relu": GateLayersConfig()}},
+            # silu (added after the relu run's results): the lab LM's own gates, as the control
+            "cpu": {"relu": GateLayersConfig(), "silu": GateLayersConfig(hidden_act="silu")}},
     run=run,
-    description="The lab LM's ReLU retraining, measured per layer at many early steps: the MLP inputs' share along "
+    description="The lab LM's ReLU retraining and its silu control, measured per layer at many early steps: the MLP inputs' share along "
                 "their mean, how far they move, the gate weights' gradient and Adam step, and dead rows' alignment.",
 ))
