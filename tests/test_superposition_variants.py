@@ -92,3 +92,10 @@ def test_the_boundary_run_skips_the_fine_sweep():
     result = experiment.run(small, RunContext(work_dir=None))
     assert set(result.tables) == {"two_features", "two_instances"}
     assert "partner" in result.tables["two_features"]
+
+
+def test_mutual_pairs_keeps_only_features_that_choose_each_other():
+    from labpy.toy.superposition import mutual_pairs
+    # 0 <-> 1 mutual; 2 -> 0 but 0 -> 1, so no pair; 3 <-> 4 mutual; 5 has none
+    assert mutual_pairs([1, 0, 0, 4, 3, -1]) == [(0, 1), (3, 4)]
+    assert mutual_pairs([]) == []

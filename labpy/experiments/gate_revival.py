@@ -112,7 +112,7 @@ def revival_probe(config: GateRevivalConfig, work_dir: Path | None):
 def run(config: GateRevivalConfig, ctx: RunContext) -> RunResult:
     gd = config.gate_death()
     log, gates, summary = retrain(gd, ctx, weight_decay=config.weight_decay,
-                                     extra_stats=revival_probe(config, ctx.work_dir))
+                                  extra_stats=revival_probe(config, ctx.work_dir))
     stats = log.custom_stats
     swaps = stats[stats.neuron.notna()] if "neuron" in stats else pd.DataFrame()
     in_training = stats[stats.neuron.isna()] if "neuron" in stats else stats

@@ -24,8 +24,8 @@ import torch
 
 from ..device import one_thread
 from ..store import RunResult
-from ..toy.superposition import (ToyModel, antipodal_partners, dimensions_per_feature, features_frame, instance_grid, interference,
-                                 train_toy)
+from ..toy.superposition import (ToyModel, antipodal_partners, dimensions_per_feature, features_frame,
+                                 instance_grid, interference, train_toy)
 from ..validation import check_ranges, int_at_least, number_between, require
 from .registry import Experiment, RunContext, register
 from .superposition import DENSITY, SuperpositionConfig, sparsity_sweep

@@ -20,7 +20,7 @@ import torch
 from ..device import one_thread
 from ..store import RunResult
 from ..toy.superposition import (REPRESENTED, ToyModel, antipodal_partners, feature_norms, instance_grid,
-                                 toy_loss, train_toy)
+                                 mutual_pairs, toy_loss, train_toy)
 from ..validation import check_ranges, require
 from .registry import Experiment, RunContext, register
 from .superposition import DENSITY
@@ -64,8 +64,7 @@ def hand_built(pairs: tuple[tuple[int, int], ...], n_features: int, n_hidden: in
 def arrangement(W: torch.Tensor, half: int) -> dict:
     """Features kept per class and antipodal pairs (mutual partners), mixed or not, of one model's W (m, n)."""
     kept = feature_norms(W) > REPRESENTED
-    partner = antipodal_partners(W).tolist()
-    pairs = [(i, j) for i, j in enumerate(partner) if j > i and partner[j] == i]
+    pairs = mutual_pairs(antipodal_partners(W).tolist())
     return {"A kept": int(kept[:half].sum()), "B kept": int(kept[half:].sum()), "pairs": len(pairs),
             "mixed pairs": sum((i < half) != (j < half) for i, j in pairs),
             "pair list": " ".join(f"{i}-{j}" for i, j in pairs)}

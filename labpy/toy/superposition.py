@@ -162,6 +162,12 @@ def antipodal_partners(W: torch.Tensor, cosine: float = -0.9) -> torch.Tensor:
     return torch.where(best < cosine, partner, torch.full_like(partner, -1))
 
 
+def mutual_pairs(partners: Sequence[int]) -> list[tuple[int, int]]:
+    """The antipodal pairs (i, j), i < j, of one model: features that are each other's partner
+    (`antipodal_partners`, −1 for none)."""
+    return [(i, j) for i, j in enumerate(partners) if j > i and partners[j] == i]
+
+
 def dimensions_per_feature(W: torch.Tensor) -> torch.Tensor:
     """(..., m, n) -> (...): m / ‖W‖_F², the paper's summary of how many dimensions a feature gets on average."""
     return W.shape[-2] / (W ** 2).sum(dim=(-2, -1))
