@@ -104,7 +104,9 @@ register(Experiment(
     page="experiments/superposition.qmd",
     version=1,
     config_type=SaeLatentsConfig,
-    scales={"smoke": {"toy": SMOKE}, "cpu": {"toy": SaeLatentsConfig()}},
+    # "dense" (added after the "toy" run's results): S = 0.9 only, with larger L1 coefficients
+    scales={"smoke": {"toy": SMOKE},
+            "cpu": {"toy": SaeLatentsConfig(), "dense": SaeLatentsConfig(sparsities=(0.9,), l1=(1.0, 3.0, 10.0))}},
     run=run,
     description="SAEs with n, 2n and 4n latents over three L1 coefficients, trained on toy models (40 features in 10 "
                 "dimensions) at three sparsities; scored against the known features.",
