@@ -104,11 +104,14 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")
 
 
+RARELY_OPEN = 0.01        # a neuron open on fewer than this share of tokens counts as dead
+
+
 def gate_rows(pre: torch.Tensor, layer: int, kind: str) -> dict:
     """Gate statistics of one layer on one kind of text; pre (N, f) gate pre-activations."""
     open_share = (pre > 0).float().mean(0)                                              # (f,) per neuron
     return {"layer": layer, "kind": kind, "open_share": float((pre > 0).float().mean()),
-            "rarely_open": float((open_share < 0.01).float().mean()),
+            "rarely_open": float((open_share < RARELY_OPEN).float().mean()),
             "mostly_open": float((open_share > 0.99).float().mean())}
 
 

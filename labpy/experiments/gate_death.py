@@ -48,6 +48,12 @@ class GateDeathConfig:
         """The lab LM's own config: everything but the activation is the stored model's."""
         return SMOKE if self.smoke else LabLMConfig()
 
+    @classmethod
+    def measured_at(cls, gate_steps: tuple[int, ...], hidden_act: str = "relu", smoke: bool = False) -> GateDeathConfig:
+        """The retraining measured at `gate_steps`; at smoke size, with few and short windows for the final gates."""
+        return cls(hidden_act=hidden_act, smoke=smoke, gate_steps=gate_steps,
+                   **({"n_windows": 4, "seq_len": 16} if smoke else {}))
+
 
 def gate_probe(windows: torch.Tensor, steps: tuple[int, ...]):
     """A `stats_fn`: at `steps`, every layer's gate statistics on the fixed batch `windows` (B, T + 1)."""
@@ -67,12 +73,27 @@ def gate_probe(windows: torch.Tensor, steps: tuple[int, ...]):
     return stats
 
 
+@dataclass
+class Retrained:
+    log: TrainLog
+    in_training: pd.DataFrame      # the gate probe's rows: per step and layer, on the held-out batch
+    extra: pd.DataFrame            # the rows `extra_stats` returned (empty without it)
+    gates: pd.DataFrame            # final gate statistics on prose and code
+    summary: dict
+
+
+def _rows_from(stats: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The rows one stats function wrote into the shared log, without the other's columns."""
+    rows = stats[stats.source == source].drop(columns="source")
+    return rows.dropna(axis=1, how="all").reset_index(drop=True)
+
+
 def retrain(config: GateDeathConfig, ctx: RunContext, weight_decay: float | None = None,
-            extra_stats: Callable[[StatsContext, torch.Tensor], list[dict]] | None = None
-            ) -> tuple[TrainLog, pd.DataFrame, dict]:
+            extra_stats: Callable[[StatsContext, torch.Tensor], list[dict]] | None = None) -> Retrained:
     """The lab LM trained again with `config.hidden_act` gates (and `weight_decay` instead of its own, if given).
-    Returns (training log, final gate table on prose and code, summary). `extra_stats(ctx, windows)` adds rows of
-    its own to the gate probe's at every measured step, on the same held-out windows (B, T + 1)."""
+    `extra_stats(ctx, windows)` measures more at every measured step, on the same held-out windows (B, T + 1);
+    its rows come back apart from the gate probe's (both go through the training log, so a resumed run keeps
+    them)."""
     lab = config.lab_lm()
     corpus = build_corpus(lab)
     hf_config = lab.hf_config()
@@ -84,7 +105,8 @@ def retrain(config: GateDeathConfig, ctx: RunContext, weight_decay: float | None
     spec = dataclasses.replace(spec, measure_steps=tuple(sorted({*spec.measure_steps, *config.gate_steps})),
                                weight_decay=spec.weight_decay if weight_decay is None else weight_decay)
     probe = gate_probe(val[:16], config.gate_steps)
-    stats = probe if extra_stats is None else (lambda c: probe(c) + extra_stats(c, val[:16]))
+    stats = probe if extra_stats is None else (
+        lambda c: [{"source": "gates", **r} for r in probe(c)] + [{"source": "extra", **r} for r in extra_stats(c, val[:16])])
     log = train(model, train_batches(lab, corpus), lm_loss, spec, eval_fn=lambda m: {"val_loss": mean_loss(m, val)},
                 work_dir=ctx.work_dir, progress=ctx.progress, desc=f"{ctx.label or config.hidden_act} gates",
                 stats_fn=stats, device=device)
@@ -94,13 +116,15 @@ def retrain(config: GateDeathConfig, ctx: RunContext, weight_decay: float | None
     summary = {"hidden_act": config.hidden_act, "final_val_loss": float(log.evals.val_loss.iloc[-1]),
                "d_mlp": hf_config.intermediate_size, "n_layers": hf_config.num_hidden_layers,
                "weight_decay": spec.weight_decay}
-    return log, gates, summary
+    if extra_stats is None:
+        return Retrained(log, log.custom_stats, pd.DataFrame(), gates, summary)
+    return Retrained(log, _rows_from(log.custom_stats, "gates"), _rows_from(log.custom_stats, "extra"), gates, summary)
 
 
 def run(config: GateDeathConfig, ctx: RunContext) -> RunResult:
-    log, gates, summary = retrain(config, ctx)
-    return RunResult(tables={"evals": log.evals, "gates_in_training": log.custom_stats, "gates": gates},
-                     summary=summary, seed=config.lab_lm().seed)
+    done = retrain(config, ctx)
+    return RunResult(tables={"evals": done.log.evals, "gates_in_training": done.in_training, "gates": done.gates},
+                     summary=done.summary, seed=config.lab_lm().seed)
 
 
 register(Experiment(
@@ -110,7 +134,7 @@ register(Experiment(
     page="experiments/neurons-and-values.qmd",
     version=1,
     config_type=GateDeathConfig,
-    scales={"smoke": {"relu": GateDeathConfig(smoke=True, gate_steps=(1, 10, 30), n_windows=4, seq_len=16)},
+    scales={"smoke": {"relu": GateDeathConfig.measured_at((1, 10, 30), smoke=True)},
             # silu retrains the stored lab LM itself, step for step, so both have gates measured during training
             "cpu": {"relu": GateDeathConfig(), "silu": GateDeathConfig(hidden_act="silu")}},
     run=run,

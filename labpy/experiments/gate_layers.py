@@ -20,8 +20,9 @@ import torch
 from ..store import RunResult
 from ..train import StatsContext, adam_eps, adam_moments
 from ..validation import POSITIVE_INT, check_ranges, one_of, require
+from .ffn_neurons import RARELY_OPEN
 from .gate_death import ACTIVATIONS, GateDeathConfig, retrain
-from .gate_revival import DEAD_SHARE, mlp_inputs, open_share
+from .gate_revival import mlp_inputs, open_share
 from .registry import Experiment, RunContext, register
 
 
@@ -39,8 +40,7 @@ class GateLayersConfig:
                 f"is out of range; it must be one of gate_steps {self.gate_steps}")
 
     def gate_death(self) -> GateDeathConfig:
-        return GateDeathConfig(hidden_act=self.hidden_act, smoke=self.smoke, gate_steps=self.gate_steps,
-                               **({"n_windows": 4, "seq_len": 16} if self.smoke else {}))
+        return GateDeathConfig.measured_at(self.gate_steps, self.hidden_act, self.smoke)
 
 
 def mean_share(x: torch.Tensor) -> float:
@@ -71,7 +71,7 @@ def layer_probe(config: GateLayersConfig):
             if ctx.step == config.align_step:
                 weights = w.detach().float().cpu()                                                     # (f, d)
                 cosine = torch.nn.functional.cosine_similarity(weights, x.mean(0)[None], dim=1)        # (f,)
-                dead = open_share(weights, x) < DEAD_SHARE
+                dead = open_share(weights, x) < RARELY_OPEN
                 rows += [{"record": "neuron", "layer": l, "neuron": i, "dead": bool(d), "cos_with_input_mean": float(c)}
                          for i, (d, c) in enumerate(zip(dead.tolist(), cosine.tolist()))]
         previous.clear()
@@ -82,15 +82,15 @@ def layer_probe(config: GateLayersConfig):
 
 def run(config: GateLayersConfig, ctx: RunContext) -> RunResult:
     gd = config.gate_death()
-    log, gates, summary = retrain(gd, ctx, extra_stats=layer_probe(config))
-    stats = log.custom_stats
-    record = stats["record"] if "record" in stats else pd.Series(index=stats.index, dtype=object)
-    tables = {"gates_in_training": stats[record.isna()].dropna(axis=1, how="all").reset_index(drop=True),
-              "layers": stats[record == "layer"].dropna(axis=1, how="all").drop(columns="record").reset_index(drop=True),
-              "neurons": stats[record == "neuron"].dropna(axis=1, how="all").drop(columns="record")
-                         .astype({"layer": int, "neuron": int, "dead": bool}).reset_index(drop=True),
-              "evals": log.evals}
-    return RunResult(tables=tables, summary={**summary, "align_step": config.align_step}, seed=gd.lab_lm().seed)
+    done = retrain(gd, ctx, extra_stats=layer_probe(config))
+
+    def record(kind: str) -> pd.DataFrame:
+        rows = done.extra[done.extra.record == kind].drop(columns="record")
+        return rows.dropna(axis=1, how="all").reset_index(drop=True)
+
+    tables = {"gates_in_training": done.in_training, "layers": record("layer"),
+              "neurons": record("neuron").astype({"layer": int, "neuron": int, "dead": bool}), "evals": done.log.evals}
+    return RunResult(tables=tables, summary={**done.summary, "align_step": config.align_step}, seed=gd.lab_lm().seed)
 
 
 register(Experiment(

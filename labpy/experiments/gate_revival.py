@@ -14,16 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from ..store import RunResult
 from ..train import StatsContext
 from ..validation import POSITIVE_INT, check_ranges, require
+from .ffn_neurons import RARELY_OPEN
 from .gate_death import GateDeathConfig, retrain
 from .registry import Experiment, RunContext, register
 
-DEAD_SHARE = 0.01                      # a neuron is dead when open on under 1% of the batch's tokens (ffn_neurons)
 REFERENCE_FILE = "dead_gate_reference.pt"
 
 
@@ -41,8 +40,7 @@ class GateRevivalConfig:
 
     def gate_death(self) -> GateDeathConfig:
         """The ReLU retraining this run repeats, measured at more steps."""
-        return GateDeathConfig(hidden_act="relu", smoke=self.smoke, gate_steps=self.gate_steps,
-                               **({"n_windows": 4, "seq_len": 16} if self.smoke else {}))
+        return GateDeathConfig.measured_at(self.gate_steps, smoke=self.smoke)
 
 
 def mlp_inputs(model, windows: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -94,7 +92,7 @@ def revival_probe(config: GateRevivalConfig, work_dir: Path | None):
                    for l, layer in enumerate(ctx.model.model.layers)}                          # {l: (f, d)}
         inputs = {l: x.cpu() for l, x in inputs.items()}
         if ctx.step == config.dead_step:
-            dead = {l: torch.nonzero(open_share(weights[l], inputs[l]) < DEAD_SHARE).flatten() for l in weights}
+            dead = {l: torch.nonzero(open_share(weights[l], inputs[l]) < RARELY_OPEN).flatten() for l in weights}
             reference.update(weights=weights, inputs=inputs, dead=dead)
             if path:
                 torch.save(reference, path)
@@ -111,17 +109,11 @@ def revival_probe(config: GateRevivalConfig, work_dir: Path | None):
 
 def run(config: GateRevivalConfig, ctx: RunContext) -> RunResult:
     gd = config.gate_death()
-    log, gates, summary = retrain(gd, ctx, weight_decay=config.weight_decay,
-                                  extra_stats=revival_probe(config, ctx.work_dir))
-    stats = log.custom_stats
-    swaps = stats[stats.neuron.notna()] if "neuron" in stats else pd.DataFrame()
-    in_training = stats[stats.neuron.isna()] if "neuron" in stats else stats
-    in_training = in_training.dropna(axis=1, how="all").reset_index(drop=True)
-    if len(swaps):
-        swaps = swaps.dropna(axis=1, how="all").astype({"layer": int, "neuron": int}).reset_index(drop=True)
-    return RunResult(tables={"evals": log.evals, "gates_in_training": in_training, "revival": swaps,
-                             "gates": gates},
-                     summary={**summary, "dead_step": config.dead_step}, seed=gd.lab_lm().seed)
+    done = retrain(gd, ctx, weight_decay=config.weight_decay, extra_stats=revival_probe(config, ctx.work_dir))
+    swaps = done.extra.astype({"layer": int, "neuron": int}) if len(done.extra) else done.extra
+    return RunResult(tables={"evals": done.log.evals, "gates_in_training": done.in_training, "revival": swaps,
+                             "gates": done.gates},
+                     summary={**done.summary, "dead_step": config.dead_step}, seed=gd.lab_lm().seed)
 
 
 register(Experiment(

@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from ..device import one_thread
 from ..store import RunResult
-from ..toy.superposition import ToyModel, features_frame, instance_grid, train_toy
+from ..toy.superposition import instance_grid
 from ..validation import check_ranges, int_at_least, require
 from .registry import Experiment, RunContext, register
-from .superposition import SPARSITY, sae_sweep
+from .superposition import SPARSITY, lowest_loss_toy, represented_columns, sae_sweep
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,6 @@ class SaeLatentsConfig:
                 f"n_features = {self.n_features}")
 
 
-def toy_at(config: SaeLatentsConfig, sparsity: float, seed: int) -> tuple[torch.Tensor, pd.DataFrame, float]:
-    """The lowest-loss of `toy_replicates` toy models at this sparsity (uniform importance): its W (m, n), its
-    per-feature table and its loss."""
-    n, m = config.n_features, config.n_hidden
-    I = config.toy_replicates
-    probability, importance = torch.full((I, n), 1 - sparsity), torch.ones(I, n)
-    toy = ToyModel(I, n, m, seed=seed)
-    result = train_toy(toy, probability, importance, config.toy_steps, config.toy_batch, config.lr, seed=seed + 1)
-    best = int(result.loss.argmin())
-    W = toy.W.detach()[best]                                                                            # (m, n)
-    features = features_frame(W[None], importance[:1], pd.DataFrame({"sparsity": [sparsity]}))
-    return W, features, float(result.loss[best])
-
-
 def run(config: SaeLatentsConfig, ctx: RunContext) -> RunResult:
     grid = instance_grid(sparsity=config.sparsities, latent_ratio=config.latent_ratios)
     bar = tqdm(total=len(grid), desc="sae_latents", leave=False,
@@ -73,9 +59,10 @@ def run(config: SaeLatentsConfig, ctx: RunContext) -> RunResult:
     with one_thread():
         for k, sparsity in enumerate(config.sparsities):
             seed = 1000 * config.seed + 100 * k
-            W, features, toy_loss = toy_at(config, sparsity, seed)
-            toys.append(features.assign(toy_loss=toy_loss))
-            truth = W.T[torch.as_tensor(features.represented.to_numpy(copy=True))]                     # (n_rep, m)
+            W, features = lowest_loss_toy(config.n_features, config.n_hidden, sparsity, config.toy_replicates,
+                                          config.toy_steps, config.toy_batch, config.lr, seed, {"sparsity": sparsity})
+            toys.append(features)
+            truth = represented_columns(W, features)                                                   # (n_rep, m)
             probability = torch.full((config.n_features,), 1 - sparsity)
             for ratio in config.latent_ratios:
                 bar.set_postfix_str(f"S={sparsity:g}, {ratio}n latents")

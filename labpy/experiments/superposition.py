@@ -168,24 +168,38 @@ def sae_sweep(W: torch.Tensor, probability: torch.Tensor, truth: torch.Tensor, l
     return {"sae": scores, "sae_curve": curve, "sae_cosines": cosines}
 
 
+def lowest_loss_toy(n: int, m: int, sparsity: float, replicates: int, steps: int, batch_size: int, lr: float,
+                    seed: int, labels: dict | None = None) -> tuple[torch.Tensor, pd.DataFrame]:
+    """The toy model an SAE reads: `replicates` seeds at one sparsity with uniform importance (every feature worth
+    representing equally), trained side by side; the lowest-loss one's W (m, n) and its per-feature table, with
+    `labels` and its `toy_loss` as columns."""
+    probability = torch.full((replicates, n), 1 - sparsity)
+    importance = torch.ones(replicates, n)
+    toy = ToyModel(replicates, n, m, seed=seed)
+    result = train_toy(toy, probability, importance, steps, batch_size, lr, seed=seed + 1)
+    best = int(result.loss.argmin())
+    W = toy.W.detach()[best]                                                                            # (m, n)
+    frame = pd.DataFrame([{**(labels or {}), "toy_loss": result.loss[best].item()}])
+    return W, features_frame(W[None], importance[:1], frame)
+
+
+def represented_columns(W: torch.Tensor, features: pd.DataFrame) -> torch.Tensor:
+    """(m, n) -> (n_rep, m): the directions of the represented features, what an SAE should recover."""
+    return W.T[torch.as_tensor(features.represented.to_numpy(copy=True))]
+
+
 def sae_part(config: SuperpositionConfig, seed: int) -> dict[str, pd.DataFrame]:
     """Train the toy model (lowest loss of a few seeds), then the SAE sweeps on its activations: the registered
     one and the longer second look, each row labelled by `training`."""
     n, m = config.sae_features, config.sae_hidden
-    labels = instance_grid(replicate=range(config.sae_toy_replicates))
-    I = len(labels)
-    probability = torch.full((I, n), 1 - config.sae_sparsity)
-    importance = torch.ones(I, n)                       # uniform: every feature is worth representing equally
-    toy = ToyModel(I, n, m, seed=seed)
-    result = train_toy(toy, probability, importance, config.steps, config.batch_size, config.lr, seed=seed + 1)
-    best = int(result.loss.argmin())
-    W = toy.W.detach()[best]                                                                            # (m, n)
-    toy_features = features_frame(W[None], importance[:1], pd.DataFrame({"toy_loss": [result.loss[best].item()]}))
-    truth = W.T[torch.as_tensor(toy_features.represented.to_numpy(copy=True))]                         # (n_rep, m)
+    W, toy_features = lowest_loss_toy(n, m, config.sae_sparsity, config.sae_toy_replicates, config.steps,
+                                      config.batch_size, config.lr, seed)
+    truth = represented_columns(W, toy_features)                                                       # (n_rep, m)
+    probability = torch.full((n,), 1 - config.sae_sparsity)
     n_latents = config.sae_latent_ratio * n
-    sweeps = {"registered": sae_sweep(W, probability[0], truth, config.sae_l1, n_latents, config.sae_steps,
+    sweeps = {"registered": sae_sweep(W, probability, truth, config.sae_l1, n_latents, config.sae_steps,
                                       config.batch_size, config.sae_lr, seed + 2),
-              "long": sae_sweep(W, probability[0], truth, config.sae_long_l1, n_latents, config.sae_long_steps,
+              "long": sae_sweep(W, probability, truth, config.sae_long_l1, n_latents, config.sae_long_steps,
                                 config.sae_long_batch, config.sae_lr, seed + 12)}
     tables = {name: pd.concat([sweep[name].assign(training=label) for label, sweep in sweeps.items()],
                               ignore_index=True) for name in ("sae", "sae_curve", "sae_cosines")}

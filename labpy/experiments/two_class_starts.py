@@ -12,6 +12,7 @@ so that their losses differ by the model and not by the sample.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -20,7 +21,7 @@ import torch
 from ..device import one_thread
 from ..store import RunResult
 from ..toy.superposition import (REPRESENTED, ToyModel, antipodal_partners, feature_norms, instance_grid,
-                                 mutual_pairs, toy_loss, train_toy)
+                                 mutual_pairs, sample_features, toy_loss, train_toy)
 from ..validation import check_ranges, require
 from .registry import Experiment, RunContext, register
 from .superposition import DENSITY
@@ -61,13 +62,18 @@ def hand_built(pairs: tuple[tuple[int, int], ...], n_features: int, n_hidden: in
     return W
 
 
-def arrangement(W: torch.Tensor, half: int) -> dict:
-    """Features kept per class and antipodal pairs (mutual partners), mixed or not, of one model's W (m, n)."""
-    kept = feature_norms(W) > REPRESENTED
-    pairs = mutual_pairs(antipodal_partners(W).tolist())
-    return {"A kept": int(kept[:half].sum()), "B kept": int(kept[half:].sum()), "pairs": len(pairs),
+def class_arrangement(kept: Sequence[bool], partners: Sequence[int], half: int) -> dict:
+    """Features kept per class (A: the first `half`) and antipodal pairs (mutual partners, `antipodal_partners`),
+    mixed or not, of one model, from its per-feature flags and partners."""
+    pairs = mutual_pairs(list(partners))
+    return {"A kept": int(sum(kept[:half])), "B kept": int(sum(kept[half:])), "pairs": len(pairs),
             "mixed pairs": sum((i < half) != (j < half) for i, j in pairs),
             "pair list": " ".join(f"{i}-{j}" for i, j in pairs)}
+
+
+def arrangement(W: torch.Tensor, half: int) -> dict:
+    """`class_arrangement` of one model's W (m, n)."""
+    return class_arrangement((feature_norms(W) > REPRESENTED).tolist(), antipodal_partners(W).tolist(), half)
 
 
 def run(config: TwoClassStartsConfig, ctx: RunContext) -> RunResult:
@@ -92,9 +98,8 @@ def run(config: TwoClassStartsConfig, ctx: RunContext) -> RunResult:
         rows = []
         for density, group in labels.groupby("sparse_density"):
             index = torch.as_tensor(group.index.to_numpy(copy=True))
-            p = probability[index[:1]]                                                                   # (1, n)
-            u = torch.rand((1, config.eval_samples, n), generator=torch.Generator().manual_seed(config.seed + 99))
-            x = torch.where(u < p.unsqueeze(1), u / p.unsqueeze(1), torch.zeros(()))                     # (1, N, n)
+            x = sample_features(config.eval_samples, probability[index[:1]],
+                                torch.Generator().manual_seed(config.seed + 99))                        # (1, N, n)
             with torch.no_grad():
                 sub = ToyModel(len(index), n, m)
                 sub.W.copy_(model.W[index]), sub.b.copy_(model.b[index])
