@@ -149,6 +149,19 @@ def attention_mlp_snr(params: pd.DataFrame) -> pd.Series:
     return matrices.groupby(["step", "kind"]).snr.mean().groupby("step").mean()
 
 
+def median_over_matrices(params: pd.DataFrame) -> pd.DataFrame:
+    """Step -> the median weight matrix's statistics (gradient RMS, weight RMS, √v̂, SNR: those present), over every
+    embedding, attention and MLP matrix of every layer. `params` needs a `name` column (the stored per-tensor rows)."""
+    kinds = params.name.map(lambda name: parameter_kind(name)[1])
+    columns = [c for c in ("grad_rms", "weight_rms", "sqrt_v_mean", "snr") if c in params.columns]
+    return params[kinds.isin(MATRIX_KINDS)].groupby("step")[columns].median()
+
+
+def growth(series: pd.Series, start: int) -> float:
+    """How many times larger a per-step series is at its last step than at `start`."""
+    return float(series.iloc[-1] / series[start])
+
+
 def optimizer_measurements(entry: RunEntry) -> dict:
     """Every number the optimizer-state page checks its predictions against."""
     params = param_frame(entry)
