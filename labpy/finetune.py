@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from .device import lab_device, model_device, to_device
 from .models.lab_lm import lm_loss, mean_loss
 from .train import TrainLog, TrainSpec, train
 from .validation import check_ranges, one_of, require
+
+if TYPE_CHECKING:
+    from .tasks.source_code import FinetuneData
 
 
 def make_eval_fn(eval_sets: Mapping[str, torch.Tensor], batch_size: int = 16
@@ -154,6 +158,7 @@ class FinetuneOutcome:
     log: TrainLog
     base_weights: dict[str, torch.Tensor]     # the targets' weights before training (full fine-tuning only)
     info: dict[str, object]
+    data: FinetuneData                        # the token splits and eval windows it trained and measured on
 
 
 def target_weights(model: torch.nn.Module, targets: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -211,7 +216,7 @@ def run_finetune(config: FinetuneConfig, work_dir: Path | None = None, progress:
     log = finetune(model, batch_fn, spec, data.eval_sets, work_dir=work_dir, progress=progress, desc=desc)
     info = {**data.info, "trainable_params": trainable_count(model),
             "total_params": sum(p.numel() for p in model.parameters())}
-    return FinetuneOutcome(model, log, base, info)
+    return FinetuneOutcome(model, log, base, info, data)
 
 
 def loss_summary(log: TrainLog, names: Sequence[str] = ("source", "pydoc")) -> dict[str, float]:
