@@ -12,8 +12,11 @@ from labpy.experiments.lora_rank import CPU_BASE
 def test_first_stage_is_lora_ranks_full_finetuning():
     from labpy.experiments.registry import get_experiment
 
-    config = get_experiment("forgetting_recovery").configs("cpu")["full-lr1e-3"]
+    configs = get_experiment("forgetting_recovery").configs("cpu")
+    config = configs["full-lr1e-3"]
     assert config.finetune() == get_experiment("lora_rank").configs("cpu")["full_lr0.001"]
+    assert configs["recover-lr1e-4"].finetune() == config.finetune()           # only the recovery differs
+    assert configs["recover-lr1e-4"].recover_lr == 1e-4
     assert config.finetune().rank == 0 and config.finetune().steps == CPU_BASE.steps
     with pytest.raises(ValueError, match="recover_lr"):
         ForgettingRecoveryConfig(recover_lr=0)

@@ -96,8 +96,12 @@ register(Experiment(
     config_type=ForgettingRecoveryConfig,
     scales={"smoke": {"full-lr1e-3": ForgettingRecoveryConfig(recover_steps=8, recover_eval_every=2, recover_warmup=1,
                                                               smoke=True)},
-            "cpu": {"full-lr1e-3": ForgettingRecoveryConfig()}},
+            "cpu": {"full-lr1e-3": ForgettingRecoveryConfig(),
+                    # a rate that should leave the base model unharmed, for three times as many steps
+                    "recover-lr1e-4": ForgettingRecoveryConfig(recover_steps=300, recover_lr=1e-4,
+                                                               recover_eval_every=10)}},
     run=run,
-    description="lora_rank's full fine-tuning at lr 1e-3, then 100 steps on pydoc: how fast the forgotten loss comes "
-                "back, whether the code skill stays, whether the weights walk back; the base given the same steps.",
+    description="lora_rank's full fine-tuning at lr 1e-3, then steps on pydoc (100 at 1e-3, 300 at 1e-4): how fast the "
+                "forgotten loss comes back, whether the code skill stays, whether the weights walk back; the base given "
+                "the same steps.",
 ))
