@@ -324,3 +324,21 @@ def test_a_config_that_cannot_be_matched_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"MLPNeuronsConfig.task = 'mnist' is out of range; it must be one of: "
                                           r"digits, xor"):
         MLPNeuronsConfig(task="mnist")
+
+
+def test_dead_over_training_matches_train_snapshots_and_the_front_layer_starts_as_the_identity():
+    from labpy.toy.mlp import dead_over_training
+
+    split = digit_pair(1, 7, 0.3, 0)
+    seeds, steps = [0, 1, 2], [0, 5, 40]
+    plain, plain_accuracy = dead_over_training([split] * 3, 16, 0.01, seeds, steps)
+    snapshots = train_snapshots([split] * 3, 16, 0.01, seeds, steps)
+    for k in steps:
+        by_hand = np.stack([((m.pre(split.x_train) > 0).sum(0) == 0).detach().numpy() for m in snapshots[k]])
+        assert np.array_equal(plain[k], by_hand)
+    final = snapshots[40]
+    assert plain_accuracy.tolist() == pytest.approx(
+        [float((m(split.x_test).argmax(1) == split.y_test).float().mean()) for m in final], abs=1e-6)
+    fronted, _ = dead_over_training([split] * 3, 16, 0.01, seeds, steps, front=True)
+    assert np.array_equal(fronted[0], plain[0])                    # the identity front: the same models at the start
+    assert plain[40].sum() > 0 and not np.array_equal(fronted[40], plain[40])

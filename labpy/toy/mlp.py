@@ -108,25 +108,42 @@ class _StackedMLPs:
     """M models of one shape as stacked parameters, model k from `initial_model(…, seeds[k])` with `splits[k]`'s
     training points: w_in (M, H, n_in), b_in (M, H), w_out (M, n_out, H), b_out (M, n_out)."""
 
-    def __init__(self, splits: list[Split], n_hidden: int, seeds: list[int], negative_slope: float) -> None:
+    def __init__(self, splits: list[Split], n_hidden: int, seeds: list[int], negative_slope: float,
+                 front: bool = False) -> None:
         if len(splits) != len(seeds):
             raise ValueError(f"{len(splits)} splits and {len(seeds)} seeds: give one split per seed")
         inits = [initial_model(splits[0].n_inputs, n_hidden, s) for s in seeds]
         self.params = [nn.Parameter(torch.stack([getattr(getattr(m, layer), kind).detach() for m in inits]))
                        for layer in ("w_in", "w_out") for kind in ("weight", "bias")]
-        self.splits, self.n_hidden, self.negative_slope = splits, n_hidden, negative_slope
+        if front:   # a learned linear layer before w_in, started at the identity: the same model until it learns
+            n_in = splits[0].n_inputs
+            self.params += [nn.Parameter(torch.eye(n_in).repeat(len(seeds), 1, 1)),      # (M, n_in, n_in)
+                            nn.Parameter(torch.zeros(len(seeds), n_in))]                  # (M, n_in)
+        self.splits, self.n_hidden, self.negative_slope, self.front = splits, n_hidden, negative_slope, front
         self.x = torch.stack([sp.x_train for sp in splits])                  # (M, N, n_in)
         self.y = torch.stack([sp.y_train for sp in splits])                  # (M, N)
 
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, N, n_in) inputs -> (M, N, H) pre-activations of the hidden layer, through the front layer if any."""
+        w_in, b_in = self.params[0], self.params[1]
+        if self.front:
+            x = torch.baddbmm(self.params[5].unsqueeze(1), x, self.params[4].transpose(1, 2))
+        return torch.baddbmm(b_in.unsqueeze(1), x, w_in.transpose(1, 2))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, N, n_in) -> (M, N, n_out)."""
+        w_out, b_out = self.params[2], self.params[3]
+        hidden = F.leaky_relu(self.pre(x), self.negative_slope)
+        return torch.baddbmm(b_out.unsqueeze(1), hidden, w_out.transpose(1, 2))
+
     def losses(self) -> torch.Tensor:
         """(M,) each model's mean cross-entropy on its own training points."""
-        w_in, b_in, w_out, b_out = self.params
-        hidden = F.leaky_relu(torch.baddbmm(b_in.unsqueeze(1), self.x, w_in.transpose(1, 2)), self.negative_slope)
-        logits = torch.baddbmm(b_out.unsqueeze(1), hidden, w_out.transpose(1, 2))      # (M, N, n_out)
-        return F.cross_entropy(logits.transpose(1, 2), self.y, reduction="none").mean(1)
+        return F.cross_entropy(self.logits(self.x).transpose(1, 2), self.y, reduction="none").mean(1)
 
     def models(self) -> list[MLP]:
         """The M models as they stand, each an `MLP` of its own (copies, in eval mode)."""
+        if self.front:
+            raise ValueError("models with a front layer are not `MLP`s; read them through pre() and logits()")
         w_in, b_in, w_out, b_out = (p.detach().clone() for p in self.params)
         out = []
         for k, sp in enumerate(self.splits):
@@ -190,6 +207,30 @@ def train_snapshots(splits: list[Split], n_hidden: int, lr: float, seeds: list[i
         stack = _StackedMLPs(splits, n_hidden, seeds, negative_slope)
         return {k: stack.models() for k in _train_stacked(stack, max(wanted), lr, warmup_steps, optimizer, eps)
                 if k in wanted}
+
+
+def dead_over_training(splits: list[Split], n_hidden: int, lr: float, seeds: list[int], at_steps: Iterable[int],
+                       front: bool = False) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Train like `train_many` (Adam, full batch), optionally with a learned linear layer in front of the hidden one
+    (started at the identity, so both start as the same model); return each step count's dead masks (M, H) — a
+    neuron is dead when its pre-activation is above 0 on none of its model's training points — and the final test
+    accuracies (M,).
+
+    Why the front layer: a dead neuron of `MLP` reads fixed pixels, so nothing can move its input back above zero;
+    in front of a learned layer its input keeps moving while the other neurons learn."""
+    wanted = set(at_steps)
+    x_test = torch.stack([sp.x_test for sp in splits])                     # (M, N_test, n_in)
+    y_test = torch.stack([sp.y_test for sp in splits])                     # (M, N_test)
+    with one_thread():
+        stack = _StackedMLPs(splits, n_hidden, seeds, 0.0, front=front)
+        masks = {}
+        for k in _train_stacked(stack, max(wanted), lr, 0, "adam", 1e-8):
+            if k in wanted:
+                with torch.no_grad():
+                    masks[k] = ((stack.pre(stack.x) > 0).sum(1) == 0).numpy()             # (M, H)
+        with torch.no_grad():
+            accuracy = (stack.logits(x_test).argmax(-1) == y_test).float().mean(1).numpy()
+    return masks, accuracy
 
 
 @torch.no_grad()
