@@ -342,3 +342,20 @@ def test_dead_over_training_matches_train_snapshots_and_the_front_layer_starts_a
     fronted, _ = dead_over_training([split] * 3, 16, 0.01, seeds, steps, front=True)
     assert np.array_equal(fronted[0], plain[0])                    # the identity front: the same models at the start
     assert plain[40].sum() > 0 and not np.array_equal(fronted[40], plain[40])
+
+
+def test_all_digits_split_and_ten_class_models_share_the_pair_models_input_weights():
+    from labpy.tasks.digits import all_digits
+    from labpy.toy.mlp import dead_over_training
+
+    split = all_digits(0.3, 0)
+    assert split.classes == tuple("0123456789") and set(split.y_train.tolist()) == set(range(10))
+    assert len(split.y_train) + len(split.y_test) == 1797                     # sklearn's digits, every image
+    counts = np.bincount(split.y_test.numpy(), minlength=10)
+    assert counts.min() >= 50 and counts.max() <= 56                          # stratified: about 54 of each
+    pair = digit_pair(1, 7, 0.3, 0)
+    ten, two = initial_model(64, 16, 3, 10), initial_model(64, 16, 3)
+    assert torch.equal(ten.w_in.weight, two.w_in.weight) and ten.w_out.weight.shape == (10, 16)
+    masks, accuracy = dead_over_training([split] * 2, 16, 0.01, [0, 1], [0, 20])
+    assert masks[20].shape == (2, 16) and 0.5 < accuracy.min() <= 1          # ten classes learned well past chance
+    assert pair.classes == ("1", "7")

@@ -28,10 +28,10 @@ class Split:
     """A labelled train/test split; `classes[k]` names label k (e.g. ("1", "7"))."""
 
     x_train: torch.Tensor          # (N_train, D) float32
-    y_train: torch.Tensor          # (N_train,) long, 0 or 1
+    y_train: torch.Tensor          # (N_train,) long, the index of the class in `classes`
     x_test: torch.Tensor           # (N_test, D)
     y_test: torch.Tensor           # (N_test,)
-    classes: tuple[str, str]
+    classes: tuple[str, ...]       # two for the pairs and XOR, ten for `all_digits`
 
     @property
     def n_inputs(self) -> int:
@@ -47,6 +47,16 @@ def digit_pair(a: int = 1, b: int = 7, test_share: float = 0.3, seed: int = 0) -
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_share, stratify=y, random_state=seed)
     return Split(torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te),
                  (str(a), str(b)))
+
+
+def all_digits(test_share: float = 0.3, seed: int = 0) -> Split:
+    """Every image, labelled with its digit (0–9), scaled as `digit_pair` scales them, stratified split by `seed`."""
+    digits = load_digits()
+    x = digits.data.astype(np.float32) / 16.0                        # (N, 64)
+    y = digits.target.astype(np.int64)                                # (N,)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_share, stratify=y, random_state=seed)
+    return Split(torch.from_numpy(x_tr), torch.from_numpy(y_tr), torch.from_numpy(x_te), torch.from_numpy(y_te),
+                 tuple(str(d) for d in range(10)))
 
 
 def other_digits(exclude: tuple[int, ...] = (1, 7)) -> tuple[torch.Tensor, np.ndarray]:

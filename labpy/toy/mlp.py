@@ -112,7 +112,7 @@ class _StackedMLPs:
                  front: bool = False) -> None:
         if len(splits) != len(seeds):
             raise ValueError(f"{len(splits)} splits and {len(seeds)} seeds: give one split per seed")
-        inits = [initial_model(splits[0].n_inputs, n_hidden, s) for s in seeds]
+        inits = [initial_model(splits[0].n_inputs, n_hidden, s, len(splits[0].classes)) for s in seeds]
         self.params = [nn.Parameter(torch.stack([getattr(getattr(m, layer), kind).detach() for m in inits]))
                        for layer in ("w_in", "w_out") for kind in ("weight", "bias")]
         if front:   # a learned linear layer before w_in, started at the identity: the same model until it learns
