@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from labpy.experiments.lab_lm_analysis import MATRIX_KINDS, parameter_kind
+from labpy.models.lab_lm import MATRIX_KINDS, parameter_kind
 from labpy.experiments.registry import RunContext, get_experiment
 from labpy.experiments.sharpness import curvature_rows, dot, hessian_vector_product, top_eigenvalue
 from labpy.models.lab_lm import lm_loss

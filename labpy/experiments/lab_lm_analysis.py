@@ -11,7 +11,7 @@ import math
 import pandas as pd
 import torch
 
-from ..models.lab_lm import load_lab_lm, per_token_loss
+from ..models.lab_lm import MATRIX_KINDS, load_lab_lm, parameter_kind, per_token_loss
 from ..store import RunEntry
 from ..tasks.corpus import (EOS, VAL_FRACTION, encode, eval_windows, kinds_in_context, pydoc_text, split_ids,
                             stdlib_docstrings)
@@ -105,22 +105,6 @@ def loss_measurements(entry: RunEntry, per_token: pd.DataFrame) -> dict:
 
 # ---- optimizer-state analysis ----
 
-def parameter_kind(name: str) -> tuple[str, str]:
-    """(layer, kind) of a Qwen2 parameter name: ('2', 'q_proj.weight'), ('embed', 'embedding'), ('final', 'norm')."""
-    parts = name.split(".")
-    if "embed_tokens" in parts:
-        return "embed", "embedding"
-    if name == "model.norm.weight":
-        return "final", "norm"
-    if "layers" in parts:
-        i = parts.index("layers")
-        layer, rest = parts[i + 1], parts[i + 2:]
-        module = rest[-2]
-        kind = "norm" if module.endswith("layernorm") else module
-        return layer, f"{kind}.{rest[-1]}" if rest[-1] == "bias" else kind
-    return "other", name
-
-
 def param_frame(entry: RunEntry) -> pd.DataFrame:
     """The stored per-tensor statistics with layer and kind columns (kind 'q_proj', 'q_proj.bias', 'norm', ...)."""
     frame = entry.table("param_stats")
@@ -137,9 +121,6 @@ def noise_floor_snr(beta1: float = 0.9) -> float:
 def token_frame(entry: RunEntry) -> pd.DataFrame:
     """Per-embedding-row Adam statistics at the stored steps, with each token's training count and band."""
     return entry.table("token_stats").merge(entry.table("tokens"), on="token")
-
-
-MATRIX_KINDS = ("embedding", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def attention_mlp_snr(params: pd.DataFrame) -> pd.Series:

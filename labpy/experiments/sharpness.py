@@ -23,13 +23,12 @@ import pandas as pd
 import torch
 
 from ..device import lab_device, to_device
-from ..models.lab_lm import build_lab_lm, lm_loss, mean_loss
+from ..models.lab_lm import MATRIX_KINDS, build_lab_lm, lm_loss, mean_loss, parameter_kind
 from ..store import RunResult
 from ..tasks.corpus import eval_windows
 from ..train import StatsContext, train
 from ..validation import POSITIVE_INT, check_ranges
 from .lab_lm import SMOKE, LabLMConfig, build_corpus, train_batches, train_spec
-from .lab_lm_analysis import MATRIX_KINDS, parameter_kind
 from .registry import Experiment, RunContext, register
 
 

@@ -131,3 +131,24 @@ def hf_copy_dir(entry: RunEntry, cache_root: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# ---- naming the model's parameters (the optimizer-state page and the experiments that retrain the lab LM) ----
+
+MATRIX_KINDS = ("embedding", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def parameter_kind(name: str) -> tuple[str, str]:
+    """(layer, kind) of a Qwen2 parameter name: ('2', 'q_proj.weight'), ('embed', 'embedding'), ('final', 'norm')."""
+    parts = name.split(".")
+    if "embed_tokens" in parts:
+        return "embed", "embedding"
+    if name == "model.norm.weight":
+        return "final", "norm"
+    if "layers" in parts:
+        i = parts.index("layers")
+        layer, rest = parts[i + 1], parts[i + 2:]
+        module = rest[-2]
+        kind = "norm" if module.endswith("layernorm") else module
+        return layer, f"{kind}.{rest[-1]}" if rest[-1] == "bias" else kind
+    return "other", name
