@@ -13,13 +13,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..device import lab_device, to_device
-from ..models.lab_lm import build_lab_lm, lm_loss, mean_loss
+from ..models.lab_lm import lm_loss, mean_loss
 from ..store import RunResult
-from ..tasks.corpus import eval_windows
 from ..train import train
 from ..validation import check_ranges, number_between
-from .lab_lm import SMOKE, LabLMConfig, build_corpus, train_batches, train_spec
+from .lab_lm import SMOKE, LabLMConfig, retraining, train_batches, train_spec
 from .registry import Experiment, RunContext, register
 
 
@@ -38,15 +36,13 @@ class AdamBeta2Config:
 
 def run(config: AdamBeta2Config, ctx: RunContext) -> RunResult:
     lab = config.lab_lm()
-    corpus = build_corpus(lab)
-    model = build_lab_lm(lab.hf_config(), lab.seed)
-    device = lab_device()
-    val = to_device(eval_windows(corpus.val, lab.seq_len, lab.eval_tokens), device)        # (N, T + 1)
+    again = retraining(lab)
+    model, val = again.model, again.val
     spec = train_spec(lab)
     spec = dataclasses.replace(spec, betas=(spec.betas[0], config.beta2))
-    log = train(model, train_batches(lab, corpus), lm_loss, spec, eval_fn=lambda m: {"val_loss": mean_loss(m, val)},
-                work_dir=ctx.work_dir, progress=ctx.progress, desc=f"adam_beta2 {ctx.label}", param_stats=True,
-                device=device)
+    log = train(model, train_batches(lab, again.corpus), lm_loss, spec,
+                eval_fn=lambda m: {"val_loss": mean_loss(m, val)}, work_dir=ctx.work_dir, progress=ctx.progress,
+                desc=f"adam_beta2 {ctx.label}", param_stats=True, device=again.device)
     summary = {"betas": list(spec.betas), "final_val_loss": float(log.evals.val_loss.iloc[-1]),
                "n_params": sum(p.numel() for p in model.parameters())}
     return RunResult(tables={"steps": log.steps, "evals": log.evals, "param_stats": log.param_stats},

@@ -18,13 +18,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..device import lab_device, to_device
-from ..models.lab_lm import MATRIX_KINDS, build_lab_lm, lm_loss, mean_loss, parameter_kind
+from ..models.lab_lm import MATRIX_KINDS, lm_loss, mean_loss, parameter_kind
 from ..store import RunResult
-from ..tasks.corpus import eval_windows
 from ..train import train
 from ..validation import check_ranges, one_of
-from .lab_lm import SMOKE, LabLMConfig, build_corpus, train_batches, train_spec
+from .lab_lm import SMOKE, LabLMConfig, retraining, train_batches, train_spec
 from .registry import Experiment, RunContext, register
 
 KEPT_COLUMNS = ["step", "name", "weight_rms", "grad_rms", "snr"]
@@ -54,13 +52,11 @@ def matrix_stats(param_stats: pd.DataFrame) -> pd.DataFrame:
 
 def run(config: GradientGrowthConfig, ctx: RunContext) -> RunResult:
     lab = config.lab_lm()
-    corpus = build_corpus(lab)
-    model = build_lab_lm(lab.hf_config(), lab.seed)
-    device = lab_device()
-    val = to_device(eval_windows(corpus.val, lab.seq_len, lab.eval_tokens), device)        # (N, T + 1)
-    log = train(model, train_batches(lab, corpus), lm_loss, train_spec(lab),
+    again = retraining(lab)
+    val = again.val
+    log = train(again.model, train_batches(lab, again.corpus), lm_loss, train_spec(lab),
                 eval_fn=lambda m: {"val_loss": mean_loss(m, val)}, work_dir=ctx.work_dir, progress=ctx.progress,
-                desc=f"gradient_growth {ctx.label}", param_stats=True, device=device)
+                desc=f"gradient_growth {ctx.label}", param_stats=True, device=again.device)
     summary = {"schedule": lab.schedule, "weight_decay": lab.weight_decay,
                "final_val_loss": float(log.evals.val_loss.iloc[-1])}
     every_tenth = log.steps[log.steps.step % 10 == 0]     # the unclipped total gradient norm, thinned for the store

@@ -150,6 +150,25 @@ def train_batches(config: LabLMConfig, corpus: Corpus):
     return lm_batch_fn(corpus.train, config.batch_size, config.seq_len, config.seed)
 
 
+@dataclass
+class Retraining:
+    """What an experiment that trains the lab LM again needs before its first step."""
+    corpus: Corpus
+    model: torch.nn.Module            # freshly initialised from the config's seed: the stored run's starting point
+    device: torch.device
+    val: torch.Tensor                 # (N, seq_len + 1) held-out windows, on `device`
+
+
+def retraining(config: LabLMConfig) -> Retraining:
+    """The corpus, the initial model and the held-out windows, exactly as `run` builds them (`adam_beta2`,
+    `gradient_growth` and `sharpness` train the lab LM again with one thing changed or measured)."""
+    corpus = build_corpus(config)
+    model = build_lab_lm(config.hf_config(), config.seed)
+    device = lab_device()
+    return Retraining(corpus, model, device, to_device(eval_windows(corpus.val, config.seq_len, config.eval_tokens),
+                                                      device))
+
+
 def run(config: LabLMConfig, ctx: RunContext) -> RunResult:
     corpus = build_corpus(config)
     tokens = token_table(corpus)

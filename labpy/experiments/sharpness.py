@@ -19,16 +19,13 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 
-from ..device import lab_device, to_device
-from ..models.lab_lm import MATRIX_KINDS, build_lab_lm, lm_loss, mean_loss, parameter_kind
+from ..models.lab_lm import MATRIX_KINDS, lm_loss, mean_loss, parameter_kind
 from ..store import RunResult
-from ..tasks.corpus import eval_windows
 from ..train import StatsContext, train
 from ..validation import POSITIVE_INT, check_ranges
-from .lab_lm import SMOKE, LabLMConfig, build_corpus, train_batches, train_spec
+from .lab_lm import SMOKE, LabLMConfig, retraining, train_batches, train_spec
 from .registry import Experiment, RunContext, register
 
 
@@ -108,10 +105,8 @@ def curvature_rows(model: torch.nn.Module, batch: torch.Tensor, iterations: int,
 
 def run(config: SharpnessConfig, ctx: RunContext) -> RunResult:
     lab = config.lab_lm()
-    corpus = build_corpus(lab)
-    model = build_lab_lm(lab.hf_config(), lab.seed)
-    device = lab_device()
-    val = to_device(eval_windows(corpus.val, lab.seq_len, lab.eval_tokens), device)        # (N, T + 1)
+    again = retraining(lab)
+    val = again.val
     batch = val[:config.windows]                                                          # the fixed batch
     wanted = set(config.measure_at)
 
@@ -120,9 +115,9 @@ def run(config: SharpnessConfig, ctx: RunContext) -> RunResult:
             return []
         return curvature_rows(ctx_.model, batch, config.power_iterations, seed=lab.seed)
 
-    log = train(model, train_batches(lab, corpus), lm_loss, train_spec(lab),
+    log = train(again.model, train_batches(lab, again.corpus), lm_loss, train_spec(lab),
                 eval_fn=lambda m: {"val_loss": mean_loss(m, val)}, work_dir=ctx.work_dir, progress=ctx.progress,
-                desc=f"sharpness {ctx.label}", stats_fn=stats, device=device)
+                desc=f"sharpness {ctx.label}", stats_fn=stats, device=again.device)
     summary = {"final_val_loss": float(log.evals.val_loss.iloc[-1]), "measured_steps": sorted(wanted)}
     return RunResult(tables={"curvature": log.custom_stats, "evals": log.evals[["step", "val_loss"]]},
                      summary=summary, seed=lab.seed)
