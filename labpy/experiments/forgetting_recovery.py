@@ -3,10 +3,10 @@ pydoc again.
 
 Stage 1 repeats `lora_rank`'s full fine-tuning at lr 1e-3 (every parameter, 300 steps on stdlib source), the run that
 forgot most among those at the learning rate the lab LM's pages use: its held-out pydoc loss rises by well over a
-nat. Stage 2 trains the fine-tuned model on the lab LM's own pydoc training split for a few dozen steps, with
-the held-out pydoc and source losses measured every few steps. If the knowledge were gone, getting it back would
-cost something like the pretraining that put it there; if it is masked, a few steps should bring it back, and the
-new skill need not go. Two more measurements make the reading concrete: the same pydoc steps given to the base
+nat. Stage 2 trains the fine-tuned model on the lab LM's own pydoc training split (100 steps at the fine-tuning's
+rate, or 300 at a tenth of it), with the held-out pydoc and source losses measured every few steps. If the
+knowledge were gone, getting it back would cost something like the pretraining that put it there; if it is masked,
+a few steps should bring it back, and the new skill need not go. Two more measurements make the reading concrete: the same pydoc steps given to the base
 model (what extra pydoc training does to a model that forgot nothing), and the distances of the three weight sets
 (base, fine-tuned, recovered) from one another: does recovery walk back toward the base?
 """

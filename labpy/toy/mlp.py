@@ -106,7 +106,8 @@ def train_mlp(split: Split, n_hidden: int, steps: int, lr: float, seed: int, wei
 
 class _StackedMLPs:
     """M models of one shape as stacked parameters, model k from `initial_model(…, seeds[k])` with `splits[k]`'s
-    training points: w_in (M, H, n_in), b_in (M, H), w_out (M, n_out, H), b_out (M, n_out)."""
+    training points: w_in (M, H, n_in), b_in (M, H), w_out (M, n_out, H), b_out (M, n_out), and with `front` a
+    learned linear layer before w_in: (M, n_in, n_in) started at the identity, (M, n_in) at zero."""
 
     def __init__(self, splits: list[Split], n_hidden: int, seeds: list[int], negative_slope: float,
                  front: bool = False) -> None:
