@@ -49,3 +49,18 @@ def curves(*runs: StoredRuns) -> pd.DataFrame:
                                             "loss": e[f"loss_{domain}"],
                                             "change": e[f"loss_{domain}"] - e[f"loss_{domain}"].iloc[0]}))
     return pd.concat(frames, ignore_index=True)
+
+
+def update_norms(runs: StoredRuns) -> pd.DataFrame:
+    """One row per LoRA run: its rank, LR and the total size of its update, √(Σ ‖ΔW‖²) over every adapted matrix
+    (ΔW rebuilt from the stored adapters). Full fine-tuning runs are left out: they store only the attention
+    matrices' ΔW, not the rest of what they changed."""
+    from .lora_rank_analysis import stored_deltas
+
+    rows = []
+    for label, entry in runs.entries.items():
+        if entry.config.rank == 0:
+            continue
+        squares = sum(float(delta.float().pow(2).sum()) for delta in stored_deltas(entry).values())
+        rows.append({"run": label, "rank": entry.config.rank, "lr": entry.config.lr, "update_norm": squares ** 0.5})
+    return pd.DataFrame(rows)
