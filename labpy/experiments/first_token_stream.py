@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ..interp.hf_hooks import HookInfo, decoder_parts, run_with_cache
+from ..interp.hf_hooks import decoder_parts, run_with_cache
 from ..models.lm import load_lm
 from ..store import RunResult
 from ..tasks.source_code import prose_and_code_windows
 from ..validation import check_ranges, one_of
 from .ffn_neurons import KINDS, token_losses
-from .massive_neuron import sink_share
+from .massive_neuron import sink_share, zero_at
 from .registry import Experiment, RunContext, register
 
 
@@ -46,11 +46,7 @@ class FirstTokenConfig:
 
 def zero_write(positions: slice):
     """A `hook_mlp_out` (or `hook_attn_out`) function that removes the block's write at the given positions."""
-    def hook(write: torch.Tensor, info: HookInfo) -> torch.Tensor:
-        write = write.clone()
-        write[:, positions] = 0
-        return write
-    return hook
+    return zero_at(None, positions)
 
 
 KNOCKOUTS = {"position 0": slice(0, 1), "positions 1..": slice(1, None)}

@@ -48,12 +48,16 @@ class MassiveNeuronConfig:
                      rules={"model": one_of("smollm2-135m", "lab-lm", "lab-lm:smoke")})
 
 
-def zero_at(index: int, positions: slice):
-    """A `mlp.hook_post` function that silences one neuron at the given positions."""
-    def hook(post: torch.Tensor, info: HookInfo) -> torch.Tensor:
-        post = post.clone()
-        post[:, positions, index] = 0
-        return post
+def zero_at(index: int | None, positions: slice):
+    """A hook function that zeroes one channel (`index`) of an activation, or all of it (None), at the given
+    positions: one neuron on `mlp.hook_post`, a block's whole write on `hook_mlp_out`."""
+    def hook(value: torch.Tensor, info: HookInfo) -> torch.Tensor:
+        value = value.clone()
+        if index is None:
+            value[:, positions] = 0
+        else:
+            value[:, positions, index] = 0
+        return value
     return hook
 
 

@@ -72,14 +72,13 @@ def top_eigenvalue(loss_grads: tuple[torch.Tensor, ...], params: list[torch.nn.P
 @contextlib.contextmanager
 def eager_attention(model: torch.nn.Module) -> Iterator[None]:
     """Plain-PyTorch attention while inside: CPU's fused attention kernel has no double backward, and Hessian-vector
-    products need one. Qwen2 reads the choice from its config at every forward pass, so training is untouched."""
-    config = model.config
-    before = config._attn_implementation
-    config._attn_implementation = "eager"
+    products need one. The model's own kernel is restored on the way out, so training is untouched."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")            # as attention_formation's eager twin does
     try:
         yield
     finally:
-        config._attn_implementation = before
+        model.set_attn_implementation(before)
 
 
 def curvature_rows(model: torch.nn.Module, batch: torch.Tensor, iterations: int, seed: int) -> list[dict]:
