@@ -1,0 +1,155 @@
+"""What SmolLM2's last MLP writes: a correction of the logit scale, a fixed token prior, or something that depends
+on the token and its context?
+
+The residual-stream page found the last MLP the loudest writer of the model and the largest single direct
+attribution to the correct next token. This experiment removes its write (zeroes the MLP's output; the final
+RMSNorm then sees the stream without it) and compares the next-token distributions with and without it on
+windows of prose and code, position 0 apart. Then it asks how much of the difference (the KL from the full
+model's distribution to the one without the MLP) simpler stand-ins win back:
+
+- **a temperature**: the ablated logits multiplied by the best factor for each position, found with the full
+  model's distribution known (an upper bound on what any rescaling of the logits can do);
+- **a fixed token prior**: the MLP's average effect on each vocabulary entry's centred logit, fit on the other
+  half of the windows and added back at every position;
+- **both**: the prior added, then the best temperature.
+
+The third leaves what is specific to the token and its context. The tables keep one row per kind and stand-in,
+and the tokens whose logits the prior raises and lowers most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..models.lm import load_lm
+from ..store import RunResult
+from ..tasks.source_code import prose_and_code_windows
+from ..validation import check_ranges, one_of
+from .registry import Experiment, RunContext, register
+
+MODELS = ("smollm2-135m", "lab-lm", "lab-lm:smoke")
+
+
+@dataclass(frozen=True)
+class LastMLPConfig:
+    model: str = "smollm2-135m"
+    n_windows: int = 16               # per kind; the token prior is fit on the first half, scored on the second
+    seq_len: int = 128
+    newton_steps: int = 30            # for each position's best temperature (the KL is convex in it)
+    top_tokens: int = 10              # tokens kept per direction in the prior table
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive_int=("n_windows", "seq_len", "newton_steps", "top_tokens"),
+                     rules={"model": one_of(*MODELS)})
+        if self.n_windows < 2:
+            raise ValueError(f"n_windows={self.n_windows}: the prior is fit on half the windows and scored on the "
+                             "other half; use n_windows >= 2")
+
+
+@contextmanager
+def without_mlp(model, layer: int) -> Iterator[None]:
+    """Inside: the MLP of `layer` writes zeros to the residual stream (everything after it sees the stream without
+    that write)."""
+    handle = model.model.layers[layer].mlp.register_forward_hook(lambda module, args, output: torch.zeros_like(output))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def logits_with_and_without(model, tokens: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens (B, T) -> full and ablated log-probabilities at positions 1..T-1 (position 0 is the sink token),
+    flattened: two (B·(T-1), V)."""
+    full = model(tokens).logits[:, 1:].float()
+    with without_mlp(model, layer):
+        ablated = model(tokens).logits[:, 1:].float()
+    return full.log_softmax(-1).flatten(0, 1), ablated.log_softmax(-1).flatten(0, 1)
+
+
+def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) per row, from log-probabilities (N, V) -> (N,)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def best_temperature(log_p: torch.Tensor, logits: torch.Tensor, steps: int) -> torch.Tensor:
+    """(N,) factors β minimising KL(p ‖ softmax(β·logits)) for each row, by Newton's method from β = 1.
+
+    The KL is convex in β: its derivative is E_q[ℓ] − E_p[ℓ] and its second derivative Var_q[ℓ], q = softmax(βℓ)."""
+    p = log_p.exp()
+    target = (p * logits).sum(-1)                                                       # E_p[ℓ]  (N,)
+    beta = torch.ones(logits.shape[0], dtype=logits.dtype)
+    for _ in range(steps):
+        q = (beta[:, None] * logits).softmax(-1)
+        mean = (q * logits).sum(-1)
+        var = (q * logits.pow(2)).sum(-1) - mean.pow(2)
+        beta = (beta - (mean - target) / var.clamp_min(1e-8)).clamp(0.05, 20.0)
+    return beta
+
+
+def stand_in_rows(full: torch.Tensor, ablated: torch.Tensor, prior: torch.Tensor, targets: torch.Tensor,
+                  steps: int) -> list[dict]:
+    """Per stand-in: the mean KL from the full model (nats), the loss on the true next tokens and the share of the
+    ablation's KL it wins back. full, ablated (N, V) log-probabilities; prior (V,) centred logit shift."""
+    with_prior = (ablated + prior).log_softmax(-1)
+    base = kl(full, ablated)
+    candidates = {"without the MLP": ablated,
+                  "a temperature": (best_temperature(full, ablated, steps)[:, None] * ablated).log_softmax(-1),
+                  "a fixed token prior": with_prior,
+                  "prior and temperature": (best_temperature(full, with_prior, steps)[:, None]
+                                            * with_prior).log_softmax(-1),
+                  "full model": full}
+    rows = []
+    for name, log_q in candidates.items():
+        divergence = kl(full, log_q)
+        rows.append({"stand_in": name, "kl": float(divergence.mean()),
+                     "loss": float(-log_q.gather(1, targets[:, None]).mean()),
+                     "kl_won_back": float(1 - divergence.mean() / base.mean()),
+                     "entropy": float(-(log_q.exp() * log_q).sum(-1).mean()),
+                     "top1_changed": float((log_q.argmax(-1) != full.argmax(-1)).float().mean())})
+    return rows
+
+
+def run(config: LastMLPConfig, ctx: RunContext) -> RunResult:
+    model, tokenizer = load_lm(config.model)
+    model.eval()
+    layer = model.config.num_hidden_layers - 1
+    half = config.n_windows // 2
+    rows, prior_rows = [], []
+    for kind, windows in prose_and_code_windows(tokenizer, config.n_windows, config.seq_len + 1).items():
+        fit, score = windows[:half], windows[half:]                                     # (n/2, T + 1) each
+        full_fit, ablated_fit = logits_with_and_without(model, fit[:, :-1], layer)
+        shift = full_fit - ablated_fit                                                  # (N, V) log-prob change
+        prior = (shift - shift.mean(-1, keepdim=True)).mean(0)                          # (V,) centred, averaged
+        del full_fit, ablated_fit, shift
+        full, ablated = logits_with_and_without(model, score[:, :-1], layer)
+        targets = score[:, 2:].flatten()                                # the next tokens of positions 1..T-1
+        rows += [{"kind": kind, **r} for r in stand_in_rows(full, ablated, prior, targets, config.newton_steps)]
+        order = prior.argsort()
+        for direction, ids in (("raised", order.flip(0)[:config.top_tokens]), ("lowered", order[:config.top_tokens])):
+            prior_rows += [{"kind": kind, "direction": direction, "rank": i + 1, "token": tokenizer.decode([t]),
+                            "shift": float(prior[t])} for i, t in enumerate(ids.tolist())]
+    summary = {"layer": layer, "n_layers": model.config.num_hidden_layers, "model": config.model}
+    return RunResult(tables={"stand_ins": pd.DataFrame(rows), "prior": pd.DataFrame(prior_rows)}, summary=summary,
+                     seed=0)
+
+
+register(Experiment(
+    name="last_mlp_role",
+    title="What SmolLM2's last MLP writes: a logit scale, a token prior, or something specific",
+    track="Representations",
+    page="experiments/residual-stream.qmd",
+    version=1,
+    config_type=LastMLPConfig,
+    scales={"smoke": {"lab-lm": LastMLPConfig(model="lab-lm:smoke", n_windows=4, seq_len=16, newton_steps=10)},
+            "cpu": {"smollm2": LastMLPConfig()}},
+    run=run,
+    description="The last MLP's write removed: KL and loss without it, and how much a per-position temperature, a "
+                "fixed token prior (fit on other windows) or both win back, on prose and code.",
+))
