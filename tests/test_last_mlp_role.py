@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from labpy.experiments.last_mlp_role import best_temperature, kl, stand_in_rows, without_mlp
+from labpy.experiments.last_mlp_role import best_temperature, kl, logits_with_and_without, stand_in_rows
 
 
 def test_best_temperature_matches_a_grid_search():
@@ -52,13 +52,14 @@ def test_run_zeroes_the_last_mlp_and_keeps_its_invariants(tmp_store):
     handles = [model.model.layers[layer].mlp.register_forward_hook(keep("mlp")),
                model.model.layers[layer].register_forward_hook(keep("block"))]
     with torch.no_grad():
-        model(tokens)
+        full_logits = model(tokens).logits
         for h in handles:
             h.remove()
-        with without_mlp(model, layer):
-            ablated = model(tokens, output_hidden_states=True).hidden_states[-1]     # after the final norm
-        by_hand = model.model.norm(seen["block"] - seen["mlp"])                      # the stream less the MLP's write
-    assert seen["mlp"].abs().max() > 1e-3 and torch.allclose(ablated, by_hand, atol=1e-5)
+        by_hand = model.lm_head(model.model.norm(seen["block"] - seen["mlp"]))     # the stream less the MLP's write
+    full, ablated = logits_with_and_without(model, tokens, layer)
+    assert seen["mlp"].abs().max() > 1e-3
+    assert torch.allclose(full, full_logits[0, 1:].log_softmax(-1), atol=1e-5)
+    assert torch.allclose(ablated, by_hand[0, 1:].log_softmax(-1), atol=1e-5)
     stand_ins = entry.table("stand_ins").set_index(["kind", "stand_in"])
     for kind in ("prose", "code"):
         mine = stand_ins.loc[kind]

@@ -19,18 +19,17 @@ and the tokens whose logits the prior raises and lowers most.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
+from ..interp.hf_hooks import run_with_hooks
 from ..models.lm import load_lm
 from ..store import RunResult
 from ..tasks.source_code import prose_and_code_windows
 from ..validation import check_ranges, one_of
+from .massive_neuron import zero_at
 from .registry import Experiment, RunContext, register
 
 MODELS = ("smollm2-135m", "lab-lm", "lab-lm:smoke")
@@ -52,25 +51,14 @@ class LastMLPConfig:
                              "other half; use n_windows >= 2")
 
 
-@contextmanager
-def without_mlp(model, layer: int) -> Iterator[None]:
-    """Inside: the MLP of `layer` writes zeros to the residual stream (everything after it sees the stream without
-    that write)."""
-    handle = model.model.layers[layer].mlp.register_forward_hook(lambda module, args, output: torch.zeros_like(output))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 @torch.no_grad()
 def logits_with_and_without(model, tokens: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """tokens (B, T) -> full and ablated log-probabilities at positions 1..T-1 (position 0 is the sink token),
-    flattened: two (B·(T-1), V)."""
+    flattened: two (B·(T-1), V). Ablated: the MLP of `layer` writes zeros to the residual stream, so everything
+    after it, the final norm included, sees the stream without that write."""
     full = model(tokens).logits[:, 1:].float()
-    with without_mlp(model, layer):
-        ablated = model(tokens).logits[:, 1:].float()
-    return full.log_softmax(-1).flatten(0, 1), ablated.log_softmax(-1).flatten(0, 1)
+    ablated = run_with_hooks(model, tokens, [(f"blocks.{layer}.hook_mlp_out", zero_at(None, slice(None)))])
+    return full.log_softmax(-1).flatten(0, 1), ablated[:, 1:].float().log_softmax(-1).flatten(0, 1)
 
 
 def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
