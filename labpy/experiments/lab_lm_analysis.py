@@ -177,3 +177,34 @@ def slowest_stretch(steps: pd.DataFrame, start: int, stop: int, window: int = 10
     slow, fast = fall[inside].idxmin(), fall[inside].idxmax()
     return {"step": float(steps.step[slow]), "fall": float(fall[slow]), "loss": float(smooth[slow]),
             "fastest_fall": float(fall[fast]), "fastest_step": float(steps.step[fast])}
+
+
+FACTORS = ("grad_rms", "input_size", "backward_size", "pairing", "coherence")
+
+# The weights "around" each kind of matrix, as the optimizer-state page's prediction names them: the norm gain
+# before it and the matrices its gradient is multiplied with (names relative to `model.layers.<l>.`).
+NEIGHBOURS = {
+    "q_proj": ("input_layernorm", "self_attn.k_proj"),                 # read through the gain, scored against keys
+    "k_proj": ("input_layernorm", "self_attn.q_proj"),
+    "v_proj": ("input_layernorm", "self_attn.o_proj"),                 # read through the attention output
+    "o_proj": ("self_attn.v_proj",),                                    # reads the values
+    "gate_proj": ("post_attention_layernorm", "mlp.up_proj", "mlp.down_proj"),
+    "up_proj": ("post_attention_layernorm", "mlp.gate_proj", "mlp.down_proj"),
+    "down_proj": ("post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj"),
+}
+
+
+def factor_growth(factors: pd.DataFrame, start: int) -> pd.DataFrame:
+    """(layer, kind) -> how many times each of `gradient_sources`' factors (and the gradient they multiply out to)
+    is larger at the last measured step than at `start`."""
+    by_step = factors.set_index(["step", "layer", "kind"])[list(FACTORS)]
+    return by_step.loc[factors.step.max()] / by_step.loc[start]
+
+
+def neighbour_growth(weights: pd.DataFrame, start: int) -> pd.Series:
+    """(layer, kind) -> the product of the weight-RMS growths of the matrix's `NEIGHBOURS`, from `start` to the end."""
+    rms = weights.pivot(index="name", columns="step", values="weight_rms")
+    grown = rms[rms.columns.max()] / rms[start]
+    layers = sorted({int(n.split(".")[2]) for n in rms.index if n.startswith("model.layers.")})
+    return pd.Series({(layer, kind): math.prod(grown[f"model.layers.{layer}.{n}.weight"] for n in names)
+                      for layer in layers for kind, names in NEIGHBOURS.items()}).rename_axis(["layer", "kind"])

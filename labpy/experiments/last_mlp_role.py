@@ -14,7 +14,8 @@ model's distribution to the one without the MLP) simpler stand-ins win back:
 - **both**: the prior added, then the best temperature.
 
 The third leaves what is specific to the token and its context. The tables keep one row per kind and stand-in,
-and the tokens whose logits the prior raises and lowers most.
+and, among the tokens the full model predicts first somewhere in the fitting windows, those whose logits the prior
+raises and lowers most (over the whole vocabulary, the largest shifts fall on word fragments no position expects).
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ class LastMLPConfig:
     model: str = "smollm2-135m"
     n_windows: int = 16               # per kind; the token prior is fit on the first half, scored on the second
     seq_len: int = 128
-    newton_steps: int = 30            # for each position's best temperature (the KL is convex in it)
+    bisection_steps: int = 30         # for each position's best temperature (the KL is convex in it)
     top_tokens: int = 10              # tokens kept per direction in the prior table
 
     def __post_init__(self) -> None:
-        check_ranges(self, positive_int=("n_windows", "seq_len", "newton_steps", "top_tokens"),
+        check_ranges(self, positive_int=("n_windows", "seq_len", "bisection_steps", "top_tokens"),
                      rules={"model": one_of(*MODELS)})
         if self.n_windows < 2:
             raise ValueError(f"n_windows={self.n_windows}: the prior is fit on half the windows and scored on the "
@@ -66,19 +67,20 @@ def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-def best_temperature(log_p: torch.Tensor, logits: torch.Tensor, steps: int) -> torch.Tensor:
-    """(N,) factors β minimising KL(p ‖ softmax(β·logits)) for each row, by Newton's method from β = 1.
+def best_temperature(log_p: torch.Tensor, logits: torch.Tensor, steps: int, largest: float = 50.0) -> torch.Tensor:
+    """(N,) factors β in [0, `largest`] minimising KL(p ‖ softmax(β·logits)) for each row, by bisection.
 
-    The KL is convex in β: its derivative is E_q[ℓ] − E_p[ℓ] and its second derivative Var_q[ℓ], q = softmax(βℓ)."""
-    p = log_p.exp()
-    target = (p * logits).sum(-1)                                                       # E_p[ℓ]  (N,)
-    beta = torch.ones(logits.shape[0], dtype=logits.dtype)
+    The KL is convex in β: its derivative E_q[ℓ] − E_p[ℓ] (q = softmax(βℓ)) rises with β, so halving the bracket
+    around its zero `steps` times finds the minimum to within largest / 2^steps. (Newton's method from β = 1
+    overshoots on real logits, whose KL is far from quadratic in β.)"""
+    target = (log_p.exp() * logits).sum(-1)                                             # E_p[ℓ]  (N,)
+    low = torch.zeros(logits.shape[0], dtype=logits.dtype)
+    high = torch.full_like(low, largest)
     for _ in range(steps):
-        q = (beta[:, None] * logits).softmax(-1)
-        mean = (q * logits).sum(-1)
-        var = (q * logits.pow(2)).sum(-1) - mean.pow(2)
-        beta = (beta - (mean - target) / var.clamp_min(1e-8)).clamp(0.05, 20.0)
-    return beta
+        beta = (low + high) / 2
+        rising = ((beta[:, None] * logits).softmax(-1) * logits).sum(-1) > target        # past the minimum
+        high, low = torch.where(rising, beta, high), torch.where(rising, low, beta)
+    return (low + high) / 2
 
 
 def stand_in_rows(full: torch.Tensor, ablated: torch.Tensor, prior: torch.Tensor, targets: torch.Tensor,
@@ -115,11 +117,12 @@ def run(config: LastMLPConfig, ctx: RunContext) -> RunResult:
         full_fit, ablated_fit = logits_with_and_without(model, fit[:, :-1], layer)
         shift = full_fit - ablated_fit                                                  # (N, V) log-prob change
         prior = (shift - shift.mean(-1, keepdim=True)).mean(0)                          # (V,) centred, averaged
+        likely = full_fit.argmax(-1).unique()                   # tokens the full model predicts somewhere
         del full_fit, ablated_fit, shift
         full, ablated = logits_with_and_without(model, score[:, :-1], layer)
         targets = score[:, 2:].flatten()                                # the next tokens of positions 1..T-1
-        rows += [{"kind": kind, **r} for r in stand_in_rows(full, ablated, prior, targets, config.newton_steps)]
-        order = prior.argsort()
+        rows += [{"kind": kind, **r} for r in stand_in_rows(full, ablated, prior, targets, config.bisection_steps)]
+        order = likely[prior[likely].argsort()]                                         # likely tokens, by shift
         for direction, ids in (("raised", order.flip(0)[:config.top_tokens]), ("lowered", order[:config.top_tokens])):
             prior_rows += [{"kind": kind, "direction": direction, "rank": i + 1, "token": tokenizer.decode([t]),
                             "shift": float(prior[t])} for i, t in enumerate(ids.tolist())]
@@ -135,7 +138,7 @@ register(Experiment(
     page="experiments/residual-stream.qmd",
     version=1,
     config_type=LastMLPConfig,
-    scales={"smoke": {"lab-lm": LastMLPConfig(model="lab-lm:smoke", n_windows=4, seq_len=16, newton_steps=10)},
+    scales={"smoke": {"lab-lm": LastMLPConfig(model="lab-lm:smoke", n_windows=4, seq_len=16, bisection_steps=20)},
             "cpu": {"smollm2": LastMLPConfig()}},
     run=run,
     description="The last MLP's write removed: KL and loss without it, and how much a per-position temperature, a "
