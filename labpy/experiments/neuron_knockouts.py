@@ -40,7 +40,7 @@ class KnockoutConfig:
     model: str = "smollm2-135m"
     n_windows: int = 24                             # windows per kind of text
     seq_len: int = 64
-    layers: tuple[int, ...] = (3, 10, 17, 24)       # `ffn_neurons`' characterised layers
+    layers: tuple[int, ...] = (3, 10, 11, 17, 24)   # `ffn_neurons`' layers, and 11 (the first token's writers)
     tested_top: int = 12                            # neurons per layer knocked out for real, by the estimate's rank
     tested_random: int = 12                         # and as many drawn at random from the rest
     kept_estimates: int = 40                        # top neurons per layer whose estimate is stored
@@ -139,6 +139,6 @@ register(Experiment(
                                                tested_top=3, tested_random=2, kept_estimates=5, scoped=2, top_k=3)},
             "cpu": {"smollm2": KnockoutConfig()}},
     run=run,
-    description="Every MLP neuron of four SmolLM2 layers ranked by the linear estimate of its knockout's cost; the "
+    description="Every MLP neuron of five SmolLM2 layers ranked by the linear estimate of its knockout's cost; the "
                 "top and random neurons knocked out for real; the costliest ones' loudness and top tokens.",
 ))
