@@ -38,7 +38,7 @@ QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
 @dataclass(frozen=True)
 class KnockoutConfig:
     model: str = "smollm2-135m"
-    n_windows: int = 24                             # windows per kind of text
+    n_windows: int = 16                             # windows per kind of text
     seq_len: int = 64
     layers: tuple[int, ...] = (3, 10, 11, 17, 24)   # `ffn_neurons`' layers, and 11 (the first token's writers)
     tested_top: int = 12                            # neurons per layer knocked out for real, by the estimate's rank
