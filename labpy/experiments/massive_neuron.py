@@ -48,9 +48,9 @@ class MassiveNeuronConfig:
                      rules={"model": one_of("smollm2-135m", "lab-lm", "lab-lm:smoke")})
 
 
-def zero_at(index: int | None, positions: slice):
-    """A hook function that zeroes one channel (`index`) of an activation, or all of it (None), at the given
-    positions: one neuron on `mlp.hook_post`, a block's whole write on `hook_mlp_out`."""
+def zero_at(index: int | list[int] | None, positions: slice):
+    """A hook function that zeroes one channel (`index`), a list of channels, or all of it (None) of an activation at
+    the given positions: neurons on `mlp.hook_post`, a block's whole write on `hook_mlp_out`."""
     def hook(value: torch.Tensor, info: HookInfo) -> torch.Tensor:
         value = value.clone()
         if index is None:
