@@ -26,7 +26,7 @@ from ..interp.hf_hooks import hooks, run_with_hooks
 from ..models.lm import load_lm
 from ..store import RunResult
 from ..tasks.source_code import prose_and_code_windows
-from ..validation import check_ranges, one_of
+from ..validation import NONNEG_INT, check_ranges, one_of
 from .ffn_neurons import snippet, token_losses, zero_neuron
 from .registry import Experiment, RunContext, register
 
@@ -52,7 +52,7 @@ class KnockoutConfig:
     def __post_init__(self) -> None:
         check_ranges(self, positive_int=("n_windows", "seq_len", "tested_top", "kept_estimates", "scoped", "top_k",
                                          "context"), nonneg_int=("tested_random", "seed"),
-                     rules={"model": one_of(*MODELS)})
+                     rules={"model": one_of(*MODELS), "layers": NONNEG_INT})
 
 
 def scored_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
