@@ -24,11 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.lab_lm import lm_loss, mean_loss
+from ..models.lab_lm import lm_loss
 from ..store import RunResult
-from ..train import StatsContext, train
 from ..validation import POSITIVE_INT, check_ranges
-from .lab_lm import SMOKE, LabLMConfig, retraining, train_batches, train_spec
+from .lab_lm import SMOKE, LabLMConfig, retrain_measuring
 from .registry import Experiment, RunContext, register
 
 ATTENTION_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -106,26 +105,17 @@ def weight_rows(model: torch.nn.Module) -> list[dict]:
 
 
 def run(config: GradientSourcesConfig, ctx: RunContext) -> RunResult:
+    def measure(model: torch.nn.Module, batch: torch.Tensor) -> list[dict]:
+        return ([{"table": "factors", **row} for row in gradient_factors(model, batch)]
+                + [{"table": "weights", **row} for row in weight_rows(model)])
+
     lab = config.lab_lm()
-    again = retraining(lab)
-    val = again.val
-    batch = val[:config.windows]                                                          # the fixed batch
-    wanted = set(config.measure_at)
-
-    def stats(ctx_: StatsContext) -> list[dict]:
-        if ctx_.step not in wanted:
-            return []
-        return ([{"table": "factors", **row} for row in gradient_factors(ctx_.model, batch)]
-                + [{"table": "weights", **row} for row in weight_rows(ctx_.model)])
-
-    log = train(again.model, train_batches(lab, again.corpus), lm_loss, train_spec(lab),
-                eval_fn=lambda m: {"val_loss": mean_loss(m, val)}, work_dir=ctx.work_dir, progress=ctx.progress,
-                desc=f"gradient_sources {ctx.label}", stats_fn=stats, device=again.device)
+    log = retrain_measuring(lab, config.measure_at, config.windows, measure, ctx, f"gradient_sources {ctx.label}")
     custom = log.custom_stats
     factors = custom[custom.table == "factors"][["step", "layer", "kind", *FACTOR_COLUMNS]].reset_index(drop=True)
     weights = custom[custom.table == "weights"][["step", "name", "weight_rms"]].reset_index(drop=True)
     factors["layer"] = factors.layer.astype(int)
-    summary = {"final_val_loss": float(log.evals.val_loss.iloc[-1]), "measured_steps": sorted(wanted),
+    summary = {"final_val_loss": float(log.evals.val_loss.iloc[-1]), "measured_steps": sorted(set(config.measure_at)),
                "max_autograd_gap": float(factors.autograd_gap.max())}
     return RunResult(tables={"factors": factors, "weights": weights, "evals": log.evals[["step", "val_loss"]]},
                      summary=summary, seed=lab.seed)

@@ -11,6 +11,7 @@ config, reference n-gram entropies. It is the base model of the fine-tuning page
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pathlib import Path
@@ -19,13 +20,13 @@ import pandas as pd
 import torch
 
 from ..models.lab_lm import (CHECKPOINT, HF_SUBDIR, LABEL, TOKENIZER_FILE, build_lab_lm, hf_copy_dir, lab_lm_config,
-                             lm_loss, per_token_loss, storable_state)
+                             lm_loss, mean_loss, per_token_loss, storable_state)
 from ..store import WORK_DIR, RunResult, RunStore
 from ..tasks.corpus import (EOS, VAL_FRACTION, encode, eval_windows, kinds_in_context, lm_batch_fn,
                             ngram_cross_entropy, ngram_entropy, pydoc_text, split_ids, stdlib_docstrings,
                             token_kinds, train_tokenizer)
 from ..device import lab_device, to_cpu, to_device
-from ..train import StatsContext, TrainSpec, adam_eps, adam_moments, train
+from ..train import StatsContext, TrainLog, TrainSpec, adam_eps, adam_moments, train
 from ..validation import POSITIVE_INT, check_ranges, int_at_least, one_of, require
 from .registry import Experiment, RunContext, register, results
 
@@ -161,12 +162,29 @@ class Retraining:
 
 def retraining(config: LabLMConfig) -> Retraining:
     """The corpus, the initial model and the held-out windows, exactly as `run` builds them (`adam_beta2`,
-    `gradient_growth` and `sharpness` train the lab LM again with one thing changed or measured)."""
+    `gradient_growth`, `sharpness` and `gradient_sources` train the lab LM again with one thing changed or measured)."""
     corpus = build_corpus(config)
     model = build_lab_lm(config.hf_config(), config.seed)
     device = lab_device()
     return Retraining(corpus, model, device, to_device(eval_windows(corpus.val, config.seq_len, config.eval_tokens),
                                                       device))
+
+
+def retrain_measuring(config: LabLMConfig, measure_at: tuple[int, ...], windows: int,
+                      measure: Callable[[torch.nn.Module, torch.Tensor], list[dict]], ctx: RunContext,
+                      desc: str) -> TrainLog:
+    """Train the lab LM again exactly as stored, calling `measure(model, batch)` right after the update at each step
+    in `measure_at` on a fixed batch, the first `windows` held-out windows (B, seq_len + 1); its rows land in the
+    log's `custom_stats` (`sharpness` and `gradient_sources` measure this way)."""
+    again = retraining(config)
+    batch, wanted = again.val[:windows], set(measure_at)
+
+    def stats(at: StatsContext) -> list[dict]:
+        return measure(at.model, batch) if at.step in wanted else []
+
+    return train(again.model, train_batches(config, again.corpus), lm_loss, train_spec(config),
+                 eval_fn=lambda m: {"val_loss": mean_loss(m, again.val)}, work_dir=ctx.work_dir, progress=ctx.progress,
+                 desc=desc, stats_fn=stats, device=again.device)
 
 
 def run(config: LabLMConfig, ctx: RunContext) -> RunResult:

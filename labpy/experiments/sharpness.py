@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.lab_lm import MATRIX_KINDS, lm_loss, mean_loss, parameter_kind
+from ..models.lab_lm import MATRIX_KINDS, lm_loss, parameter_kind
 from ..store import RunResult
-from ..train import StatsContext, train
 from ..validation import POSITIVE_INT, check_ranges
-from .lab_lm import SMOKE, LabLMConfig, retraining, train_batches, train_spec
+from .lab_lm import SMOKE, LabLMConfig, retrain_measuring
 from .registry import Experiment, RunContext, register
 
 
@@ -104,20 +103,10 @@ def curvature_rows(model: torch.nn.Module, batch: torch.Tensor, iterations: int,
 
 def run(config: SharpnessConfig, ctx: RunContext) -> RunResult:
     lab = config.lab_lm()
-    again = retraining(lab)
-    val = again.val
-    batch = val[:config.windows]                                                          # the fixed batch
-    wanted = set(config.measure_at)
-
-    def stats(ctx_: StatsContext) -> list[dict]:
-        if ctx_.step not in wanted:
-            return []
-        return curvature_rows(ctx_.model, batch, config.power_iterations, seed=lab.seed)
-
-    log = train(again.model, train_batches(lab, again.corpus), lm_loss, train_spec(lab),
-                eval_fn=lambda m: {"val_loss": mean_loss(m, val)}, work_dir=ctx.work_dir, progress=ctx.progress,
-                desc=f"sharpness {ctx.label}", stats_fn=stats, device=again.device)
-    summary = {"final_val_loss": float(log.evals.val_loss.iloc[-1]), "measured_steps": sorted(wanted)}
+    log = retrain_measuring(lab, config.measure_at, config.windows,
+                            lambda model, batch: curvature_rows(model, batch, config.power_iterations, seed=lab.seed),
+                            ctx, f"sharpness {ctx.label}")
+    summary = {"final_val_loss": float(log.evals.val_loss.iloc[-1]), "measured_steps": sorted(set(config.measure_at))}
     return RunResult(tables={"curvature": log.custom_stats, "evals": log.evals[["step", "val_loss"]]},
                      summary=summary, seed=lab.seed)
 
