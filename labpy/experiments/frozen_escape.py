@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..device import lab_device
-from ..models.lab_lm import build_lab_lm, lab_lm_config, lm_loss, mean_loss
+from ..models.lab_lm import build_lab_lm, lm_loss, mean_loss
 from ..store import RunResult
-from ..tasks.corpus import eval_windows, lm_batch_fn
+from ..tasks.corpus import lm_batch_fn
 from ..train import TrainSpec, train
 from ..validation import check_ranges
-from .lr_sweep import SMOKE, SweepConfig, _corpus
+from .lr_sweep import SMOKE, SweepConfig
 from .registry import Experiment, RunContext, register
 
 PHASE_TWO_SEED = 1000         # the second phase's batches: new windows, the same for both arms that have one
@@ -58,12 +58,9 @@ def spec(sweep: SweepConfig, lr: float, steps: int, warmup: int, seed: int) -> T
 
 def run(config: EscapeConfig, ctx: RunContext) -> RunResult:
     sweep = config.sweep()
-    train_ids, val_ids = _corpus(sweep.vocab_size, sweep.docstrings)
     device = lab_device()
-    val = eval_windows(val_ids, sweep.seq_len, sweep.eval_tokens).to(device)          # (N, T+1)
-    hf_config = lab_lm_config(sweep.vocab_size, hidden_size=sweep.hidden_size, num_hidden_layers=sweep.n_layers,
-                              num_attention_heads=sweep.n_heads, num_key_value_heads=sweep.n_kv_heads,
-                              intermediate_size=sweep.intermediate_size)
+    train_ids, val = sweep.data(device)                                                 # val (N, T+1)
+    hf_config = sweep.hf_config()
     evaluate = lambda m: {"val_loss": mean_loss(m, val)}
     first_batches = lambda seed: lm_batch_fn(train_ids, sweep.batch_size, sweep.seq_len, seed)
     second_batches = lambda seed: lm_batch_fn(train_ids, sweep.batch_size, sweep.seq_len, PHASE_TWO_SEED + seed)

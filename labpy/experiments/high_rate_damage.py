@@ -23,13 +23,12 @@ import torch
 
 from ..device import lab_device
 from ..interp.hf_hooks import run_with_cache
-from ..models.lab_lm import MATRIX_KINDS, build_lab_lm, lab_lm_config, lm_loss, mean_loss, parameter_kind
+from ..models.lab_lm import MATRIX_KINDS, build_lab_lm, lm_loss, mean_loss, parameter_kind
 from ..store import RunResult
-from ..tasks.corpus import eval_windows, lm_batch_fn
+from ..tasks.corpus import lm_batch_fn
 from ..train import train
 from ..validation import check_ranges
 from .frozen_escape import PHASE_TWO_SEED, EscapeConfig, spec
-from .lr_sweep import _corpus
 from .registry import Experiment, RunContext, register
 from .sharpness import eager_attention
 
@@ -103,13 +102,10 @@ def _rms_by_kind(model: torch.nn.Module) -> dict[str, list[float]]:
 def run(config: DamageConfig, ctx: RunContext) -> RunResult:
     escape = config.escape()
     sweep = escape.sweep()
-    train_ids, val_ids = _corpus(sweep.vocab_size, sweep.docstrings)
     device = lab_device()
-    val = eval_windows(val_ids, sweep.seq_len, sweep.eval_tokens).to(device)          # (N, T+1)
+    train_ids, val = sweep.data(device)                                                 # val (N, T+1)
     probe = val[:config.probe_windows]
-    hf_config = lab_lm_config(sweep.vocab_size, hidden_size=sweep.hidden_size, num_hidden_layers=sweep.n_layers,
-                              num_attention_heads=sweep.n_heads, num_key_value_heads=sweep.n_kv_heads,
-                              intermediate_size=sweep.intermediate_size)
+    hf_config = sweep.hf_config()
     low = lambda seed: spec(sweep, escape.low_lr, escape.extra_steps, escape.low_warmup_steps, seed)
     evals, diagnoses = [], []
     for seed in escape.seeds:

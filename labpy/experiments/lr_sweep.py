@@ -65,6 +65,17 @@ class SweepConfig:
         require(self, self.hidden_size % self.n_heads == 0, "hidden_size",
                 f"is out of range; it must be a multiple of n_heads = {self.n_heads}")
 
+    def hf_config(self):
+        """The sweep model's HF config (a small lab LM)."""
+        return lab_lm_config(self.vocab_size, hidden_size=self.hidden_size, num_hidden_layers=self.n_layers,
+                             num_attention_heads=self.n_heads, num_key_value_heads=self.n_kv_heads,
+                             intermediate_size=self.intermediate_size)
+
+    def data(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training ids, held-out windows (N, seq_len + 1) on `device`): the corpus every run of a sweep shares."""
+        train_ids, val_ids = _corpus(self.vocab_size, self.docstrings)
+        return train_ids, eval_windows(val_ids, self.seq_len, self.eval_tokens).to(device)
+
 
 @lru_cache(maxsize=2)
 def _corpus(vocab_size: int, docstrings: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,12 +97,9 @@ def nonfinite_step(err: FloatingPointError) -> float:
 
 
 def run(config: SweepConfig, ctx: RunContext) -> RunResult:
-    train_ids, val_ids = _corpus(config.vocab_size, config.docstrings)
     device = lab_device()
-    val = eval_windows(val_ids, config.seq_len, config.eval_tokens).to(device)       # (N, T+1)
-    hf_config = lab_lm_config(config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.n_layers,
-                              num_attention_heads=config.n_heads, num_key_value_heads=config.n_kv_heads,
-                              intermediate_size=config.intermediate_size)
+    train_ids, val = config.data(device)                                               # val (N, T+1)
+    hf_config = config.hf_config()
     curves, evals, rows = [], [], []
     for seed in config.seeds:
         model = build_lab_lm(hf_config, seed)
