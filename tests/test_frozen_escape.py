@@ -32,7 +32,7 @@ def test_high_rate_decay_is_the_sweep_run_with_another_decay(tmp_path):
     sweep = get_experiment("lr_sweep")
     for label, config in decay.configs("cpu").items():
         assert config == dataclasses.replace(sweep.configs("cpu")["lr_1e-01"], weight_decay=config.weight_decay)
-        assert config.weight_decay >= 1 and label == f"wd-{config.weight_decay:g}"
+        assert config.weight_decay > 0.1 and label == f"wd-{config.weight_decay:g}"
     smoke = decay.configs("smoke")["wd-3"]
     result = decay.run(smoke, RunContext(work_dir=tmp_path / "decay"))
     plain = sweep.run(dataclasses.replace(smoke, weight_decay=0.1), RunContext(work_dir=tmp_path / "plain"))
