@@ -20,7 +20,7 @@ from ..models.lm import load_lm
 from ..store import RunResult
 from ..tasks.source_code import prose_and_code_windows
 from ..validation import NONNEG_INT, check_ranges, one_of
-from .ffn_neurons import KINDS, token_losses
+from .ffn_neurons import KINDS, MODELS, token_losses
 from .massive_neuron import KNOCKOUTS, sink_share, zero_at
 from .registry import Experiment, RunContext, register
 
@@ -37,7 +37,7 @@ class WritersConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, positive_int=("n_windows", "seq_len"), nonneg_int=("layer",),
-                     rules={"model": one_of("smollm2-135m", "lab-lm", "lab-lm:smoke"), "neurons": NONNEG_INT})
+                     rules={"model": one_of(*MODELS), "neurons": NONNEG_INT})
 
     def knockouts(self) -> dict[str, tuple[str, list[int] | None]]:
         """Name -> (hook point, neurons zeroed there; None: the whole write)."""

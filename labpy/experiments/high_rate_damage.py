@@ -29,6 +29,7 @@ from ..tasks.corpus import lm_batch_fn
 from ..train import train
 from ..validation import check_ranges
 from .frozen_escape import PHASE_TWO_SEED, EscapeConfig, spec
+from .gradient_sources import weight_rows
 from .registry import Experiment, RunContext, register
 from .sharpness import eager_attention
 
@@ -77,8 +78,9 @@ def reset(model: torch.nn.Module, initial: dict[str, torch.Tensor], how: str) ->
 def diagnosis(model: torch.nn.Module, windows: torch.Tensor, state: str) -> list[dict]:
     """Per kind of weight its RMS (median over layers); per layer the share of MLP gates that never open on
     `windows` (B, T + 1) and the mean entropy of the attention rows (nats, eager attention)."""
-    rows = [{"state": state, "measure": "weight RMS", "part": kind, "value": float(pd.Series(values).median())}
-            for kind, values in _rms_by_kind(model).items()]
+    weights = pd.DataFrame(weight_rows(model))
+    by_kind = weights.groupby(weights.name.map(lambda n: parameter_kind(n)[1]), sort=False).weight_rms.median()
+    rows = [{"state": state, "measure": "weight RMS", "part": kind, "value": float(v)} for kind, v in by_kind.items()]
     with eager_attention(model):                                                        # patterns need it
         _, cache = run_with_cache(model, windows[:, :-1], lambda n: n.endswith(("mlp.hook_pre", "attn.hook_pattern")))
     for layer in range(model.config.num_hidden_layers):
@@ -89,14 +91,6 @@ def diagnosis(model: torch.nn.Module, windows: torch.Tensor, state: str) -> list
                   "value": float(((gates > 0).sum(0) == 0).float().mean())},
                  {"state": state, "measure": "attention entropy", "part": f"layer {layer}", "value": float(entropy)}]
     return rows
-
-
-def _rms_by_kind(model: torch.nn.Module) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    for name, p in model.named_parameters():
-        kind = parameter_kind(name)[1]
-        out.setdefault(kind, []).append(float(p.detach().pow(2).mean().sqrt()))
-    return out
 
 
 def run(config: DamageConfig, ctx: RunContext) -> RunResult:
@@ -116,11 +110,9 @@ def run(config: DamageConfig, ctx: RunContext) -> RunResult:
               spec(sweep, sweep.lr, sweep.steps, sweep.warmup_steps, seed), progress=ctx.progress,
               desc=f"high_rate_damage frozen seed {seed}", device=device)
         diagnoses += [{"seed": seed, **row} for row in diagnosis(model, probe, "frozen")]
-        frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
+        frozen = {n: t.clone() for n, t in model.state_dict().items()}
         for how in RESETS:
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    p.copy_(frozen[n])
+            model.load_state_dict(frozen)
             reset(model, initial, how)
             log = train(model, lm_batch_fn(train_ids, sweep.batch_size, sweep.seq_len, PHASE_TWO_SEED + seed),
                         lm_loss, low(seed), eval_fn=lambda m: {"val_loss": mean_loss(m, val)}, progress=ctx.progress,

@@ -32,8 +32,8 @@ from ..tasks.source_code import prose_and_code_windows
 from ..validation import check_ranges, one_of
 from .massive_neuron import zero_at
 from .registry import Experiment, RunContext, register
+from .residual_stream import MODELS
 
-MODELS = ("smollm2-135m", "lab-lm", "lab-lm:smoke")
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,9 @@ from ..models.lm import load_lm
 from ..store import RunResult
 from ..tasks.source_code import prose_and_code_windows
 from ..validation import NONNEG_INT, check_ranges, one_of
-from .ffn_neurons import snippet, token_losses, zero_neuron
+from .ffn_neurons import KINDS, MODELS, snippet, token_losses, zero_neuron
 from .registry import Experiment, RunContext, register
 
-MODELS = ("smollm2-135m", "lab-lm", "lab-lm:smoke")
-KINDS = ("prose", "code")
 QUANTILES = (0.5, 0.9, 0.99, 0.999, 1.0)
 
 

@@ -32,8 +32,8 @@ from ..store import RunResult
 from ..tasks.source_code import prose_and_code_windows
 from ..validation import check_ranges, one_of
 from .registry import Experiment, RunContext, register
+from .residual_stream import MODELS
 
-MODELS = ("smollm2-135m", "lab-lm", "lab-lm:smoke")
 ALPHAS = np.logspace(-1, 5, 7)                  # ridge penalties tried by leave-one-out
 
 
