@@ -67,10 +67,14 @@ def prior_direction(prior: torch.Tensor, unembed: torch.Tensor) -> tuple[torch.T
     return coef.float(), float(1 - residual.pow(2).sum() / target.pow(2).sum())
 
 
-@torch.no_grad()
 def run(config: LastMLPBiasConfig, ctx: RunContext) -> RunResult:
-    model, tokenizer = load_lm(config.model)
+    model, tokenizer = load_lm(config.model)       # outside no_grad: a missing smoke lab LM is trained here
     model.eval()
+    return measure(model, tokenizer, config)
+
+
+@torch.no_grad()
+def measure(model, tokenizer, config: LastMLPBiasConfig) -> RunResult:
     layer = model.config.num_hidden_layers - 1
     point, neurons = f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.mlp.hook_post"
     w_down = model.model.layers[layer].mlp.down_proj.weight.detach().float()             # (d, f)
