@@ -43,6 +43,6 @@ def test_run_repeats_quant_per_matrix(tmp_store):
     assert recipes.loc["all NF4, block 64", "kl_code"] == pytest.approx(per_matrix.loc["all in NF4", "kl_code"], rel=1e-5)
     assert recipes.loc["all NF4, block 64", "bits_per_weight"] == pytest.approx(4.5)
     share = entry.summary["down_params"] / entry.summary["linear_params"]
-    assert recipes.loc["down projections: fp32", "bits_per_weight"] == pytest.approx(4.5 + share * 27.5)
+    assert recipes.loc["down projections: fp32", "bits_per_weight"] == pytest.approx(4.5 + share * 27.5, rel=1e-4)   # the store keeps 6 digits
     assert recipes.loc["all: 8-bit", "kl_prose"] < recipes.loc["all NF4, block 64", "kl_prose"] / 10
     assert list(recipes.index) == list(RECIPES)
