@@ -13,5 +13,6 @@ def test_entries_take_batch_32s_steps_and_nothing_else_changes():
     assert {_steps(c) for c in equal_steps.values()} == {_steps(grid["b32"])} == {16}
     for label, config in equal_steps.items():
         assert config.batch_size * _steps(config) == config.examples
-        same = dataclasses.replace(grid[label], examples=config.examples)
+        same = dataclasses.replace(grid.get(label, grid["b32"]), batch_size=config.batch_size, examples=config.examples)
         assert same == config, label
+    assert [c.batch_size for c in equal_steps.values()] == [4, 8, 16, 64, 128]
