@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from labpy.experiments.quant_per_matrix import MATRICES, damage, linear_weights, log_probs, quantized
+from labpy.experiments.quant_per_matrix import MATRICES, damage, linear_weights, log_probs, rounded
 from labpy.nf4 import nf4_codebook, roundtrip
 
 
@@ -26,18 +26,21 @@ def test_damage_against_a_hand_computation():
     assert same == {"kl_prose": 0.0, "dloss_prose": 0.0}
 
 
-def test_quantized_rounds_to_nf4_and_restores_even_after_an_error():
+def test_rounded_rounds_to_nf4_and_restores_even_after_an_error():
     layers = {"0.q_proj": torch.nn.Linear(64, 32, bias=False), "0.k_proj": torch.nn.Linear(64, 16, bias=False)}
     before = {n: m.weight.data.clone() for n, m in layers.items()}
     codebook = nf4_codebook()
     with pytest.raises(RuntimeError, match="inside"):
-        with quantized(layers, ["0.q_proj"], codebook, 64):
+        with rounded(layers, {"0.q_proj": (codebook, 64)}):
             assert torch.equal(layers["0.q_proj"].weight, roundtrip(before["0.q_proj"], codebook, 64))
             assert not torch.equal(layers["0.q_proj"].weight, before["0.q_proj"])
             assert torch.equal(layers["0.k_proj"].weight, before["0.k_proj"])     # not named, not touched
             raise RuntimeError("inside")
     for name, layer in layers.items():
         assert torch.equal(layer.weight, before[name])
+    with rounded(layers, {"0.q_proj": (None, 64), "0.k_proj": (codebook, 64)}):          # None: kept in fp32
+        assert torch.equal(layers["0.q_proj"].weight, before["0.q_proj"])
+        assert torch.equal(layers["0.k_proj"].weight, roundtrip(before["0.k_proj"], codebook, 64))
 
 
 def test_run_keeps_its_invariants(tmp_store):
@@ -74,7 +77,7 @@ def test_run_keeps_its_invariants(tmp_store):
 
     # the whole model in NF4 again, by the context: the stored KL, and the fp32 model back afterwards
     reference = log_probs(model, windows)
-    with quantized(linears, list(linears), nf4_codebook(), entry.config.block):
+    with rounded(linears, {n: (nf4_codebook(), entry.config.block) for n in linears}):
         again = damage(reference, log_probs(model, windows), windows)
     assert again["kl_code"] == pytest.approx(wholes.kl_code.iloc[0], rel=1e-3)
     assert all(torch.equal(a, b) for a, b in zip(log_probs(model, windows).values(), reference.values()))

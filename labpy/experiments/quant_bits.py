@@ -22,11 +22,11 @@ import pandas as pd
 import torch
 
 from ..models.lm import load_lm
-from ..nf4 import BLOCK, nf4_codebook, roundtrip
+from ..nf4 import BLOCK, nf4_codebook
 from ..store import RunResult
 from ..tasks.source_code import prose_and_code_windows
 from ..validation import check_ranges, one_of
-from .quant_per_matrix import damage, linear_weights, log_probs
+from .quant_per_matrix import damage, linear_weights, log_probs, rounded
 from .registry import Experiment, RunContext, register
 from .residual_stream import MODELS
 
@@ -78,23 +78,17 @@ def run(config: QuantBitsConfig, ctx: RunContext) -> RunResult:
     windows = prose_and_code_windows(tokenizer, config.n_windows, config.seq_len + 1)
     linears = linear_weights(model)
     reference = log_probs(model, windows)
-    books = {"nf4": nf4_codebook(), "int8": int8_codebook()}
-    saved = {n: m.weight.data.clone() for n, m in linears.items()}
+    books = {"nf4": nf4_codebook(), "int8": int8_codebook(), "fp32": None}
+    params = {name: m.weight.numel() for name, m in linears.items()}
     rows = []
-    try:
-        for recipe in RECIPES:
-            plan = recipe_plan(linears, recipe)
-            for name, (codebook, block) in plan.items():
-                w = saved[name]
-                linears[name].weight.data = w.clone() if codebook == "fp32" else roundtrip(w, books[codebook], block)
-            total = sum(bits(saved[n].numel(), *plan[n]) for n in linears)
-            rows.append({"recipe": recipe, "bits_per_weight": total / sum(w.numel() for w in saved.values()),
+    for recipe in RECIPES:
+        plan = recipe_plan(linears, recipe)
+        total = sum(bits(params[n], *plan[n]) for n in linears)
+        with rounded(linears, {n: (books[codebook], block) for n, (codebook, block) in plan.items()}):
+            rows.append({"recipe": recipe, "bits_per_weight": total / sum(params.values()),
                          "megabytes": total / 8 / 1e6, **damage(reference, log_probs(model, windows), windows)})
-    finally:
-        for name, m in linears.items():
-            m.weight.data = saved[name]
-    summary = {"model": config.model, "linear_params": sum(w.numel() for w in saved.values()),
-               "down_params": sum(w.numel() for n, w in saved.items() if n.endswith("down_proj"))}
+    summary = {"model": config.model, "linear_params": sum(params.values()),
+               "down_params": sum(p for n, p in params.items() if n.endswith("down_proj"))}
     return RunResult(tables={"recipes": pd.DataFrame(rows)}, summary=summary, seed=0)
 
 

@@ -24,6 +24,8 @@ says whether the damage adds up.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
@@ -79,21 +81,19 @@ def damage(reference: dict[str, torch.Tensor], quantized: dict[str, torch.Tensor
     return out
 
 
-class quantized:
-    """Context manager: the named linear weights rounded to NF4 (and restored on exit, even after an error)."""
-
-    def __init__(self, linears: dict[str, torch.nn.Linear], names: list[str], codebook: torch.Tensor, block: int):
-        self.targets = [linears[n] for n in names]
-        self.codebook, self.block = codebook, block
-
-    def __enter__(self) -> None:
-        self.saved = [m.weight.data.clone() for m in self.targets]
-        for m in self.targets:
-            m.weight.data = roundtrip(m.weight.data, self.codebook, self.block)
-
-    def __exit__(self, *exc) -> None:
-        for m, w in zip(self.targets, self.saved):
-            m.weight.data = w
+@contextmanager
+def rounded(linears: dict[str, torch.nn.Linear], plan: dict[str, tuple[torch.Tensor | None, int]]) -> Iterator[None]:
+    """The weights `plan` names rounded blockwise to their code book (None keeps one in fp32), restored on exit even
+    after an error: plan is name -> (code book, block size)."""
+    saved = {name: linears[name].weight.data for name in plan}
+    try:
+        for name, (codebook, block) in plan.items():
+            if codebook is not None:
+                linears[name].weight.data = roundtrip(saved[name], codebook, block)
+        yield
+    finally:
+        for name, weight in saved.items():
+            linears[name].weight.data = weight
 
 
 @torch.no_grad()
@@ -140,7 +140,6 @@ def input_and_output_errors(model, linears: dict[str, torch.nn.Linear], windows:
 
 
 def run(config: QuantPerMatrixConfig, ctx: RunContext) -> RunResult:
-    torch.manual_seed(0)
     model, tokenizer = load_lm(config.model)
     model.eval()
     codebook = nf4_codebook()
@@ -150,7 +149,7 @@ def run(config: QuantPerMatrixConfig, ctx: RunContext) -> RunResult:
     matrices = input_and_output_errors(model, linears, windows, codebook, config.block)
     singles = []
     for name in tqdm(linears, desc=f"{config.model}: one matrix in NF4", leave=False):
-        with quantized(linears, [name], codebook, config.block):
+        with rounded(linears, {name: (codebook, config.block)}):
             singles.append(damage(reference, log_probs(model, windows), windows))
     matrices = pd.concat([matrices, pd.DataFrame(singles)], axis=1)
     cost = matrices[[c for c in matrices if c.startswith("kl_")]].mean(axis=1)     # mean KL over the kinds
@@ -159,7 +158,7 @@ def run(config: QuantPerMatrixConfig, ctx: RunContext) -> RunResult:
     wholes = []
     for label, names in (("all in NF4", list(linears)),
                          (f"all but the {n_keep} costliest", [n for n in linears if n not in kept])):
-        with quantized(linears, names, codebook, config.block):
+        with rounded(linears, {n: (codebook, config.block) for n in names}):
             wholes.append({"run": label, "n_quantized": len(names), **damage(reference, log_probs(model, windows),
                                                                             windows)})
     summary = {"model": config.model, "n_layers": len(model.model.layers), "n_matrices": len(linears),
