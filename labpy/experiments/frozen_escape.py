@@ -52,8 +52,7 @@ class EscapeConfig:
 
 def spec(sweep: SweepConfig, lr: float, steps: int, warmup: int, seed: int) -> TrainSpec:
     """The sweep's training spec with another rate, length and warm-up."""
-    return TrainSpec(steps=steps, lr=lr, warmup_steps=warmup, schedule=sweep.schedule, weight_decay=sweep.weight_decay,
-                     eval_every=sweep.eval_every, seed=seed, resume_every=10**9)
+    return sweep.train_spec(seed, lr=lr, steps=steps, warmup_steps=warmup)
 
 
 def run(config: EscapeConfig, ctx: RunContext) -> RunResult:

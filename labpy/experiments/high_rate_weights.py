@@ -27,7 +27,7 @@ from ..device import lab_device
 from ..models.lab_lm import build_lab_lm, lm_loss, mean_loss
 from ..store import RunResult
 from ..tasks.corpus import lm_batch_fn
-from ..train import StatsContext, TrainSpec, adam_eps, adam_moments, train
+from ..train import StatsContext, adam_eps, adam_moments, train
 from ..validation import check_ranges, require
 from .lr_sweep import SMOKE, SweepConfig
 from .registry import Experiment, RunContext, register
@@ -92,10 +92,8 @@ def run(config: WeightWatchConfig, ctx: RunContext) -> RunResult:
     for seed in config.seeds:
         model = build_lab_lm(hf_config, seed)
         initial_rms = {n: float(p.detach().pow(2).mean().sqrt()) for n, p in model.named_parameters()}
-        spec = TrainSpec(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps,
-                         schedule=config.schedule, weight_decay=config.weight_decay, eval_every=config.measure_every,
-                         seed=seed, resume_every=10**9)
-        log = train(model, lm_batch_fn(train_ids, config.batch_size, config.seq_len, seed), lm_loss, spec,
+        log = train(model, lm_batch_fn(train_ids, config.batch_size, config.seq_len, seed), lm_loss,
+                    config.train_spec(seed, eval_every=config.measure_every),
                     eval_fn=lambda m: {"val_loss": mean_loss(m, val)},
                     stats_fn=watcher(initial_rms, config.lag_steps, config.weight_decay),
                     progress=ctx.progress, desc=f"high_rate_weights {ctx.label} seed {seed}", device=device)

@@ -26,7 +26,7 @@ from ..models.lm import load_lm
 from ..store import RunResult
 from ..tasks.source_code import prose_and_code_windows
 from ..validation import check_ranges, one_of
-from .last_mlp_role import kl
+from .last_mlp_role import fixed_token_prior, kl
 from .registry import Experiment, RunContext, register
 from .residual_stream import MODELS
 
@@ -85,12 +85,11 @@ def measure(model, tokenizer, config: LastMLPBiasConfig) -> RunResult:
         fit, score = windows[:half, :-1], windows[half:, :-1]                               # (n/2, T) each
         logits, cache = run_with_cache(model, fit, [point, neurons])
         ablated = run_with_hooks(model, fit, [(point, replace_write(None))])
-        full_fit = logits[:, 1:].float().log_softmax(-1).flatten(0, 1)                     # (N, V)
-        shift = full_fit - ablated[:, 1:].float().log_softmax(-1).flatten(0, 1)
-        prior = (shift - shift.mean(-1, keepdim=True)).mean(0)                              # (V,)
+        prior = fixed_token_prior(logits[:, 1:].float().log_softmax(-1).flatten(0, 1),
+                                  ablated[:, 1:].float().log_softmax(-1).flatten(0, 1))             # (V,)
         mean_write = cache[point][:, 1:].flatten(0, 1).mean(0)                              # (d,)
         acts = cache[neurons][:, 1:].flatten(0, 1).float()                                  # (N, f)
-        del logits, ablated, full_fit, shift, cache
+        del logits, ablated, cache
 
         full = model(score).logits[:, 1:].float().log_softmax(-1).flatten(0, 1)
         targets = windows[half:, 2:].flatten()

@@ -62,6 +62,13 @@ def logits_with_and_without(model, tokens: torch.Tensor, layer: int) -> tuple[to
     return full.log_softmax(-1).flatten(0, 1), ablated[:, 1:].float().log_softmax(-1).flatten(0, 1)
 
 
+def fixed_token_prior(full: torch.Tensor, ablated: torch.Tensor) -> torch.Tensor:
+    """(V,) the MLP's average effect on each vocabulary entry's centred log-probability, from (N, V) log-probabilities
+    with and without it (centring removes each position's own normalisation shift)."""
+    shift = full - ablated                                                              # (N, V)
+    return (shift - shift.mean(-1, keepdim=True)).mean(0)
+
+
 def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ q) per row, from log-probabilities (N, V) -> (N,)."""
     return (log_p.exp() * (log_p - log_q)).sum(-1)
@@ -115,10 +122,9 @@ def run(config: LastMLPConfig, ctx: RunContext) -> RunResult:
     for kind, windows in prose_and_code_windows(tokenizer, config.n_windows, config.seq_len + 1).items():
         fit, score = windows[:half], windows[half:]                                     # (n/2, T + 1) each
         full_fit, ablated_fit = logits_with_and_without(model, fit[:, :-1], layer)
-        shift = full_fit - ablated_fit                                                  # (N, V) log-prob change
-        prior = (shift - shift.mean(-1, keepdim=True)).mean(0)                          # (V,) centred, averaged
+        prior = fixed_token_prior(full_fit, ablated_fit)                                # (V,)
         likely = full_fit.argmax(-1).unique()                   # tokens the full model predicts somewhere
-        del full_fit, ablated_fit, shift
+        del full_fit, ablated_fit
         full, ablated = logits_with_and_without(model, score[:, :-1], layer)
         targets = score[:, 2:].flatten()                                # the next tokens of positions 1..T-1
         rows += [{"kind": kind, **r} for r in stand_in_rows(full, ablated, prior, targets, config.bisection_steps)]

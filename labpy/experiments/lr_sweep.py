@@ -10,6 +10,7 @@ where training diverges.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -71,6 +72,12 @@ class SweepConfig:
                              num_attention_heads=self.n_heads, num_key_value_heads=self.n_kv_heads,
                              intermediate_size=self.intermediate_size)
 
+    def train_spec(self, seed: int, **changes) -> TrainSpec:
+        """The sweep's training spec for one seed; `changes` override its fields (another rate, length, warm-up)."""
+        spec = TrainSpec(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, schedule=self.schedule,
+                         weight_decay=self.weight_decay, eval_every=self.eval_every, seed=seed, resume_every=10**9)
+        return dataclasses.replace(spec, **changes)
+
     def data(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(training ids, held-out windows (N, seq_len + 1) on `device`): the corpus every run of a sweep shares."""
         train_ids, val_ids = _corpus(self.vocab_size, self.docstrings)
@@ -103,9 +110,7 @@ def run(config: SweepConfig, ctx: RunContext) -> RunResult:
     curves, evals, rows = [], [], []
     for seed in config.seeds:
         model = build_lab_lm(hf_config, seed)
-        spec = TrainSpec(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps,
-                         schedule=config.schedule, weight_decay=config.weight_decay, eval_every=config.eval_every,
-                         seed=seed, resume_every=10**9)
+        spec = config.train_spec(seed)
         batch_fn = lm_batch_fn(train_ids, config.batch_size, config.seq_len, seed)
         diverged_at = math.nan
         try:

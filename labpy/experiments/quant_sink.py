@@ -17,16 +17,18 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from ..interp.hf_hooks import run_with_cache
 from ..models.lm import load_lm
 from ..nf4 import BLOCK, nf4_codebook, roundtrip
 from ..store import RunResult
 from ..tasks.source_code import prose_and_code_windows
 from ..validation import check_ranges, one_of, require
+from .massive_neuron import KNOCKOUTS, sink_share
 from .quant_per_matrix import linear_weights
 from .registry import Experiment, RunContext, register
 from .residual_stream import MODELS
 
-WHERE = {"everywhere": slice(None), "position 0 only": slice(0, 1), "positions 1.. only": slice(1, None)}
+WHERE = KNOCKOUTS            # everywhere, position 0 only, positions 1.. only: massive_neuron's three position sets
 # quant_per_matrix's six costliest SmolLM2 matrices (mean KL over prose and code), in its order
 COSTLIEST = ("11.down_proj", "29.down_proj", "29.up_proj", "2.down_proj", "0.down_proj", "3.v_proj")
 
@@ -57,10 +59,10 @@ def rounded_at(module: torch.nn.Linear, rounded: torch.Tensor, positions: slice)
 
 @torch.no_grad()
 def forward(model, tokens: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(log-probabilities at positions 1.. flattened (N, V), the mean attention from queries 1.. to key 0)."""
-    out = model(tokens, output_attentions=True)
-    sink = torch.stack([a[:, :, 1:, 0] for a in out.attentions]).mean()             # layers, B, H, T-1
-    return out.logits[:, 1:].float().log_softmax(-1).flatten(0, 1), float(sink)
+    """(log-probabilities at positions 1.. flattened (N, V), the mean over heads and layers of `sink_share`)."""
+    logits, cache = run_with_cache(model, tokens, lambda name: name.endswith("attn.hook_pattern"))
+    shares = sink_share(cache, range(model.config.num_hidden_layers))                # (layer, head) -> share
+    return logits[:, 1:].float().log_softmax(-1).flatten(0, 1), sum(shares.values()) / len(shares)
 
 
 def run(config: QuantSinkConfig, ctx: RunContext) -> RunResult:
