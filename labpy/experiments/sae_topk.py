@@ -33,10 +33,16 @@ class TopKAutoencoder(SparseAutoencoder):
         self.register_buffer("ks", torch.tensor(ks))                         # (I,)
 
     def encode(self, h: torch.Tensor) -> torch.Tensor:
-        pre = super().encode(h)                                              # (I, B, L), ReLU'd
-        top = pre.topk(int(self.ks.max()), dim=-1).values                    # (I, B, k_max), descending
-        threshold = top.gather(-1, (self.ks - 1).view(-1, 1, 1).expand(-1, pre.shape[1], 1))   # (I, B, 1)
-        return pre * (pre >= threshold)                                      # ties at the k-th value are kept
+        return top_k_of(super().encode(h), self.ks)                          # (I, B, L)
+
+
+def top_k_of(values: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    """values (I, B, L) ≥ 0 with all but each row's k largest set to zero (k an int, or one per instance (I,));
+    ties at the k-th value are kept."""
+    ks = torch.as_tensor(k).expand(values.shape[0])
+    top = values.topk(int(ks.max()), dim=-1).values                          # (I, B, k_max), descending
+    threshold = top.gather(-1, (ks - 1).view(-1, 1, 1).expand(-1, values.shape[1], 1))         # (I, B, 1)
+    return values * (values >= threshold)
 
 
 @dataclass(frozen=True)
@@ -63,27 +69,61 @@ class SaeTopKConfig:
                 f"is out of range; k cannot exceed the {self.latent_ratio * self.n_features} latents")
 
 
-def run(config: SaeTopKConfig, ctx: RunContext) -> RunResult:
+@dataclass
+class TrainedTopK:
+    """What `train_topk` leaves: the SAEs (one instance per k), the toy model they read and how to sample it."""
+
+    sae: TopKAutoencoder
+    W: torch.Tensor                  # (m, n) the toy model's weights: feature i writes column i
+    features: pd.DataFrame           # the toy's per-feature table (`represented`, ...)
+    truth: torch.Tensor              # (n_rep, m) the represented features' directions
+    probability: torch.Tensor        # (n,) each feature's chance of being active
+    curve: pd.DataFrame              # the SAEs' training curve
+
+
+def toy_for(config: SaeTopKConfig) -> tuple[torch.Tensor, pd.DataFrame, torch.Tensor, torch.Tensor]:
+    """(W, features, truth, probability) of `sae_latents`' toy model for this sparsity and seed."""
+    W, features = lowest_loss_toy(config.n_features, config.n_hidden, config.sparsity, config.toy_replicates,
+                                  config.toy_steps, config.toy_batch, config.lr, 1000 * config.seed,
+                                  {"sparsity": config.sparsity})
+    return W, features, represented_columns(W, features), torch.full((config.n_features,), 1 - config.sparsity)
+
+
+def activation_sampler(config: SaeTopKConfig, W: torch.Tensor, probability: torch.Tensor):
+    """`sample(step) -> (sae_batch, m)` toy activations from a generator seeded as `sae_topk` seeds it."""
+    generator = torch.Generator().manual_seed(1000 * config.seed + 10 + config.latent_ratio)
+
+    @torch.no_grad()
+    def activations(step: int) -> torch.Tensor:
+        return sample_features(config.sae_batch, probability[None], generator)[0] @ W.T              # (B, m)
+    return activations
+
+
+def eval_features(config: SaeTopKConfig, probability: torch.Tensor) -> torch.Tensor:
+    """(EVAL_SAMPLES, n) held-out feature values, the same for every experiment built on this config."""
+    return sample_features(EVAL_SAMPLES, probability[None], torch.Generator().manual_seed(1000 * config.seed + 12))[0]
+
+
+def train_topk(config: SaeTopKConfig) -> TrainedTopK:
+    """The toy model and one top-k SAE per k in `config.ks`, trained on it (one torch thread: reproducible)."""
     with one_thread():
-        seed = 1000 * config.seed
-        W, features = lowest_loss_toy(config.n_features, config.n_hidden, config.sparsity, config.toy_replicates,
-                                      config.toy_steps, config.toy_batch, config.lr, seed, {"sparsity": config.sparsity})
-        truth = represented_columns(W, features)                                                       # (n_rep, m)
-        probability = torch.full((config.n_features,), 1 - config.sparsity)
-        generator = torch.Generator().manual_seed(seed + 10 + config.latent_ratio)
-
-        @torch.no_grad()
-        def activations(step: int) -> torch.Tensor:
-            return sample_features(config.sae_batch, probability[None], generator)[0] @ W.T          # (B, m)
-
-        sae = TopKAutoencoder(config.ks, W.shape[0], config.latent_ratio * config.n_features, seed=seed + 11)
-        curve = train_sae(sae, activations, torch.zeros(len(config.ks)), config.sae_steps, lr=config.lr)
-        x_eval = sample_features(EVAL_SAMPLES, probability[None], torch.Generator().manual_seed(seed + 12))[0]
-        scores = evaluate_sae(sae, x_eval @ W.T, truth).assign(
-            k=list(config.ks), true_l0=float((x_eval > 0).sum(-1).float().mean()))
+        W, features, truth, probability = toy_for(config)
+        sae = TopKAutoencoder(config.ks, W.shape[0], config.latent_ratio * config.n_features,
+                              seed=1000 * config.seed + 11)
+        curve = train_sae(sae, activation_sampler(config, W, probability), torch.zeros(len(config.ks)),
+                          config.sae_steps, lr=config.lr)
     curve["k"] = curve.instance.map(dict(enumerate(config.ks)))
-    return RunResult(tables={"sae": scores, "sae_curve": curve, "toys": features},
-                     summary={"n_represented": int(features.represented.sum())}, seed=config.seed)
+    return TrainedTopK(sae, W, features, truth, probability, curve)
+
+
+def run(config: SaeTopKConfig, ctx: RunContext) -> RunResult:
+    trained = train_topk(config)
+    x_eval = eval_features(config, trained.probability)
+    with one_thread():
+        scores = evaluate_sae(trained.sae, x_eval @ trained.W.T, trained.truth).assign(
+            k=list(config.ks), true_l0=float((x_eval > 0).sum(-1).float().mean()))
+    return RunResult(tables={"sae": scores, "sae_curve": trained.curve, "toys": trained.features},
+                     summary={"n_represented": int(trained.features.represented.sum())}, seed=config.seed)
 
 
 register(Experiment(
