@@ -93,11 +93,14 @@ def participation_ratio(cosines: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def mixture_scores(sae: TopKAutoencoder, truth: torch.Tensor, h_eval: torch.Tensor, h_random: torch.Tensor
                    ) -> pd.DataFrame:
-    """One row per instance: how the live latents relate to the features, how a lone feature is coded, and how
-    much of the variance of isotropic Gaussian inputs (not the toy's) the SAE rebuilds.
+    """One row per instance: how the live latents relate to the features, how many dead latents could still get a
+    gradient from AuxK (a positive pre-activation on some input: AuxK keeps the dead latents' ReLU'd values, so one
+    that is negative everywhere stays out of reach), how a lone feature is coded, and how much of the variance of
+    isotropic Gaussian inputs (not the toy's) the SAE rebuilds.
 
     truth (n_rep, m); h_eval (N, m) the toy's activations (which latents are alive); h_random (N', m)."""
     alive = (sae.encode(h_eval) > 0).any(1)                                                      # (I, L)
+    reachable = (SparseAutoencoder.encode(sae, h_eval) > 0).any(1)         # (I, L): ReLU'd pre-activation ever > 0
     lone, _ = sae(truth)                                                                         # (I, n_rep, m)
     lone_code = sae.encode(truth)                                                                # (I, n_rep, L)
     random_rebuilt, _ = sae(h_random)
@@ -110,6 +113,7 @@ def mixture_scores(sae: TopKAutoencoder, truth: torch.Tensor, h_eval: torch.Tens
         code = lone_code[i]
         rows.append({
             "instance": i, "live": int(alive[i].sum()),
+            "dead_reachable": int((reachable[i] & ~alive[i]).sum()),    # dead, yet within reach of AuxK's gradient
             "feature_latents": float((best > MATCH).float().mean()),
             "mixed_features": float(participation_ratio(cosines).mean()),
             "lone_top_share": float((code.max(-1).values / code.sum(-1).clamp_min(1e-12)).mean()),
