@@ -20,7 +20,7 @@ def test_auxk_moves_a_dead_latent_that_plain_training_never_touches():
         with torch.no_grad():
             sae.W_enc[0, :, 0] = -1.0                                                    # never fires on h ≥ 0
             sae.b_enc[0, 0] = 0.5                                                        # but ReLU'd pre > 0 on some
-        before = sae.W_enc[0, :, 0].clone()
+        before = sae.W_enc[0, :, 0].detach().clone()
         curve = train_topk_auxk(sae, lambda step: h, steps=20, lr=1e-2, k_aux=1, dead_after=1,
                                 coefficient=coefficient)
         moved[coefficient] = float((sae.W_enc[0, :, 0].detach() - before).abs().max())
