@@ -63,9 +63,10 @@ def sae_loss(sae: SparseAutoencoder, h: torch.Tensor,
 
 
 def train_sae(sae: SparseAutoencoder, sample: Callable[[int], torch.Tensor], l1: torch.Tensor, steps: int,
-              lr: float = 1e-3) -> pd.DataFrame:
+              lr: float = 1e-3, probe: Callable[[SparseAutoencoder], list[dict]] | None = None) -> pd.DataFrame:
     """Adam on `sample(step) -> (B, m)` activations, renormalising decoder rows after every step.
-    Returns the loss curve (step, instance, loss, mse, l1_norm: the mean Σ_j f_j) at 20 points of training."""
+    Returns the loss curve (step, instance, loss, mse, l1_norm: the mean Σ_j f_j) at 20 points of training, with
+    the columns `probe(sae)` returns per instance (one dict each) at those points."""
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     rows, log_every = [], max(1, steps // 20)
     for step in range(steps):
@@ -76,8 +77,9 @@ def train_sae(sae: SparseAutoencoder, sample: Callable[[int], torch.Tensor], l1:
         optimizer.step()
         sae.normalise_decoder()
         if step % log_every == 0 or step == steps - 1:
-            rows += [{"step": step, "instance": k, "loss": t, "mse": e, "l1_norm": s}
-                     for k, (t, e, s) in enumerate(zip(total.tolist(), mse.tolist(), sparsity.tolist()))]
+            extra = probe(sae) if probe else [{}] * len(l1)
+            rows += [{"step": step, "instance": k, "loss": t, "mse": e, "l1_norm": s, **x}
+                     for k, (t, e, s, x) in enumerate(zip(total.tolist(), mse.tolist(), sparsity.tolist(), extra))]
     return pd.DataFrame(rows)
 
 
