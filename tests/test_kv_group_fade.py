@@ -58,3 +58,11 @@ def test_smoke_run_covers_every_layer(tmp_store):
     assert len(entry.table("circuits")) == entry.summary["n_layers"]
     with pytest.raises(ValueError, match="seq_len=2"):
         KVGroupFadeConfig(seq_len=2)
+
+
+def test_a_query_whose_attention_is_all_on_the_first_token_is_skipped():
+    pattern = torch.zeros(1, 2, 4, 4)
+    pattern[:, :, :, 0] = 1.0                                        # every query parks everything on key 0
+    pattern[0, :, 3] = torch.tensor([0.5, 0.5, 0.0, 0.0])            # except the last, which also reads key 1
+    pattern[0, 1, 3] = torch.tensor([0.2, 0.0, 0.8, 0.0])            # head 1 reads key 2 instead
+    assert pattern_distances(pattern, drop_first_key=True)[0, 1].item() == pytest.approx(1.0)   # disjoint, finite

@@ -50,13 +50,17 @@ def pattern_distances(pattern: torch.Tensor, drop_first_key: bool) -> torch.Tens
     """(H, H) mean total-variation distance between heads' attention (B, H, T, T), over windows and queries from 1
     on: the share of a query's attention two heads place differently (0 alike, 1 disjoint). With `drop_first_key`,
     over queries from 2 on, each query's attention over keys 1.. renormalised (where the heads look besides the
-    first token)."""
-    p = pattern.double()
-    p = p[:, :, 2:, 1:] / (1 - p[:, :, 2:, :1]).clamp_min(1e-12) if drop_first_key else p[:, :, 1:]
+    first token); a query with no attention left outside the first token, in the pattern's precision, is skipped
+    for that pair."""
+    p = pattern.double()[:, :, 2:, 1:] if drop_first_key else pattern.double()[:, :, 1:]
+    total = p.sum(-1, keepdim=True)          # over keys 1.. itself, not 1 − p₀: in float32 p₀ can round to 1
+    seen = total[..., 0] > 0                                                              # (B, H, Q)
+    p = p / total.clamp_min(1e-300)
     H = p.shape[1]
     out = torch.zeros(H, H, dtype=torch.float64)
     for a, b in itertools.combinations(range(H), 2):
-        out[a, b] = out[b, a] = 0.5 * (p[:, a] - p[:, b]).abs().sum(-1).mean()
+        both = seen[:, a] & seen[:, b]       # a query whose attention outside the first token underflows is skipped
+        out[a, b] = out[b, a] = 0.5 * (p[:, a] - p[:, b]).abs().sum(-1)[both].mean()
     return out
 
 
