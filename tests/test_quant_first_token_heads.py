@@ -6,8 +6,8 @@ import pytest
 import torch
 from sklearn.metrics.pairwise import cosine_similarity
 
-from labpy.experiments.quant_first_token_heads import (FirstTokenHeadsConfig, add_back, direct_logits,
-                                                       mean_pairwise_cosine, run)
+from labpy.experiments.massive_neuron import direct_logits
+from labpy.experiments.quant_first_token_heads import FirstTokenHeadsConfig, add_back, mean_pairwise_cosine, run
 from labpy.experiments.registry import RunContext
 from labpy.interp.hf_hooks import heads, hooks, kv_head_of, run_with_cache
 from labpy.models.lm import load_lm

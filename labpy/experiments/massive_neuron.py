@@ -75,14 +75,20 @@ def sink_share(cache: dict[str, torch.Tensor], layers: range) -> dict[tuple[int,
     return out
 
 
+def direct_logits(model, write: torch.Tensor) -> torch.Tensor:
+    """(V,) logits a write (d,) to the last stream raises directly: scaled by the final RMSNorm's gain and read by
+    the unembedding (the norm's division by the stream's size, the same for every logit, left out)."""
+    _, _, norm = decoder_parts(model)
+    return model.get_output_embeddings().weight @ (write * norm.weight)
+
+
 def logit_writes(model, tokenizer, layer: int, neuron: int, top_k: int) -> pd.DataFrame:
     """The tokens whose logits one unit of the neuron's activation raises and lowers most, directly: its W_down
     column scaled by the final RMSNorm's gain, read by the unembedding (the norm's division by the stream's size
     left out, which scales every logit alike)."""
-    _, blocks, norm = decoder_parts(model)
+    _, blocks, _ = decoder_parts(model)
     with torch.no_grad():
-        column = blocks[layer].mlp.down_proj.weight[:, neuron] * norm.weight              # (d,)
-        logits = model.get_output_embeddings().weight @ column                           # (V,)
+        logits = direct_logits(model, blocks[layer].mlp.down_proj.weight[:, neuron])      # (V,)
     rows = []
     for direction, ids in (("raised", logits.topk(top_k).indices), ("lowered", (-logits).topk(top_k).indices)):
         rows += [{"direction": direction, "rank": rank + 1, "token": tokenizer.decode([int(i)]),

@@ -26,12 +26,13 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from ..interp.hf_hooks import decoder_parts, heads, hooks, kv_head_of
+from ..interp.hf_hooks import heads, hooks, kv_head_of
 from ..models.lm import load_lm
 from ..nf4 import BLOCK, nf4_codebook, roundtrip
 from ..store import RunResult
 from ..tasks.source_code import prose_and_code_windows
 from ..validation import NONNEG_INT, check_ranges, int_at_least, one_of
+from .massive_neuron import direct_logits
 from .quant_first_token import keep_position_0, log_probs_with
 from .quant_per_matrix import linear_weights
 from .quant_sink import rounded_at
@@ -70,13 +71,6 @@ def mean_pairwise_cosine(x: torch.Tensor) -> float:
     sims = unit @ unit.T                                                                # (N, N)
     n = len(x)
     return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
-
-
-def direct_logits(model, write: torch.Tensor) -> torch.Tensor:
-    """(V,) logits a write (d,) to the last stream raises directly: scaled by the final RMSNorm's gain and read by
-    the unembedding (the norm's division by the stream's size, the same for every logit, left out)."""
-    _, _, norm = decoder_parts(model)
-    return model.get_output_embeddings().weight @ (write * norm.weight)
 
 
 def run(config: FirstTokenHeadsConfig, ctx: RunContext) -> RunResult:
