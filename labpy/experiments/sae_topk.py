@@ -104,12 +104,16 @@ def eval_features(config: SaeTopKConfig, probability: torch.Tensor) -> torch.Ten
     return sample_features(EVAL_SAMPLES, probability[None], torch.Generator().manual_seed(1000 * config.seed + 12))[0]
 
 
+def fresh_topk(config: SaeTopKConfig, d_in: int) -> TopKAutoencoder:
+    """One untrained top-k SAE per k in `config.ks`, initialised as `sae_topk` initialises them."""
+    return TopKAutoencoder(config.ks, d_in, config.latent_ratio * config.n_features, seed=1000 * config.seed + 11)
+
+
 def train_topk(config: SaeTopKConfig) -> TrainedTopK:
     """The toy model and one top-k SAE per k in `config.ks`, trained on it (one torch thread: reproducible)."""
     with one_thread():
         W, features, truth, probability = toy_for(config)
-        sae = TopKAutoencoder(config.ks, W.shape[0], config.latent_ratio * config.n_features,
-                              seed=1000 * config.seed + 11)
+        sae = fresh_topk(config, W.shape[0])
         curve = train_sae(sae, activation_sampler(config, W, probability), torch.zeros(len(config.ks)),
                           config.sae_steps, lr=config.lr)
     curve["k"] = curve.instance.map(dict(enumerate(config.ks)))

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 
 from ..device import one_thread
 from ..store import RunResult
-from ..toy.sae import SparseAutoencoder, train_sae
+from ..toy.sae import SparseAutoencoder
 from ..validation import check_ranges, require
 from .registry import Experiment, RunContext, register
-from .sae_topk import SaeTopKConfig, TopKAutoencoder, activation_sampler, eval_features, toy_for
-from .sae_topk_starts import feature_start
+from .sae_topk import SaeTopKConfig, TopKAutoencoder, eval_features, fresh_topk, toy_for
+from .sae_topk_starts import feature_start, train_probed
 
 
 @dataclass(frozen=True)
@@ -67,12 +66,8 @@ def run(config: FeatureDeathConfig, ctx: RunContext) -> RunResult:
         W, features, truth, probability = toy_for(config)
         represented = torch.as_tensor(features.represented.to_numpy(copy=True))
         x_probe = eval_features(config, probability)[:config.probe_inputs]                 # (N, n)
-        sae = feature_start(TopKAutoencoder(config.ks, W.shape[0], config.latent_ratio * config.n_features,
-                                            seed=1000 * config.seed + 11), truth)
-        initial = pd.DataFrame(slot_census(sae, x_probe, W, represented)).assign(step=-1, instance=range(len(config.ks)))
-        curve = train_sae(sae, activation_sampler(config, W, probability), torch.zeros(len(config.ks)),
-                          config.sae_steps, lr=config.lr, probe=lambda s: slot_census(s, x_probe, W, represented))
-    curve = pd.concat([initial, curve], ignore_index=True)
+        sae = feature_start(fresh_topk(config, W.shape[0]), truth)
+        curve = train_probed(sae, config, W, probability, lambda s: slot_census(s, x_probe, W, represented))
     curve["k"] = curve.instance.map(dict(enumerate(config.ks)))
     return RunResult(tables={"curve": curve}, summary={"n_represented": int(represented.sum())}, seed=config.seed)
 

@@ -29,7 +29,8 @@ from ..store import RunResult
 from ..toy.sae import SparseAutoencoder, evaluate_sae
 from ..validation import check_ranges, number_above
 from .registry import Experiment, RunContext, register
-from .sae_topk import SaeTopKConfig, TopKAutoencoder, activation_sampler, eval_features, top_k_of, train_topk
+from .sae_topk import (SaeTopKConfig, TopKAutoencoder, activation_sampler, eval_features, fresh_topk, top_k_of,
+                       train_topk)
 
 MATCH = 0.9          # a latent "is" a feature when its decoder direction lies within this cosine of one
 
@@ -123,6 +124,18 @@ def mixture_scores(sae: TopKAutoencoder, truth: torch.Tensor, h_eval: torch.Tens
     return pd.DataFrame(rows)
 
 
+def gaussian_inputs(config: TopKMixturesConfig | SaeTopKConfig, h_eval: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, m) isotropic Gaussian inputs at the toy activations' per-dimension RMS, seeded from `config.seed`: inputs
+    that are not the toy's, for the "rebuilds anything" test."""
+    scale = (h_eval ** 2).sum(-1).mean().div(h_eval.shape[1]).sqrt()
+    return torch.randn(n, h_eval.shape[1], generator=torch.Generator().manual_seed(1000 * config.seed + 13)) * scale
+
+
+def all_scores(sae: TopKAutoencoder, truth: torch.Tensor, h_eval: torch.Tensor, h_random: torch.Tensor) -> pd.DataFrame:
+    """`evaluate_sae`'s row per instance joined with `mixture_scores`'."""
+    return evaluate_sae(sae, h_eval, truth).merge(mixture_scores(sae, truth, h_eval, h_random), on="instance")
+
+
 def oracle_fve(x: torch.Tensor, W: torch.Tensor, k: int) -> float:
     """Variance explained when each input keeps only its k largest true feature values: x (N, n), W (m, n)."""
     h = x @ W.T
@@ -131,29 +144,24 @@ def oracle_fve(x: torch.Tensor, W: torch.Tensor, k: int) -> float:
 
 
 def run(config: TopKMixturesConfig, ctx: RunContext) -> RunResult:
-    base = config
-    plain = train_topk(base)                  # sae_topk's SAEs: the same seeds give the same weights
+    plain = train_topk(config)                # sae_topk's SAEs: the same seeds give the same weights
     W, truth, probability = plain.W, plain.truth, plain.probability
     with one_thread():
-        auxk = TopKAutoencoder(base.ks, W.shape[0], base.latent_ratio * base.n_features, seed=1000 * base.seed + 11)
-        curve = train_topk_auxk(auxk, activation_sampler(base, W, probability), base.sae_steps, base.lr,
+        auxk = fresh_topk(config, W.shape[0])
+        curve = train_topk_auxk(auxk, activation_sampler(config, W, probability), config.sae_steps, config.lr,
                                 config.k_aux, config.dead_after, config.aux_coefficient)
-        x_eval = eval_features(base, probability)
+        x_eval = eval_features(config, probability)
         h_eval = x_eval @ W.T                                                                    # (N, m)
-        scale = (h_eval ** 2).sum(-1).mean().div(W.shape[0]).sqrt()                            # per-dimension RMS
-        h_random = torch.randn(config.random_inputs, W.shape[0],
-                               generator=torch.Generator().manual_seed(1000 * base.seed + 13)) * scale
-        tables = []
-        for variant, sae in (("top-k", plain.sae), ("top-k + AuxK", auxk)):
-            scores = evaluate_sae(sae, h_eval, truth).merge(mixture_scores(sae, truth, h_eval, h_random), on="instance")
-            tables.append(scores.assign(variant=variant, k=list(base.ks)))
-        oracle = pd.DataFrame({"k": list(base.ks), "oracle_fve": [oracle_fve(x_eval, W, k) for k in base.ks]})
-    curve["k"] = curve.instance.map(dict(enumerate(base.ks)))
+        h_random = gaussian_inputs(config, h_eval, config.random_inputs)
+        tables = [all_scores(sae, truth, h_eval, h_random).assign(variant=variant, k=list(config.ks))
+                  for variant, sae in (("top-k", plain.sae), ("top-k + AuxK", auxk))]
+        oracle = pd.DataFrame({"k": list(config.ks), "oracle_fve": [oracle_fve(x_eval, W, k) for k in config.ks]})
+    curve["k"] = curve.instance.map(dict(enumerate(config.ks)))
     return RunResult(tables={"scores": pd.concat(tables, ignore_index=True).merge(oracle, on="k"),
                              "auxk_curve": curve},
                      summary={"n_represented": int(plain.features.represented.sum()), "k_aux": config.k_aux,
                               "true_l0": float((x_eval > 0).sum(-1).float().mean())},
-                     seed=base.seed)
+                     seed=config.seed)
 
 
 register(Experiment(

@@ -25,11 +25,11 @@ import torch.nn.functional as F
 
 from ..device import one_thread
 from ..store import RunResult
-from ..toy.sae import evaluate_sae, max_cosine, train_sae
+from ..toy.sae import max_cosine, train_sae
 from ..validation import check_ranges, require
 from .registry import Experiment, RunContext, register
-from .sae_topk import SaeTopKConfig, TopKAutoencoder, activation_sampler, eval_features, toy_for
-from .sae_topk_mixtures import mixture_scores
+from .sae_topk import SaeTopKConfig, TopKAutoencoder, activation_sampler, eval_features, fresh_topk, toy_for
+from .sae_topk_mixtures import all_scores, gaussian_inputs
 
 STARTS = ("random", "features", "raised")
 
@@ -67,11 +67,20 @@ def copied_start(sae: TopKAutoencoder, source: TopKAutoencoder, instance: int) -
     return sae
 
 
+def train_probed(sae: TopKAutoencoder, config: SaeTopKConfig, W: torch.Tensor, probability: torch.Tensor,
+                 probe) -> pd.DataFrame:
+    """Train with `sae_topk`'s recipe and stream, logging `probe(sae)` per instance; the curve opens with the probe
+    of the start itself at step −1."""
+    initial = pd.DataFrame(probe(sae)).assign(step=-1, instance=range(len(config.ks)))
+    curve = train_sae(sae, activation_sampler(config, W, probability), torch.zeros(len(config.ks)), config.sae_steps,
+                      lr=config.lr, probe=probe)
+    return pd.concat([initial, curve], ignore_index=True)
+
+
 def run(config: TopKStartsConfig, ctx: RunContext) -> RunResult:
-    n_latents = config.latent_ratio * config.n_features
     with one_thread():
         W, features, truth, probability = toy_for(config)
-        fresh = lambda: TopKAutoencoder(config.ks, W.shape[0], n_latents, seed=1000 * config.seed + 11)  # noqa: E731
+        fresh = lambda: fresh_topk(config, W.shape[0])                                    # noqa: E731
 
         def mmcs_probe(sae):
             return [{"mmcs": float(max_cosine(truth, sae.W_dec[i].detach()).mean())} for i in range(sae.W_dec.shape[0])]
@@ -80,18 +89,12 @@ def run(config: TopKStartsConfig, ctx: RunContext) -> RunResult:
         for start in STARTS:                      # "raised" last: it starts from the trained random start
             sae = {"random": fresh, "features": lambda: feature_start(fresh(), truth),
                    "raised": lambda: copied_start(fresh(), saes["random"], config.ks.index(config.from_k))}[start]()
-            initial = pd.DataFrame(mmcs_probe(sae)).assign(step=-1, instance=range(len(config.ks)))
-            curve = train_sae(sae, activation_sampler(config, W, probability), torch.zeros(len(config.ks)),
-                              config.sae_steps, lr=config.lr, probe=mmcs_probe)
-            curves.append(pd.concat([initial, curve], ignore_index=True).assign(start=start))
+            curves.append(train_probed(sae, config, W, probability, mmcs_probe).assign(start=start))
             saes[start] = sae
         x_eval = eval_features(config, probability)
         h_eval = x_eval @ W.T                                                                    # (N, m)
-        scale = (h_eval ** 2).sum(-1).mean().div(W.shape[0]).sqrt()
-        h_random = torch.randn(config.random_inputs, W.shape[0],
-                               generator=torch.Generator().manual_seed(1000 * config.seed + 13)) * scale
-        scores = pd.concat([evaluate_sae(sae, h_eval, truth).merge(mixture_scores(sae, truth, h_eval, h_random),
-                                                                   on="instance").assign(start=start, k=list(config.ks))
+        h_random = gaussian_inputs(config, h_eval, config.random_inputs)
+        scores = pd.concat([all_scores(sae, truth, h_eval, h_random).assign(start=start, k=list(config.ks))
                             for start, sae in saes.items()], ignore_index=True)
     curve = pd.concat(curves, ignore_index=True)
     curve["k"] = curve.instance.map(dict(enumerate(config.ks)))
