@@ -359,3 +359,49 @@ def test_all_digits_split_and_ten_class_models_share_the_pair_models_input_weigh
     masks, accuracy = dead_over_training([split] * 2, 16, 0.01, [0, 1], [0, 20])
     assert masks[20].shape == (2, 16) and 0.5 < accuracy.min() <= 1          # ten classes learned well past chance
     assert pair.classes == ("1", "7")
+
+
+def test_dead_spans_round_trip_the_masks_they_compress():
+    from labpy.experiments.mlp_neuron_sweeps import dead_spans
+
+    rng = np.random.default_rng(0)
+    masks = {k: rng.random((3, 5)) < 0.4 for k in (0, 10, 20, 30)}          # dying and reviving at random
+    masks[30][0, 0], masks[0][1, 1], masks[10][1, 1] = True, True, False
+    spans = pd.DataFrame(dead_spans(masks, [7, 8, 9]))
+    for k, mask in masks.items():
+        back = np.zeros_like(mask)
+        for s in spans[(spans["first"] <= k) & (spans["last"] >= k)].itertuples():
+            back[[7, 8, 9].index(s.seed), s.neuron] = True
+        assert np.array_equal(back, mask)
+    assert ((spans.seed == 8) & (spans.neuron == 1) & (spans["first"] == 0) & (spans["last"] == 0)).any()
+
+
+def test_the_sweeps_replay_single_runs_and_snapshots(tmp_store):
+    from labpy import results
+    from labpy.experiments.mlp_neuron_sweeps import dead_masks
+    from labpy.tasks.digits import CORNERS, all_digits
+    from labpy.toy.mlp import train_mlp
+
+    runs = results("mlp_neuron_sweeps", "smoke")
+    xc = runs["xor_inits"].config
+    logic = runs["xor_inits"].table("logic").set_index(["draw", "init", "neuron"]).logic
+    models = runs["xor_inits"].table("models").set_index(["draw", "init"])
+    assert len(models) == xc.draws * xc.inits
+    for draw, init in ((xc.data_seed, 0), (xc.data_seed + xc.draws - 1, xc.inits - 1)):   # one model at a time
+        split = xor_split(xc.xor_per_corner, xc.xor_noise, draw)[0]
+        single = train_mlp(split, xc.hidden, xc.steps, xc.lr, init)
+        assert [logic[(draw, init, h)] for h in range(xc.hidden)] == corner_logic(
+            single.model, torch.tensor(CORNERS, dtype=torch.float32))
+        assert models.test_accuracy[(draw, init)] == pytest.approx(single.test_accuracy, abs=1e-6)
+    tc = runs["ten_digits"].config
+    ten = dead_masks(runs["ten_digits"])
+    assert tc.read_at == [0, 10, 20] and set(ten) == {"fixed pixels", "learned layer in front"}
+    split = all_digits(tc.test_share, tc.data_seed)
+    snapshots = train_snapshots([split] * tc.inits, tc.hidden, tc.lr, tc.seeds, tc.read_at)
+    masks, accuracy = ten["fixed pixels"]
+    for k in tc.read_at:                                 # the stored spans give back the snapshots' dead neurons
+        by_hand = np.stack([((m.pre(split.x_train) > 0).sum(0) == 0).detach().numpy() for m in snapshots[k]])
+        assert np.array_equal(masks[k], by_hand)
+    assert accuracy == pytest.approx([float((m(split.x_test).argmax(1) == split.y_test).float().mean())
+                                      for m in snapshots[tc.steps]], abs=1e-6)
+    assert np.array_equal(ten["learned layer in front"][0][0], masks[0])       # both start as the same models
