@@ -405,3 +405,49 @@ def test_the_sweeps_replay_single_runs_and_snapshots(tmp_store):
     assert accuracy == pytest.approx([float((m(split.x_test).argmax(1) == split.y_test).float().mean())
                                       for m in snapshots[tc.steps]], abs=1e-6)
     assert np.array_equal(ten["learned layer in front"][0][0], masks[0])       # both start as the same models
+
+
+def test_mirror_symmetric_points_equal_their_own_swap_and_shifts_move_one_cluster():
+    from labpy.experiments.xor_draw_tilt import asymmetries, mirror_symmetric, shifted, swapped
+    from labpy.tasks.digits import xor_points
+
+    x, y, corner = xor_points(10, 0.1, 4)
+    sym = mirror_symmetric(x, corner)
+    mirror_corner = torch.tensor([0, 2, 1, 3])[corner]                  # swapping x1 and x2 exchanges "0,1" and "1,0"
+    for c in range(4):                                                 # each cluster is the swap of its mirror's
+        mine = sorted(map(tuple, sym[corner == c].tolist()))
+        assert mine == sorted(map(tuple, swapped(sym[mirror_corner == c]).tolist()))
+    assert torch.equal(sym[corner == 1], x[corner == 1]) and torch.equal(sym[corner == 0][:5], x[corner == 0][:5])
+    assert all(abs(v) < 1e-7 for v in asymmetries(sym, corner).values())
+    moved = shifted(sym, corner, 0.03)
+    assert torch.allclose(moved[corner == 2, 0], sym[corner == 2, 0] + 0.03)
+    assert torch.equal(moved[corner != 2], sym[corner != 2]) and torch.equal(moved[:, 1], sym[:, 1])
+    stats = asymmetries(moved, corner)
+    assert stats["outward"] == pytest.approx(0.03, abs=1e-6) and abs(stats["spread"]) < 1e-6
+    # every statistic changes sign when the points are mirrored (the "0,1" and "1,0" clusters exchange roles)
+    plain, mirrored = asymmetries(x, corner), asymmetries(swapped(x), mirror_corner)
+    assert all(mirrored[k] == pytest.approx(-v, abs=1e-6) for k, v in plain.items())
+    assert plain["corner_00"] == pytest.approx(float((x[corner == 0, 0].double() - x[corner == 0, 1].double()).mean()), abs=1e-9)
+
+
+def test_the_tilt_runs_match_single_runs_and_odd_clusters_are_one_clear_error(tmp_store):
+    from labpy import results
+    from labpy.errors import ConfigError
+    from labpy.experiments.xor_draw_tilt import FUNCTIONS, XorTiltConfig
+
+    with pytest.raises(ConfigError, match=r"XorTiltConfig.xor_per_corner = 5 is out of range; it must be even"):
+        XorTiltConfig(xor_per_corner=5)
+    runs = results("xor_draw_tilt", "smoke")
+    draws = runs["draws"]
+    c = draws.config
+    models = draws.table("models").set_index(["draw", "init"])
+    assert len(models) == c.draws * c.inits
+    split = xor_split(c.xor_per_corner, c.xor_noise, c.data_seed + 1)[0]
+    single = train_mlp(split, c.hidden, c.steps, c.lr, c.inits - 1)
+    found = set(corner_logic(single.model, torch.tensor([[0.0, 0], [0, 1], [1, 0], [1, 1]])))
+    row = models.loc[(c.data_seed + 1, c.inits - 1)]
+    assert [bool(row[f]) for f in FUNCTIONS] == [f in found for f in FUNCTIONS]
+    assert row.test_accuracy == pytest.approx(single.test_accuracy, abs=1e-6)
+    shifts = runs["shifts"]
+    assert shifts.table("point_sets").set_index("shift").outward.to_dict() == pytest.approx(
+        {s: s for s in shifts.config.shifts}, abs=1e-6)

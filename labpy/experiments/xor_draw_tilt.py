@@ -1,0 +1,145 @@
+"""What in a draw of jittered XOR points tilts which mirror-image solution most initialisations build.
+
+The XOR network of `mlp_neurons` (2 → hidden → 2, ReLU, full-batch Adam) is trained from `inits`
+initialisations at once (`train_many`) on two kinds of training points:
+- `shifts`: a draw made exactly mirror-symmetric (the "1,0" cluster is the "0,1" cluster with x1 and x2 swapped;
+  "0,0" and "1,1" are half their points plus those points swapped), then the "1,0" cluster moved by each of
+  `shifts` along x1 (outward for positive values). The initial weights' distribution does not change when x1 and x2
+  swap, so at shift 0 neither mirror image can be favoured but by the draw of initialisations.
+- `draws`: `draws` ordinary draws of the points, each with its swap-antisymmetric statistics (`asymmetries`).
+Stored: per model its test accuracy and which of the four functions of the two mirror pairs ("x1 AND NOT x2" /
+"x2 AND NOT x1", "x2" / "x1") one of its hidden neurons computes at the exact corners (`corner_logic`); per draw
+its statistics. Test points are each draw's own (`xor_split`), unshifted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..store import RunResult
+from ..tasks.digits import CORNERS, Split, xor_points, xor_split
+from ..toy.mlp import corner_logic, train_many
+from ..validation import check_ranges, one_of, require
+from .registry import Experiment, RunContext, register
+
+TASKS = ("shifts", "draws")
+FUNCTIONS = ("x1 AND NOT x2", "x2 AND NOT x1", "x2", "x1")     # two mirror pairs: a function, then its mirror
+STATISTICS = ("outward", "cross", "corner_00", "corner_11", "spread")
+
+
+@dataclass(frozen=True)
+class XorTiltConfig:
+    task: str = "shifts"
+    hidden: int = 8
+    steps: int = 2000
+    lr: float = 0.01
+    inits: int = 128                  # initialisations 0 … inits − 1 on every set of points
+    xor_per_corner: int = 50          # jittered copies of each corner, in train and in test
+    xor_noise: float = 0.1            # standard deviation of the jitter
+    data_seed: int = 0                # shifts: the draw made symmetric; draws: the first draw
+    draws: int = 40                   # draws: data_seed, data_seed + 1, …
+    shifts: tuple[float, ...] = (-0.08, -0.04, -0.02, -0.01, -0.005, 0.0, 0.005, 0.01, 0.02, 0.04, 0.08)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, positive_int=("hidden", "steps", "inits", "xor_per_corner", "draws"),
+                     nonneg_int=("data_seed",), positive=("lr",), nonneg=("xor_noise",), nonempty=("shifts",),
+                     rules={"task": one_of(*TASKS)})
+        require(self, self.xor_per_corner % 2 == 0, "xor_per_corner",
+                "is out of range; it must be even, so that half of the '0,0' and '1,1' points and their mirror "
+                "images make a symmetric cluster (e.g. --set xor_per_corner=50)", hint=False)
+
+
+def swapped(x: torch.Tensor) -> torch.Tensor:
+    """(N, 2) points with x1 and x2 exchanged: the mirror image across the diagonal."""
+    return x[:, [1, 0]]
+
+
+def mirror_symmetric(x: torch.Tensor, corner: torch.Tensor) -> torch.Tensor:
+    """(N, 2) points, corner ids (N,) in `xor_points`' order -> the same layout made mirror-symmetric: "1,0" becomes
+    the swap of "0,1"; "0,0" and "1,1" become their first half and its swap."""
+    out = x.clone()
+    for c in (0, 3):
+        own = x[corner == c]
+        half = own[: len(own) // 2]
+        out[corner == c] = torch.cat([half, swapped(half)])
+    out[corner == 2] = swapped(x[corner == 1])
+    return out
+
+
+def shifted(x: torch.Tensor, corner: torch.Tensor, shift: float) -> torch.Tensor:
+    """The "1,0" cluster moved by `shift` along x1 (positive: away from the other corners)."""
+    out = x.clone()
+    out[corner == 2, 0] += shift
+    return out
+
+
+def asymmetries(x: torch.Tensor, corner: torch.Tensor) -> dict[str, float]:
+    """Statistics of a set of points that change sign when x1 and x2 swap (0 for a mirror-symmetric set):
+    outward — how much further along its own axis the "1,0" cluster's mean lies than the "0,1" cluster's;
+    cross — the same across (x2 of "1,0" against x1 of "0,1"); corner_00, corner_11 — a cluster's mean x1 minus its
+    mean x2; spread — the "1,0" cluster's standard deviation minus the "0,1" cluster's (each averaged over the two
+    coordinates, so a shift leaves it alone)."""
+    c = {k: x[corner == k].double() for k in range(4)}
+    return {"outward": float(c[2][:, 0].mean() - c[1][:, 1].mean()),
+            "cross": float(c[2][:, 1].mean() - c[1][:, 0].mean()),
+            "corner_00": float(c[0][:, 0].mean() - c[0][:, 1].mean()),
+            "corner_11": float(c[3][:, 0].mean() - c[3][:, 1].mean()),
+            "spread": float(c[2].std(0).mean() - c[1].std(0).mean())}
+
+
+def train_on(point_sets: dict, config: XorTiltConfig) -> pd.DataFrame:
+    """Every initialisation on every {key: Split}: one row per model with `key`, `init`, its test accuracy and, per
+    function in FUNCTIONS, whether one of its hidden neurons computes it."""
+    pairs = [(key, s) for key in point_sets for s in range(config.inits)]
+    trained = train_many([point_sets[key] for key, _ in pairs], config.hidden, config.steps, config.lr,
+                         [s for _, s in pairs])
+    corners = torch.tensor(CORNERS, dtype=torch.float32)                                  # (4, 2)
+    rows = []
+    for (key, s), t in zip(pairs, trained):
+        functions = set(corner_logic(t.model, corners))
+        rows.append({"key": key, "init": s, "test_accuracy": t.test_accuracy,
+                     **{name: name in functions for name in FUNCTIONS}})
+    return pd.DataFrame(rows)
+
+
+def run(config: XorTiltConfig, ctx: RunContext) -> RunResult:
+    if config.task == "shifts":
+        split, _ = xor_split(config.xor_per_corner, config.xor_noise, config.data_seed)
+        _, _, corner = xor_points(config.xor_per_corner, config.xor_noise, 2 * config.data_seed)
+        base = mirror_symmetric(split.x_train, corner)
+        sets = {shift: Split(shifted(base, corner, shift), split.y_train, split.x_test, split.y_test, split.classes)
+                for shift in config.shifts}
+        name = "shift"
+    else:
+        sets, corner = {}, None
+        for d in range(config.data_seed, config.data_seed + config.draws):
+            sets[d], _ = xor_split(config.xor_per_corner, config.xor_noise, d)
+            corner = xor_points(config.xor_per_corner, config.xor_noise, 2 * d)[2]
+        name = "draw"
+    stats = pd.DataFrame([{name: key, **asymmetries(s.x_train, corner)} for key, s in sets.items()])
+    models = train_on(sets, config).rename(columns={"key": name})
+    return RunResult(tables={"models": models, "point_sets": stats}, summary={"models": len(models)},
+                     seed=config.data_seed)
+
+
+register(Experiment(
+    name="xor_draw_tilt",
+    title="What tilts the XOR solutions: mirror-symmetric points shifted by a little, and forty ordinary draws",
+    track="Toy models",
+    page="experiments/mlp-neurons.qmd",
+    version=1,
+    config_type=XorTiltConfig,
+    scales={
+        "smoke": {"shifts": XorTiltConfig(hidden=4, steps=20, inits=3, xor_per_corner=6, shifts=(-0.02, 0.0, 0.02)),
+                  "draws": XorTiltConfig(task="draws", hidden=4, steps=20, inits=3, xor_per_corner=6, draws=2)},
+        "cpu": {"shifts": XorTiltConfig(),
+                "draws": XorTiltConfig(task="draws", inits=64)},
+    },
+    run=run,
+    description="The 2→8→2 XOR MLP from 128 initialisations on mirror-symmetric points with the '1,0' cluster moved "
+                "by −0.08 to 0.08, and from 64 on each of 40 ordinary draws: which mirror-image solution wins.",
+))
