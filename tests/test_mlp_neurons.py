@@ -451,3 +451,33 @@ def test_the_tilt_runs_match_single_runs_and_odd_clusters_are_one_clear_error(tm
     shifts = runs["shifts"]
     assert shifts.table("point_sets").set_index("shift").outward.to_dict() == pytest.approx(
         {s: s for s in shifts.config.shifts}, abs=1e-6)
+
+
+def test_on_mirror_symmetric_points_a_mirrored_start_builds_the_mirrored_solution():
+    """Why the lean left on symmetric points is the initialisations' own: training commutes with swapping x1 and x2."""
+    from labpy.experiments.xor_draw_tilt import mirror_symmetric, swapped
+    from labpy.tasks.digits import CORNERS, xor_points
+
+    x, y, corner = xor_points(50, 0.1, 0)
+    x = mirror_symmetric(x, corner)
+    corners = torch.tensor(CORNERS, dtype=torch.float32)
+    name_of = {name: pattern for pattern, name in LOGIC.items()}
+    mirror_name = {name: LOGIC[p[0] + p[2] + p[1] + p[3]] for name, p in name_of.items()}   # swap 01 and 10
+    found = []
+    for seed in range(4):
+        model = initial_model(2, 8, seed)
+        twin = initial_model(2, 8, seed)
+        with torch.no_grad():
+            twin.w_in.weight.copy_(swapped(model.w_in.weight))            # the same start, mirrored
+        for m in (model, twin):
+            opt = torch.optim.AdamW(m.parameters(), lr=0.01, weight_decay=0.0)
+            for _ in range(300):
+                loss = F.cross_entropy(m(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        assert torch.allclose(twin.w_in.weight, swapped(model.w_in.weight), atol=1e-3)   # up to float sums
+        mine, theirs = corner_logic(model, corners), corner_logic(twin, corners)
+        assert theirs == [mirror_name[n] for n in mine]
+        found += mine
+    assert any(mirror_name[n] != n for n in found)              # the check saw functions that do change when mirrored
