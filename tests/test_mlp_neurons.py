@@ -448,9 +448,10 @@ def test_the_tilt_runs_match_single_runs_and_odd_clusters_are_one_clear_error(tm
     row = models.loc[(c.data_seed + 1, c.inits - 1)]
     assert [bool(row[f]) for f in FUNCTIONS] == [f in found for f in FUNCTIONS]
     assert row.test_accuracy == pytest.approx(single.test_accuracy, abs=1e-6)
-    shifts = runs["shifts"]
-    assert shifts.table("point_sets").set_index("shift").outward.to_dict() == pytest.approx(
-        {s: s for s in shifts.config.shifts}, abs=1e-6)
+    for label, moved, still in (("shifts", "outward", "cross"), ("cross_shifts", "cross", "outward")):
+        stats = runs[label].table("point_sets").set_index("shift")          # each sweep moves one statistic only
+        assert stats[moved].to_dict() == pytest.approx({s: s for s in runs[label].config.shifts}, abs=1e-6)
+        assert stats[still].abs().max() < 1e-6
 
 
 def test_on_mirror_symmetric_points_a_mirrored_start_builds_the_mirrored_solution():

@@ -4,7 +4,8 @@ The XOR network of `mlp_neurons` (2 → hidden → 2, ReLU, full-batch Adam) is 
 initialisations at once (`train_many`) on two kinds of training points:
 - `shifts`: a draw made exactly mirror-symmetric (the "1,0" cluster is the "0,1" cluster with x1 and x2 swapped;
   "0,0" and "1,1" are half their points plus those points swapped), then the "1,0" cluster moved by each of
-  `shifts` along x1 (outward for positive values). The initial weights' distribution does not change when x1 and x2
+  `shifts` along x1 (outward for positive values); `cross_shifts`: the same, moved along x2 (towards "1,1" for
+  positive values). The initial weights' distribution does not change when x1 and x2
   swap, so at shift 0 neither mirror image can be favoured but by the draw of initialisations.
 - `draws`: `draws` ordinary draws of the points, each with its swap-antisymmetric statistics (`asymmetries`).
 Stored: per model its test accuracy and which of the four functions of the two mirror pairs ("x1 AND NOT x2" /
@@ -26,7 +27,7 @@ from ..toy.mlp import corner_logic, train_many
 from ..validation import check_ranges, one_of, require
 from .registry import Experiment, RunContext, register
 
-TASKS = ("shifts", "draws")
+TASKS = ("shifts", "cross_shifts", "draws")
 FUNCTIONS = ("x1 AND NOT x2", "x2 AND NOT x1", "x2", "x1")     # two mirror pairs: a function, then its mirror
 STATISTICS = ("outward", "cross", "corner_00", "corner_11", "spread")
 
@@ -70,10 +71,11 @@ def mirror_symmetric(x: torch.Tensor, corner: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def shifted(x: torch.Tensor, corner: torch.Tensor, shift: float) -> torch.Tensor:
-    """The "1,0" cluster moved by `shift` along x1 (positive: away from the other corners)."""
+def shifted(x: torch.Tensor, corner: torch.Tensor, shift: float, axis: int = 0) -> torch.Tensor:
+    """The "1,0" cluster moved by `shift` along x1 (axis 0; positive: away from the other corners) or along x2
+    (axis 1; positive: towards "1,1")."""
     out = x.clone()
-    out[corner == 2, 0] += shift
+    out[corner == 2, axis] += shift
     return out
 
 
@@ -107,12 +109,13 @@ def train_on(point_sets: dict, config: XorTiltConfig) -> pd.DataFrame:
 
 
 def run(config: XorTiltConfig, ctx: RunContext) -> RunResult:
-    if config.task == "shifts":
+    if config.task in ("shifts", "cross_shifts"):
         split, _ = xor_split(config.xor_per_corner, config.xor_noise, config.data_seed)
         _, _, corner = xor_points(config.xor_per_corner, config.xor_noise, 2 * config.data_seed)
         base = mirror_symmetric(split.x_train, corner)
-        sets = {shift: Split(shifted(base, corner, shift), split.y_train, split.x_test, split.y_test, split.classes)
-                for shift in config.shifts}
+        axis = 0 if config.task == "shifts" else 1
+        sets = {shift: Split(shifted(base, corner, shift, axis), split.y_train, split.x_test, split.y_test,
+                             split.classes) for shift in config.shifts}
         name = "shift"
     else:
         sets, corner = {}, None
@@ -135,11 +138,14 @@ register(Experiment(
     config_type=XorTiltConfig,
     scales={
         "smoke": {"shifts": XorTiltConfig(hidden=4, steps=20, inits=3, xor_per_corner=6, shifts=(-0.02, 0.0, 0.02)),
+                  "cross_shifts": XorTiltConfig(task="cross_shifts", hidden=4, steps=20, inits=3, xor_per_corner=6,
+                                                shifts=(-0.02, 0.0, 0.02)),
                   "draws": XorTiltConfig(task="draws", hidden=4, steps=20, inits=3, xor_per_corner=6, draws=2)},
-        "cpu": {"shifts": XorTiltConfig(),
+        "cpu": {"shifts": XorTiltConfig(), "cross_shifts": XorTiltConfig(task="cross_shifts"),
                 "draws": XorTiltConfig(task="draws", inits=64)},
     },
     run=run,
     description="The 2→8→2 XOR MLP from 128 initialisations on mirror-symmetric points with the '1,0' cluster moved "
-                "by −0.08 to 0.08, and from 64 on each of 40 ordinary draws: which mirror-image solution wins.",
+                "by −0.08 to 0.08 along x1 or x2, and from 64 on each of 40 ordinary draws: which mirror-image "
+                "solution wins.",
 ))
