@@ -24,7 +24,7 @@ import torch
 from ..store import RunResult
 from ..tasks.digits import CORNERS, Split, xor_points, xor_split
 from ..toy.mlp import corner_logic, train_many
-from ..validation import check_ranges, one_of, require
+from ..validation import check_ranges, number_between, one_of, require
 from .registry import Experiment, RunContext, register
 
 TASKS = ("shifts", "cross_shifts", "draws")
@@ -48,7 +48,7 @@ class XorTiltConfig:
     def __post_init__(self) -> None:
         check_ranges(self, positive_int=("hidden", "steps", "inits", "xor_per_corner", "draws"),
                      nonneg_int=("data_seed",), positive=("lr",), nonneg=("xor_noise",), nonempty=("shifts",),
-                     rules={"task": one_of(*TASKS)})
+                     rules={"task": one_of(*TASKS), "shifts": number_between(-0.5, 0.5)})
         require(self, self.xor_per_corner % 2 == 0, "xor_per_corner",
                 "is out of range; it must be even, so that half of the '0,0' and '1,1' points and their mirror "
                 "images make a symmetric cluster (e.g. --set xor_per_corner=50)", hint=False)
