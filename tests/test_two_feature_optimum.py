@@ -129,3 +129,10 @@ def test_bad_input_is_named():
         tfo.minimise([0.0], [1.0])
     with pytest.raises(ValueError, match=r"relative importances \[2.0\]"):
         tfo.density_sweep([2.0])
+
+
+def test_with_zero_bias_the_antipodal_length_is_the_hand_computed_one():
+    # b = 0: per feature pq(1 − s)²/3 + p²(s²/12 − s/4) + const in s = |w|², so s = 1 + p / (8 − 6p)
+    for p in (0.001, 0.05, 0.25, 0.4):
+        assert tfo.antipodal_length(p) == pytest.approx(np.sqrt(1 + p / (8 - 6 * p)), abs=1e-7)
+    assert tfo.antipodal_length(0.25, bias=0.05) < tfo.antipodal_length(0.25)     # a positive bias shortens it

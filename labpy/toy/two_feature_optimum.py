@@ -158,6 +158,24 @@ def exact_loss_of(frame: pd.DataFrame) -> np.ndarray:
     return expected_loss(t("w1", "w2"), t("b1", "b2"), t("density")[:, 0], importance, points=400).numpy()
 
 
+def antipodal_length(density: float, bias: float = 0.0, points: int = 32) -> float:
+    """The length |w| of the best antipodal pair w₁ = −w₂ = |w| with both biases held at `bias`, at equal
+    importance, from the exact loss (not from a formula): a bounded one-dimensional search. At bias 0 every term
+    is a polynomial in x_i's value, so the 32-point rule is exact there.
+
+    Why: with the bias held at 0 the pair's loss is quadratic in |w|², so a hand computation gives its length at
+    every density; this is the number to hold that computation against."""
+    from scipy.optimize import minimize_scalar
+
+    def loss(length: float) -> float:
+        w = torch.tensor([length, -length], dtype=torch.float64)
+        return float(expected_loss(w, torch.full((2,), bias, dtype=torch.float64),
+                                   torch.tensor(density, dtype=torch.float64),
+                                   torch.ones(2, dtype=torch.float64), points=points))
+
+    return float(minimize_scalar(loss, bounds=(0.5, 1.5), method="bounded", options={"xatol": 1e-12}).x)
+
+
 def _neighbour_starts(frame: pd.DataFrame) -> torch.Tensor:
     """(C, 3, 4): each cell's own minimum and its two neighbours' (the same cell at either end), within each
     relative importance; `frame` is sorted by importance, then density."""
