@@ -448,6 +448,17 @@ def test_the_tilt_runs_match_single_runs_and_odd_clusters_are_one_clear_error(tm
     row = models.loc[(c.data_seed + 1, c.inits - 1)]
     assert [bool(row[f]) for f in FUNCTIONS] == [f in found for f in FUNCTIONS]
     assert row.test_accuracy == pytest.approx(single.test_accuracy, abs=1e-6)
+    parts = runs["parts"].table("point_sets").set_index(["draw", "variant"])
+    as_drawn = draws.table("point_sets").set_index("draw")
+    for d in range(c.data_seed, c.data_seed + runs["parts"].config.draws):     # one part mirrored leaves the rest
+        assert parts.loc[(d, "as drawn")].to_dict() == pytest.approx(as_drawn.loc[d].to_dict(), abs=1e-6)
+        assert parts.loc[(d, "all mirrored")].abs().max() < 1e-6
+        xor1 = parts.loc[(d, "XOR = 1 clusters mirrored")]
+        assert abs(xor1.outward) < 1e-6 and abs(xor1.cross) < 1e-6
+        assert xor1.corner_00 == pytest.approx(as_drawn.corner_00[d], abs=1e-6)
+        assert abs(parts.loc[(d, "'0,0' mirrored")].corner_00) < 1e-6
+        assert parts.loc[(d, "'0,0' mirrored")].corner_11 == pytest.approx(as_drawn.corner_11[d], abs=1e-6)
+    assert len(runs["parts"].table("models")) == 2 * 5 * 3
     for label, moved, still in (("shifts", "outward", "cross"), ("cross_shifts", "cross", "outward")):
         stats = runs[label].table("point_sets").set_index("shift")          # each sweep moves one statistic only
         assert stats[moved].to_dict() == pytest.approx({s: s for s in runs[label].config.shifts}, abs=1e-6)

@@ -8,6 +8,8 @@ initialisations at once (`train_many`) on two kinds of training points:
   positive values). The initial weights' distribution does not change when x1 and x2
   swap, so at shift 0 neither mirror image can be favoured but by the draw of initialisations.
 - `draws`: `draws` ordinary draws of the points, each with its swap-antisymmetric statistics (`asymmetries`).
+- `parts`: each of `draws` ordinary draws as drawn, with one part of it mirrored (the two XOR = 1 clusters, "0,0"
+  or "1,1"), and with all of it mirrored: which part of a draw carries its lean.
 Stored: per model its test accuracy and which of the four functions of the two mirror pairs ("x1 AND NOT x2" /
 "x2 AND NOT x1", "x2" / "x1") one of its hidden neurons computes at the exact corners (`corner_logic`); per draw
 its statistics. Test points are each draw's own (`xor_split`), unshifted.
@@ -27,9 +29,11 @@ from ..toy.mlp import corner_logic, train_many
 from ..validation import check_ranges, number_between, one_of, require
 from .registry import Experiment, RunContext, register
 
-TASKS = ("shifts", "cross_shifts", "draws")
+TASKS = ("shifts", "cross_shifts", "draws", "parts")
 FUNCTIONS = ("x1 AND NOT x2", "x2 AND NOT x1", "x2", "x1")     # two mirror pairs: a function, then its mirror
 STATISTICS = ("outward", "cross", "corner_00", "corner_11", "spread")
+PARTS = {"as drawn": (), "XOR = 1 clusters mirrored": ("xor1",), "'0,0' mirrored": ("0,0",),
+         "'1,1' mirrored": ("1,1",), "all mirrored": ("xor1", "0,0", "1,1")}
 
 
 @dataclass(frozen=True)
@@ -59,15 +63,19 @@ def swapped(x: torch.Tensor) -> torch.Tensor:
     return x[:, [1, 0]]
 
 
-def mirror_symmetric(x: torch.Tensor, corner: torch.Tensor) -> torch.Tensor:
-    """(N, 2) points, corner ids (N,) in `xor_points`' order -> the same layout made mirror-symmetric: "1,0" becomes
-    the swap of "0,1"; "0,0" and "1,1" become their first half and its swap."""
+def mirror_symmetric(x: torch.Tensor, corner: torch.Tensor, parts: tuple[str, ...] = ("xor1", "0,0", "1,1")
+                     ) -> torch.Tensor:
+    """(N, 2) points, corner ids (N,) in `xor_points`' order -> the same layout with `parts` made mirror-symmetric
+    (all of them by default): "xor1" makes "1,0" the swap of "0,1"; "0,0" and "1,1" make that cluster its first
+    half and the half's swap."""
     out = x.clone()
-    for c in (0, 3):
-        own = x[corner == c]
-        half = own[: len(own) // 2]
-        out[corner == c] = torch.cat([half, swapped(half)])
-    out[corner == 2] = swapped(x[corner == 1])
+    for c, name in ((0, "0,0"), (3, "1,1")):
+        if name in parts:
+            own = x[corner == c]
+            half = own[: len(own) // 2]
+            out[corner == c] = torch.cat([half, swapped(half)])
+    if "xor1" in parts:
+        out[corner == 2] = swapped(x[corner == 1])
     return out
 
 
@@ -117,6 +125,8 @@ def run(config: XorTiltConfig, ctx: RunContext) -> RunResult:
         sets = {shift: Split(shifted(base, corner, shift, axis), split.y_train, split.x_test, split.y_test,
                              split.classes) for shift in config.shifts}
         name = "shift"
+    elif config.task == "parts":
+        return parts_run(config)
     else:
         sets, corner = {}, None
         for d in range(config.data_seed, config.data_seed + config.draws):
@@ -125,6 +135,24 @@ def run(config: XorTiltConfig, ctx: RunContext) -> RunResult:
         name = "draw"
     stats = pd.DataFrame([{name: key, **asymmetries(s.x_train, corner)} for key, s in sets.items()])
     models = train_on(sets, config).rename(columns={"key": name})
+    return RunResult(tables={"models": models, "point_sets": stats}, summary={"models": len(models)},
+                     seed=config.data_seed)
+
+
+def parts_run(config: XorTiltConfig) -> RunResult:
+    """Every draw with each of PARTS mirrored; tables keyed by draw and variant."""
+    sets, keys = {}, {}
+    for d in range(config.data_seed, config.data_seed + config.draws):
+        split, _ = xor_split(config.xor_per_corner, config.xor_noise, d)
+        corner = xor_points(config.xor_per_corner, config.xor_noise, 2 * d)[2]
+        for variant, parts in PARTS.items():
+            key = len(sets)
+            keys[key] = {"draw": d, "variant": variant}
+            sets[key] = Split(mirror_symmetric(split.x_train, corner, parts), split.y_train, split.x_test,
+                              split.y_test, split.classes)
+    stats = pd.DataFrame([{**keys[k], **asymmetries(s.x_train, corner)} for k, s in sets.items()])
+    trained = train_on(sets, config)
+    models = pd.concat([pd.DataFrame([keys[k] for k in trained.key]), trained.drop(columns="key")], axis=1)
     return RunResult(tables={"models": models, "point_sets": stats}, summary={"models": len(models)},
                      seed=config.data_seed)
 
@@ -140,12 +168,14 @@ register(Experiment(
         "smoke": {"shifts": XorTiltConfig(hidden=4, steps=20, inits=3, xor_per_corner=6, shifts=(-0.02, 0.0, 0.02)),
                   "cross_shifts": XorTiltConfig(task="cross_shifts", hidden=4, steps=20, inits=3, xor_per_corner=6,
                                                 shifts=(-0.02, 0.0, 0.02)),
-                  "draws": XorTiltConfig(task="draws", hidden=4, steps=20, inits=3, xor_per_corner=6, draws=2)},
+                  "draws": XorTiltConfig(task="draws", hidden=4, steps=20, inits=3, xor_per_corner=6, draws=2),
+                  "parts": XorTiltConfig(task="parts", hidden=4, steps=20, inits=3, xor_per_corner=6, draws=2)},
         "cpu": {"shifts": XorTiltConfig(), "cross_shifts": XorTiltConfig(task="cross_shifts"),
-                "draws": XorTiltConfig(task="draws", inits=64)},
+                "draws": XorTiltConfig(task="draws", inits=64),
+                "parts": XorTiltConfig(task="parts", inits=64, draws=8)},
     },
     run=run,
     description="The 2→8→2 XOR MLP from 128 initialisations on mirror-symmetric points with the '1,0' cluster moved "
-                "by −0.08 to 0.08 along x1 or x2, and from 64 on each of 40 ordinary draws: which mirror-image "
-                "solution wins.",
+                "by −0.08 to 0.08 along x1 or x2, and from 64 on each of 40 ordinary draws and of 8 draws with one "
+                "part mirrored: which mirror-image solution wins.",
 ))
