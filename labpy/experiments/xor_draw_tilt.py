@@ -116,10 +116,15 @@ def train_on(point_sets: dict, config: XorTiltConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def corner_ids(config: XorTiltConfig) -> torch.Tensor:
+    """(N,) each training point's corner, 0..3 in `xor_points`' order: the same layout in every draw."""
+    return xor_points(config.xor_per_corner, config.xor_noise, 2 * config.data_seed)[2]
+
+
 def run(config: XorTiltConfig, ctx: RunContext) -> RunResult:
+    corner = corner_ids(config)
     if config.task in ("shifts", "cross_shifts"):
         split, _ = xor_split(config.xor_per_corner, config.xor_noise, config.data_seed)
-        _, _, corner = xor_points(config.xor_per_corner, config.xor_noise, 2 * config.data_seed)
         base = mirror_symmetric(split.x_train, corner)
         axis = 0 if config.task == "shifts" else 1
         sets = {shift: Split(shifted(base, corner, shift, axis), split.y_train, split.x_test, split.y_test,
@@ -128,10 +133,8 @@ def run(config: XorTiltConfig, ctx: RunContext) -> RunResult:
     elif config.task == "parts":
         return parts_run(config)
     else:
-        sets, corner = {}, None
-        for d in range(config.data_seed, config.data_seed + config.draws):
-            sets[d], _ = xor_split(config.xor_per_corner, config.xor_noise, d)
-            corner = xor_points(config.xor_per_corner, config.xor_noise, 2 * d)[2]
+        sets = {d: xor_split(config.xor_per_corner, config.xor_noise, d)[0]
+                for d in range(config.data_seed, config.data_seed + config.draws)}
         name = "draw"
     stats = pd.DataFrame([{name: key, **asymmetries(s.x_train, corner)} for key, s in sets.items()])
     models = train_on(sets, config).rename(columns={"key": name})
@@ -141,10 +144,9 @@ def run(config: XorTiltConfig, ctx: RunContext) -> RunResult:
 
 def parts_run(config: XorTiltConfig) -> RunResult:
     """Every draw with each of PARTS mirrored; tables keyed by draw and variant."""
-    sets, keys = {}, {}
+    sets, keys, corner = {}, {}, corner_ids(config)
     for d in range(config.data_seed, config.data_seed + config.draws):
         split, _ = xor_split(config.xor_per_corner, config.xor_noise, d)
-        corner = xor_points(config.xor_per_corner, config.xor_noise, 2 * d)[2]
         for variant, parts in PARTS.items():
             key = len(sets)
             keys[key] = {"draw": d, "variant": variant}
