@@ -427,7 +427,8 @@ def test_mirror_symmetric_points_equal_their_own_swap_and_shifts_move_one_cluste
     # every statistic changes sign when the points are mirrored (the "0,1" and "1,0" clusters exchange roles)
     plain, mirrored = asymmetries(x, corner), asymmetries(swapped(x), mirror_corner)
     assert all(mirrored[k] == pytest.approx(-v, abs=1e-6) for k, v in plain.items())
-    assert plain["corner_00"] == pytest.approx(float((x[corner == 0, 0].double() - x[corner == 0, 1].double()).mean()), abs=1e-9)
+    by_hand = float((x[corner == 0, 0].double() - x[corner == 0, 1].double()).mean())
+    assert plain["corner_00"] == pytest.approx(by_hand, abs=1e-9)
 
 
 def test_the_tilt_runs_match_single_runs_and_odd_clusters_are_one_clear_error(tmp_store):
