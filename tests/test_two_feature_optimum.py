@@ -136,3 +136,26 @@ def test_with_zero_bias_the_antipodal_length_is_the_hand_computed_one():
     for p in (0.001, 0.05, 0.25, 0.4):
         assert tfo.antipodal_length(p) == pytest.approx(np.sqrt(1 + p / (8 - 6 * p)), abs=1e-7)
     assert tfo.antipodal_length(0.25, bias=0.05) < tfo.antipodal_length(0.25)     # a positive bias shortens it
+
+
+def test_the_pair_balances_slopes_and_curvatures_are_the_exact_losses():
+    """The hand computation's expansion of the antipodal pair's loss around |w|² = 1, b = 0 (superposition page):
+    gradient (−p²/12, −p²/3) and Hessian [[2pq/3 + p²/6, pq + p²/3], [pq + p²/3, 2q]] in (t = |w|² − 1, b),
+    against autograd on the exact loss. b is taken just above 0, where ReLU(b)² has its one-sided curvature."""
+    for p in (0.05, 0.25, 0.4):
+        q = 1 - p
+
+        def loss(tb: torch.Tensor) -> torch.Tensor:
+            w = torch.sqrt(1 + tb[0])
+            return tfo.expected_loss(torch.stack([w, -w]), torch.stack([tb[1], tb[1]]),
+                                     torch.tensor(p, dtype=torch.float64), torch.ones(2, dtype=torch.float64),
+                                     points=400)
+
+        at = torch.tensor([0.0, 1e-6], dtype=torch.float64)
+        gradient = torch.autograd.functional.jacobian(loss, at)
+        hessian = torch.autograd.functional.hessian(loss, at)
+        assert gradient.tolist() == pytest.approx([-p * p / 12, -p * p / 3], rel=1e-3, abs=1e-7)
+        expected = [[2 * p * q / 3 + p * p / 6, p * q + p * p / 3], [p * q + p * p / 3, 2 * q]]
+        assert hessian.tolist()[0] == pytest.approx(expected[0], rel=2e-3)
+        assert hessian[1, 0].item() == pytest.approx(expected[1][0], rel=2e-3)
+        assert hessian[1, 1].item() == pytest.approx(expected[1][1], rel=1e-2)
