@@ -151,7 +151,7 @@ def test_the_pair_balances_slopes_and_curvatures_are_the_exact_losses():
                                      torch.tensor(p, dtype=torch.float64), torch.ones(2, dtype=torch.float64),
                                      points=400)
 
-        at = torch.tensor([0.0, 1e-6], dtype=torch.float64)
+        at = torch.tensor([0.0, 1e-9], dtype=torch.float64)
         gradient = torch.autograd.functional.jacobian(loss, at)
         hessian = torch.autograd.functional.hessian(loss, at)
         assert gradient.tolist() == pytest.approx([-p * p / 12, -p * p / 3], rel=1e-3, abs=1e-7)
