@@ -130,6 +130,11 @@ def run(config: SaeTopKConfig, ctx: RunContext) -> RunResult:
                      summary={"n_represented": int(trained.features.represented.sum())}, seed=config.seed)
 
 
+# the smoke scale of sae_topk and the experiments built on it: a tiny toy, two ks, a few SAE steps
+SMOKE_SIZES = dict(n_features=8, n_hidden=3, toy_replicates=1, toy_steps=40, toy_batch=64, ks=(1, 2), sae_steps=40,
+                   sae_batch=32)
+
+
 register(Experiment(
     name="sae_topk",
     title="A top-k sparse autoencoder on the dense toy model",
@@ -137,8 +142,7 @@ register(Experiment(
     page="experiments/superposition.qmd",
     version=1,
     config_type=SaeTopKConfig,
-    scales={"smoke": {"dense": SaeTopKConfig(n_features=8, n_hidden=3, toy_replicates=1, toy_steps=40, toy_batch=64,
-                                             ks=(1, 2), sae_steps=40, sae_batch=32)},
+    scales={"smoke": {"dense": SaeTopKConfig(**SMOKE_SIZES)},
             "cpu": {"dense": SaeTopKConfig()}},
     run=run,
     description="Top-k SAEs (2n latents, k = 2 to 8) on the S = 0.9 toy model of sae_latents: recovery of the known "

@@ -23,7 +23,7 @@ from ..store import RunResult
 from ..toy.sae import SparseAutoencoder
 from ..validation import check_ranges, require
 from .registry import Experiment, RunContext, register
-from .sae_topk import SaeTopKConfig, TopKAutoencoder, eval_features, fresh_topk, toy_for
+from .sae_topk import SMOKE_SIZES, SaeTopKConfig, TopKAutoencoder, eval_features, fresh_topk, toy_for
 from .sae_topk_starts import feature_start, train_probed
 
 
@@ -37,7 +37,8 @@ class FeatureDeathConfig(SaeTopKConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_ranges(self, positive_int=("probe_inputs",))
-        require(self, self.probe_inputs <= 10_000, "probe_inputs", "is out of range; at most the 10,000 held-out inputs")
+        require(self, self.probe_inputs <= 10_000, "probe_inputs",
+                "is out of range; at most the 10,000 held-out inputs")
 
 
 @torch.no_grad()
@@ -79,9 +80,7 @@ register(Experiment(
     page="experiments/superposition.qmd",
     version=1,
     config_type=FeatureDeathConfig,
-    scales={"smoke": {"dense": FeatureDeathConfig(n_features=8, n_hidden=3, toy_replicates=1, toy_steps=40,
-                                                  toy_batch=64, ks=(1, 2), sae_steps=40, sae_batch=32,
-                                                  probe_inputs=200)},
+    scales={"smoke": {"dense": FeatureDeathConfig(**SMOKE_SIZES, probe_inputs=200)},
             "cpu": {"dense": FeatureDeathConfig()}},
     run=run,
     description="Top-k SAEs at k = 6 and 8 started on the true features, followed during training: how often a present "

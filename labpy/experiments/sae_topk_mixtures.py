@@ -29,8 +29,8 @@ from ..store import RunResult
 from ..toy.sae import SparseAutoencoder, evaluate_sae
 from ..validation import check_ranges, number_above
 from .registry import Experiment, RunContext, register
-from .sae_topk import (SaeTopKConfig, TopKAutoencoder, activation_sampler, eval_features, fresh_topk, top_k_of,
-                       train_topk)
+from .sae_topk import (SMOKE_SIZES, SaeTopKConfig, TopKAutoencoder, activation_sampler, eval_features, fresh_topk,
+                       top_k_of, train_topk)
 
 MATCH = 0.9          # a latent "is" a feature when its decoder direction lies within this cosine of one
 
@@ -171,9 +171,7 @@ register(Experiment(
     page="experiments/superposition.qmd",
     version=1,
     config_type=TopKMixturesConfig,
-    scales={"smoke": {"dense": TopKMixturesConfig(n_features=8, n_hidden=3, toy_replicates=1, toy_steps=40,
-                                                toy_batch=64, ks=(1, 2), sae_steps=40, sae_batch=32, dead_after=5,
-                                                random_inputs=200)},
+    scales={"smoke": {"dense": TopKMixturesConfig(**SMOKE_SIZES, dead_after=5, random_inputs=200)},
             "cpu": {"dense": TopKMixturesConfig()}},
     run=run,
     description="sae_topk's top-k SAEs retrained, and again with the AuxK loss that revives dead latents: how many "

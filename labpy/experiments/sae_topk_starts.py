@@ -28,7 +28,8 @@ from ..store import RunResult
 from ..toy.sae import max_cosine, train_sae
 from ..validation import check_ranges, require
 from .registry import Experiment, RunContext, register
-from .sae_topk import SaeTopKConfig, TopKAutoencoder, activation_sampler, eval_features, fresh_topk, toy_for
+from .sae_topk import (SMOKE_SIZES, SaeTopKConfig, TopKAutoencoder, activation_sampler, eval_features, fresh_topk,
+                       toy_for)
 from .sae_topk_mixtures import all_scores, gaussian_inputs
 
 STARTS = ("random", "features", "raised")
@@ -111,8 +112,7 @@ register(Experiment(
     page="experiments/superposition.qmd",
     version=1,
     config_type=TopKStartsConfig,
-    scales={"smoke": {"dense": TopKStartsConfig(n_features=8, n_hidden=3, toy_replicates=1, toy_steps=40, toy_batch=64,
-                                                ks=(1, 2), from_k=1, sae_steps=40, sae_batch=32, random_inputs=200)},
+    scales={"smoke": {"dense": TopKStartsConfig(**SMOKE_SIZES, from_k=1, random_inputs=200)},
             "cpu": {"dense": TopKStartsConfig()}},
     run=run,
     description="Top-k SAEs at k = 4, 6 and 8 on the S = 0.9 toy model from a random start, from the true features, "
