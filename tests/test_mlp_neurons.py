@@ -494,3 +494,54 @@ def test_on_mirror_symmetric_points_a_mirrored_start_builds_the_mirrored_solutio
         assert theirs == [mirror_name[n] for n in mine]
         found += mine
     assert any(mirror_name[n] != n for n in found)              # the check saw functions that do change when mirrored
+
+
+def test_tail_variants_swap_the_chosen_one_one_points_and_nothing_else():
+    from labpy.experiments.xor_draw_tilt import (TAIL_SIZES, TAIL_VARIANTS, asymmetries, swapped, tail_asymmetry,
+                                                 tail_order, tail_variants)
+    from labpy.tasks.digits import xor_points
+
+    x, _, corner = xor_points(50, 0.1, 6)
+    order = tail_order(x, corner)
+    d = (x[:, 0] - x[:, 1]).tolist()
+    by_hand = sorted((i for i in range(len(d)) if corner[i] == 3), key=lambda i: -abs(d[i]))
+    assert order.tolist() == by_hand                                   # furthest from the diagonal first
+    ones = sorted(d[i] for i in by_hand)
+    assert tail_asymmetry(x, corner) == pytest.approx(np.mean(ones[-5:]) + np.mean(ones[:5]), abs=1e-6)
+    variants = tail_variants(x, corner, 6)
+    assert tuple(variants) == TAIL_VARIANTS
+    assert torch.equal(variants["as drawn"], x)
+    for name, moved in variants.items():
+        assert torch.equal(moved[corner != 3], x[corner != 3])              # only "1,1" points move
+        changed = set(torch.nonzero((moved != x).any(1)).squeeze(1).tolist())
+        assert all(torch.equal(moved[i], swapped(x[i:i + 1])[0]) for i in changed)
+    k = TAIL_SIZES[-1]
+    assert torch.equal(swapped(variants[f"{k} furthest swapped"])[order[k:]],
+                       variants[f"all but the {k} furthest swapped"][order[k:]])
+    assert (variants[f"{k} at random swapped"] != x).any(1).sum() <= k
+    full = variants["'1,1' swapped"]
+    assert tail_asymmetry(full, corner) == pytest.approx(-tail_asymmetry(x, corner), abs=1e-6)
+    assert asymmetries(full, corner)["corner_11"] == pytest.approx(-asymmetries(x, corner)["corner_11"], abs=1e-6)
+    assert tail_variants(x, corner, 6)[f"{k} at random swapped"].equal(variants[f"{k} at random swapped"])
+
+
+def test_the_tails_run_matches_a_single_run_on_its_swapped_points(tmp_store):
+    from labpy import results
+    from labpy.experiments.xor_draw_tilt import FUNCTIONS, TAIL_VARIANTS, corner_ids, tail_variants
+    from labpy.tasks.digits import Split
+
+    run = results("xor_draw_tilt", "smoke")["tails"]
+    c = run.config
+    models = run.table("models").set_index(["draw", "variant", "init"])
+    assert len(models) == c.draws * len(TAIL_VARIANTS) * c.inits
+    d, variant = c.data_seed + 1, TAIL_VARIANTS[3]
+    split = xor_split(c.xor_per_corner, c.xor_noise, d)[0]
+    x = tail_variants(split.x_train, corner_ids(c), d)[variant]
+    single = train_mlp(Split(x, split.y_train, split.x_test, split.y_test, split.classes), c.hidden, c.steps, c.lr,
+                       c.inits - 1)
+    found = set(corner_logic(single.model, torch.tensor([[0.0, 0], [0, 1], [1, 0], [1, 1]])))
+    row = models.loc[(d, variant, c.inits - 1)]
+    assert [bool(row[f]) for f in FUNCTIONS] == [f in found for f in FUNCTIONS]
+    assert row.test_accuracy == pytest.approx(single.test_accuracy, abs=1e-6)
+    stats = run.table("point_sets").set_index(["draw", "variant"])
+    assert stats.loc[(d, "'1,1' swapped")].tail_11 == pytest.approx(-stats.loc[(d, "as drawn")].tail_11, abs=1e-6)

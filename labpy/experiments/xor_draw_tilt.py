@@ -10,6 +10,9 @@ initialisations at once (`train_many`) on two kinds of training points:
 - `draws`: `draws` ordinary draws of the points, each with its swap-antisymmetric statistics (`asymmetries`).
 - `parts`: each of `draws` ordinary draws as drawn, with one part of it mirrored (the two XOR = 1 clusters, "0,0"
   or "1,1"), and with all of it mirrored: which part of a draw carries its lean.
+- `tails`: each of `draws` ordinary draws as drawn and with some of its "1,1" points swapped (x1 and x2
+  exchanged): all of them, the `TAIL_SIZES` furthest from the diagonal, the rest, or as many at random
+  (`TAIL_VARIANTS`): whether a few points in the cluster's tails tip the lean.
 Stored: per model its test accuracy and which of the four functions of the two mirror pairs ("x1 AND NOT x2" /
 "x2 AND NOT x1", "x2" / "x1") one of its hidden neurons computes at the exact corners (`corner_logic`); per draw
 its statistics. Test points are each draw's own (`xor_split`), unshifted.
@@ -28,9 +31,12 @@ from ..toy.mlp import corner_logic, train_many
 from ..validation import check_ranges, number_between, one_of, require
 from .registry import Experiment, RunContext, register
 
-TASKS = ("shifts", "cross_shifts", "draws", "parts")
+TASKS = ("shifts", "cross_shifts", "draws", "parts", "tails")
 FUNCTIONS = ("x1 AND NOT x2", "x2 AND NOT x1", "x2", "x1")     # two mirror pairs: a function, then its mirror
 STATISTICS = ("outward", "cross", "corner_00", "corner_11", "spread")
+TAIL_SIZES = (1, 3, 10)           # `tails`: how many of the "1,1" points furthest from the diagonal are swapped
+TAIL_VARIANTS = ("as drawn", "'1,1' swapped", *(f"{k} furthest swapped" for k in TAIL_SIZES),
+                 f"all but the {TAIL_SIZES[-1]} furthest swapped", f"{TAIL_SIZES[-1]} at random swapped")
 PARTS = {"as drawn": (), "XOR = 1 clusters mirrored": ("xor1",), "'0,0' mirrored": ("0,0",),
          "'1,1' mirrored": ("1,1",), "all mirrored": ("xor1", "0,0", "1,1")}
 
@@ -115,6 +121,36 @@ def train_on(point_sets: dict, config: XorTiltConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def tail_order(x: torch.Tensor, corner: torch.Tensor) -> torch.Tensor:
+    """Indices of the "1,1" points, furthest from the diagonal (largest |x1 − x2|) first: the points that sit
+    nearest the line a detector of "1,0" or "0,1" has to draw between them and their own cluster."""
+    own = torch.nonzero(corner == 3).squeeze(1)                                         # (per_corner,)
+    return own[torch.argsort((x[own, 0] - x[own, 1]).abs(), descending=True, stable=True)]
+
+
+def tail_asymmetry(x: torch.Tensor, corner: torch.Tensor, k: int = 5) -> float:
+    """How much further the "1,1" cluster reaches towards "1,0" than towards "0,1": the mean of its k largest
+    x1 − x2 minus the mean of its k largest x2 − x1 (0 for a mirror-symmetric cluster; flips sign when swapped)."""
+    d = (x[corner == 3, 0] - x[corner == 3, 1]).double()
+    return float(d.topk(k).values.mean() - (-d).topk(k).values.mean())
+
+
+def swap_points(x: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """(N, 2) points with the points at indices `which` mirrored across the diagonal (x1 and x2 exchanged)."""
+    out = x.clone()
+    out[which] = swapped(x[which])
+    return out
+
+
+def tail_variants(x: torch.Tensor, corner: torch.Tensor, draw: int) -> dict[str, torch.Tensor]:
+    """The TAIL_VARIANTS of one draw's training points; the random subset is drawn from `draw`, so it is fixed."""
+    order = tail_order(x, corner)
+    k = TAIL_SIZES[-1]
+    pick = torch.randperm(len(order), generator=torch.Generator().manual_seed(draw))[:k]
+    subsets = [order[:0], order, *(order[:n] for n in TAIL_SIZES), order[k:], order[pick]]
+    return {name: swap_points(x, which) for name, which in zip(TAIL_VARIANTS, subsets)}
+
+
 def corner_ids(config: XorTiltConfig) -> torch.Tensor:
     """(N,) each training point's corner, 0..3 in `xor_points`' order: the same layout in every draw."""
     return xor_points(config.xor_per_corner, config.xor_noise, 2 * config.data_seed)[2]
@@ -131,6 +167,8 @@ def run(config: XorTiltConfig, ctx: RunContext) -> RunResult:
         name = "shift"
     elif config.task == "parts":
         return parts_run(config)
+    elif config.task == "tails":
+        return tails_run(config)
     else:
         sets = {d: xor_split(config.xor_per_corner, config.xor_noise, d)[0]
                 for d in range(config.data_seed, config.data_seed + config.draws)}
@@ -158,6 +196,23 @@ def parts_run(config: XorTiltConfig) -> RunResult:
                      seed=config.data_seed)
 
 
+def tails_run(config: XorTiltConfig) -> RunResult:
+    """Every draw with some of its "1,1" points swapped (TAIL_VARIANTS); tables keyed by draw and variant, with the
+    "1,1" cluster's tail asymmetry beside the draw's other statistics."""
+    sets, keys, stats, corner = {}, {}, [], corner_ids(config)
+    for d in range(config.data_seed, config.data_seed + config.draws):
+        split, _ = xor_split(config.xor_per_corner, config.xor_noise, d)
+        for variant, x in tail_variants(split.x_train, corner, d).items():
+            key = len(sets)
+            keys[key] = {"draw": d, "variant": variant}
+            sets[key] = Split(x, split.y_train, split.x_test, split.y_test, split.classes)
+            stats.append({**keys[key], **asymmetries(x, corner), "tail_11": tail_asymmetry(x, corner)})
+    trained = train_on(sets, config)
+    models = pd.concat([pd.DataFrame([keys[k] for k in trained.key]), trained.drop(columns="key")], axis=1)
+    return RunResult(tables={"models": models, "point_sets": pd.DataFrame(stats)}, summary={"models": len(models)},
+                     seed=config.data_seed)
+
+
 register(Experiment(
     name="xor_draw_tilt",
     title="What tilts the XOR solutions: mirror-symmetric points shifted by a little, and forty ordinary draws",
@@ -170,13 +225,15 @@ register(Experiment(
                   "cross_shifts": XorTiltConfig(task="cross_shifts", hidden=4, steps=20, inits=3, xor_per_corner=6,
                                                 shifts=(-0.02, 0.0, 0.02)),
                   "draws": XorTiltConfig(task="draws", hidden=4, steps=20, inits=3, xor_per_corner=6, draws=2),
-                  "parts": XorTiltConfig(task="parts", hidden=4, steps=20, inits=3, xor_per_corner=6, draws=2)},
+                  "parts": XorTiltConfig(task="parts", hidden=4, steps=20, inits=3, xor_per_corner=6, draws=2),
+                  "tails": XorTiltConfig(task="tails", hidden=4, steps=20, inits=3, xor_per_corner=24, draws=2)},
         "cpu": {"shifts": XorTiltConfig(), "cross_shifts": XorTiltConfig(task="cross_shifts"),
                 "draws": XorTiltConfig(task="draws", inits=64),
-                "parts": XorTiltConfig(task="parts", inits=64, draws=8)},
+                "parts": XorTiltConfig(task="parts", inits=64, draws=8),
+                "tails": XorTiltConfig(task="tails", inits=64, draws=16)},
     },
     run=run,
     description="The 2→8→2 XOR MLP from 128 initialisations on mirror-symmetric points with the '1,0' cluster moved "
-                "by −0.08 to 0.08 along x1 or x2, and from 64 on each of 40 ordinary draws and of 8 draws with one "
-                "part mirrored: which mirror-image solution wins.",
+                "by −0.08 to 0.08 along x1 or x2, and from 64 on each of 40 ordinary draws, of 8 draws with one "
+                "part mirrored and of 16 draws with some '1,1' points swapped: which mirror-image solution wins.",
 ))
