@@ -545,3 +545,41 @@ def test_the_tails_run_matches_a_single_run_on_its_swapped_points(tmp_store):
     assert row.test_accuracy == pytest.approx(single.test_accuracy, abs=1e-6)
     stats = run.table("point_sets").set_index(["draw", "variant"])
     assert stats.loc[(d, "'1,1' swapped")].tail_11 == pytest.approx(-stats.loc[(d, "as drawn")].tail_11, abs=1e-6)
+
+
+def test_outlier_reading_ranks_the_one_one_points_by_the_side_detector_by_hand():
+    from labpy.experiments.xor_draw_tilt import first_pair_code, outlier_reading
+
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.1], [1.1, 0.7], [0.9, 1.0], [0.7, 1.2]])     # 0,0 / 1,0 / three 1,1
+    corner = torch.tensor([0, 2, 3, 3, 3])
+    model = MLP(2, 3)
+    with torch.no_grad():
+        model.w_in.weight.copy_(torch.tensor([[1.0, -1.0], [1.0, -2.0], [-1.0, 1.0]]))
+        model.w_in.bias.copy_(torch.tensor([-0.5, -0.2, -0.5]))
+    # neurons 0 and 1 are 'x1 AND NOT x2' (on at 1,0 only), neuron 2 is its mirror
+    assert first_pair_code(model, torch.tensor([[0.0, 0], [0, 1], [1, 0], [1, 1]])) == 3
+    reading = outlier_reading(model, x, corner, outlier=2)            # x1 − x2 = 0.4 > 0: the 'x1 AND NOT x2' side
+    # pre-activations of the 1,1 points: neuron 0: -0.1, -0.6, -1.0; neuron 1: -0.5, -1.3, -1.9 -> rank 1 in both
+    assert reading["outlier_pre"] == pytest.approx(-0.1) and reading["outlier_rank"] == 1
+    reading = outlier_reading(model, x, corner, outlier=3)            # x1 − x2 = −0.1: the mirror's side, neuron 2
+    assert reading["outlier_pre"] == pytest.approx(-0.4) and reading["outlier_rank"] == 2     # 0.7,1.2 gives 0.0
+    with torch.no_grad():
+        model.w_in.bias.copy_(torch.tensor([-0.5, -0.2, -5.0]))       # neuron 2 never fires: no mirror detector
+    assert np.isnan(outlier_reading(model, x, corner, outlier=3)["outlier_rank"])
+
+
+def test_the_lines_run_ends_where_the_tails_run_does(tmp_store):
+    from labpy import results
+    from labpy.experiments.xor_draw_tilt import FUNCTIONS, LINE_VARIANTS
+
+    runs = results("xor_draw_tilt", "smoke")
+    lines, tails = runs["lines"], runs["tails"]
+    assert (lines.config.hidden, lines.config.steps, lines.config.inits) == (
+        tails.config.hidden, tails.config.steps, tails.config.inits)
+    ends = lines.table("models").set_index(["draw", "variant", "init"])
+    same = tails.table("models").set_index(["draw", "variant", "init"]).loc[ends.index]
+    assert set(ends.index.get_level_values("variant")) == set(LINE_VARIANTS)
+    code = same[FUNCTIONS[0]].astype(int) + 2 * same[FUNCTIONS[1]].astype(int)   # snapshots end as train_many does
+    assert (ends[f"code_{lines.config.steps}"] == code).all()
+    assert np.allclose(ends.test_accuracy, same.test_accuracy, atol=1e-6)
+    assert (ends.code_0.isin([0, 1, 2, 3])).all() and ends.outlier.nunique() == lines.config.draws

@@ -13,6 +13,9 @@ initialisations at once (`train_many`) on two kinds of training points:
 - `tails`: each of `draws` ordinary draws as drawn and with some of its "1,1" points swapped (x1 and x2
   exchanged): all of them, the `TAIL_SIZES` furthest from the diagonal, the rest, or as many at random
   (`TAIL_VARIANTS`): whether a few points in the cluster's tails tip the lean.
+- `lines`: each of `draws` ordinary draws as drawn and with its furthest "1,1" point swapped, followed through
+  training (`LINE_STEPS`): when the two runs of one initialisation part, and where the detector on the side of that
+  point draws its line.
 Stored: per model its test accuracy and which of the four functions of the two mirror pairs ("x1 AND NOT x2" /
 "x2 AND NOT x1", "x2" / "x1") one of its hidden neurons computes at the exact corners (`corner_logic`); per draw
 its statistics. Test points are each draw's own (`xor_split`), unshifted.
@@ -27,16 +30,18 @@ import torch
 
 from ..store import RunResult
 from ..tasks.digits import CORNERS, Split, xor_points, xor_split
-from ..toy.mlp import corner_logic, train_many
+from ..toy.mlp import corner_logic, train_many, train_snapshots
 from ..validation import check_ranges, number_between, one_of, require
 from .registry import Experiment, RunContext, register
 
-TASKS = ("shifts", "cross_shifts", "draws", "parts", "tails")
+TASKS = ("shifts", "cross_shifts", "draws", "parts", "tails", "lines")
 FUNCTIONS = ("x1 AND NOT x2", "x2 AND NOT x1", "x2", "x1")     # two mirror pairs: a function, then its mirror
 STATISTICS = ("outward", "cross", "corner_00", "corner_11", "spread")
 TAIL_SIZES = (1, 3, 10)           # `tails`: how many of the "1,1" points furthest from the diagonal are swapped
 TAIL_VARIANTS = ("as drawn", "'1,1' swapped", *(f"{k} furthest swapped" for k in TAIL_SIZES),
                  f"all but the {TAIL_SIZES[-1]} furthest swapped", f"{TAIL_SIZES[-1]} at random swapped")
+LINE_VARIANTS = ("as drawn", "1 furthest swapped")
+LINE_STEPS = (0, 25, 50, 100, 200, 300, 500, 1000, 1500)   # `lines`: snapshots before the last step (which is added)
 PARTS = {"as drawn": (), "XOR = 1 clusters mirrored": ("xor1",), "'0,0' mirrored": ("0,0",),
          "'1,1' mirrored": ("1,1",), "all mirrored": ("xor1", "0,0", "1,1")}
 
@@ -169,6 +174,8 @@ def run(config: XorTiltConfig, ctx: RunContext) -> RunResult:
         return parts_run(config)
     elif config.task == "tails":
         return tails_run(config)
+    elif config.task == "lines":
+        return lines_run(config)
     else:
         sets = {d: xor_split(config.xor_per_corner, config.xor_noise, d)[0]
                 for d in range(config.data_seed, config.data_seed + config.draws)}
@@ -213,6 +220,61 @@ def tails_run(config: XorTiltConfig) -> RunResult:
                      seed=config.data_seed)
 
 
+def first_pair_code(model, corners: torch.Tensor) -> int:
+    """Which of the first mirror pair a model has, as one number: 1 for "x1 AND NOT x2", 2 for its mirror, 3 both."""
+    functions = set(corner_logic(model, corners))
+    return int(FUNCTIONS[0] in functions) + 2 * int(FUNCTIONS[1] in functions)
+
+
+def outlier_reading(model, x: torch.Tensor, corner: torch.Tensor, outlier: int) -> dict[str, float]:
+    """Where the detector on the side of the "1,1" point `outlier` draws its line ("x1 AND NOT x2" when the point's
+    x1 − x2 > 0): over the neurons computing it, the point's highest pre-activation and its rank among the "1,1"
+    points' (1: the nearest the line of all of them); NaN without such a neuron."""
+    side = FUNCTIONS[0] if x[outlier, 0] > x[outlier, 1] else FUNCTIONS[1]
+    functions = corner_logic(model, torch.tensor(CORNERS, dtype=torch.float32))
+    which = [h for h, name in enumerate(functions) if name == side]
+    if not which:
+        return {"outlier_pre": float("nan"), "outlier_rank": float("nan")}
+    with torch.no_grad():
+        pre = model.pre(x)[:, which]                                                     # (N, detectors)
+    ones = torch.nonzero(corner == 3).squeeze(1)
+    ranks = (pre[ones] > pre[outlier]).sum(0) + 1                                        # (detectors,)
+    best = int(pre[outlier].argmax())
+    return {"outlier_pre": float(pre[outlier, best]), "outlier_rank": float(ranks.min())}
+
+
+def lines_run(config: XorTiltConfig) -> RunResult:
+    """Every draw as drawn and with its furthest "1,1" point swapped, snapshots at LINE_STEPS and the last step: per
+    model and snapshot the first pair's code (`first_pair_code`) and the training accuracy; at the end its test
+    accuracy and `outlier_reading`."""
+    corner = corner_ids(config)
+    corners = torch.tensor(CORNERS, dtype=torch.float32)
+    steps = tuple(k for k in LINE_STEPS if k < config.steps) + (config.steps,)
+    sets, keys = [], []
+    for d in range(config.data_seed, config.data_seed + config.draws):
+        split, _ = xor_split(config.xor_per_corner, config.xor_noise, d)
+        outlier = int(tail_order(split.x_train, corner)[0])
+        variants = tail_variants(split.x_train, corner, d)
+        for variant in LINE_VARIANTS:
+            for s in range(config.inits):
+                sets.append(Split(variants[variant], split.y_train, split.x_test, split.y_test, split.classes))
+                keys.append({"draw": d, "variant": variant, "init": s, "outlier": outlier})
+    snapshots = train_snapshots(sets, config.hidden, config.lr, [k["init"] for k in keys], steps)
+    rows = []
+    for i, (key, split) in enumerate(zip(keys, sets)):
+        final = snapshots[config.steps][i]
+        with torch.no_grad():
+            test_accuracy = float((final(split.x_test).argmax(1) == split.y_test).float().mean())
+        row = {**key, "test_accuracy": test_accuracy, **outlier_reading(final, split.x_train, corner, key["outlier"])}
+        for k in steps:
+            model = snapshots[k][i]
+            with torch.no_grad():
+                row[f"train_accuracy_{k}"] = float((model(split.x_train).argmax(1) == split.y_train).float().mean())
+            row[f"code_{k}"] = first_pair_code(model, corners)
+        rows.append(row)
+    return RunResult(tables={"models": pd.DataFrame(rows)}, summary={"models": len(rows)}, seed=config.data_seed)
+
+
 register(Experiment(
     name="xor_draw_tilt",
     title="What tilts the XOR solutions: mirror-symmetric points shifted by a little, and forty ordinary draws",
@@ -226,14 +288,17 @@ register(Experiment(
                                                 shifts=(-0.02, 0.0, 0.02)),
                   "draws": XorTiltConfig(task="draws", hidden=4, steps=20, inits=3, xor_per_corner=6, draws=2),
                   "parts": XorTiltConfig(task="parts", hidden=4, steps=20, inits=3, xor_per_corner=6, draws=2),
-                  "tails": XorTiltConfig(task="tails", hidden=4, steps=20, inits=3, xor_per_corner=24, draws=2)},
+                  "tails": XorTiltConfig(task="tails", hidden=4, steps=20, inits=3, xor_per_corner=24, draws=2),
+                  "lines": XorTiltConfig(task="lines", hidden=4, steps=20, inits=3, xor_per_corner=24, draws=2)},
         "cpu": {"shifts": XorTiltConfig(), "cross_shifts": XorTiltConfig(task="cross_shifts"),
                 "draws": XorTiltConfig(task="draws", inits=64),
                 "parts": XorTiltConfig(task="parts", inits=64, draws=8),
-                "tails": XorTiltConfig(task="tails", inits=64, draws=16)},
+                "tails": XorTiltConfig(task="tails", inits=64, draws=16),
+                "lines": XorTiltConfig(task="lines", inits=64, draws=16)},
     },
     run=run,
     description="The 2→8→2 XOR MLP from 128 initialisations on mirror-symmetric points with the '1,0' cluster moved "
                 "by −0.08 to 0.08 along x1 or x2, and from 64 on each of 40 ordinary draws, of 8 draws with one "
-                "part mirrored and of 16 draws with some '1,1' points swapped: which mirror-image solution wins.",
+                "part mirrored and of 16 draws with some '1,1' points swapped (followed through training for the "
+                "furthest one): which mirror-image solution wins, and when.",
 ))
