@@ -221,3 +221,44 @@ def test_superposition_page_analysis_on_known_geometry():
     cells = sa.phase_cells(frame)
     assert cells.loss.tolist() == [0.3, 0.1]
     assert sa.off_the_discrete_solutions(frame).index.tolist() == [3]
+
+
+def test_the_dip_hybrids_split_gelu_into_its_dip_and_its_curve():
+    import torch.nn.functional as F
+
+    from labpy.toy.superposition import ACTIVATIONS, gelu_without_dip, relu_with_dip
+
+    x = torch.linspace(-4, 4, 8001, dtype=torch.float64)
+    below, above = x < 0, x >= 0
+    assert torch.equal(relu_with_dip(x)[above], x[above]) and torch.equal(relu_with_dip(x)[below], F.gelu(x)[below])
+    assert torch.equal(gelu_without_dip(x)[above], F.gelu(x)[above]) and (gelu_without_dip(x)[below] == 0).all()
+    # the two hybrids share GELU's and ReLU's parts between them: together they are ReLU plus GELU
+    assert torch.allclose(relu_with_dip(x) + gelu_without_dip(x), F.relu(x) + F.gelu(x))
+    # GELU's dip: its minimum, x Φ(x) at x ≈ −0.7518, is about −0.17 (Hendrycks & Gimpel)
+    low = relu_with_dip(x).argmin()
+    assert relu_with_dip(x)[low].item() == pytest.approx(-0.16997, abs=1e-4) and x[low].item() == pytest.approx(
+        -0.752, abs=2e-3)
+    assert {"relu_dip", "gelu_no_dip"} <= set(ACTIVATIONS)
+
+
+def test_the_dip_run_stores_each_activation_with_its_biases(tmp_store):
+    from labpy import results
+    from labpy.experiments.superposition import sparsity_sweep, trained_sweep
+    from labpy.experiments.superposition_dip import sweep_with_bias
+
+    run = results("superposition_dip", "smoke")["toy"]
+    c = run.config
+    instances = run.table("sweep_instances")
+    assert list(instances.activation.unique()) == list(c.activations)
+    assert len(instances) == len(c.activations) * len(c.sparsities) * c.replicates
+    assert len(run.table("geometry_instances")) == len(c.activations) * len(c.geometry_sparsities) * c.replicates
+    sweep = c.sweep_config()
+    features, table, _ = sweep_with_bias(sweep, c.n_features, c.n_hidden, c.sparsities, "relu_dip", seed=3)
+    plain_features, plain_table, _, _ = sparsity_sweep(sweep, c.n_features, c.n_hidden, c.sparsities, "relu_dip", 3)
+    assert features.drop(columns="bias").equals(plain_features) and table.equals(plain_table)
+    model = trained_sweep(sweep, c.n_features, c.n_hidden, c.sparsities, "relu_dip", seed=3)[0]
+    by_feature = features.set_index(["instance", "feature"]).bias
+    assert all(by_feature[(k, i)] == pytest.approx(model.b[k, i].item(), abs=1e-7)
+               for k in range(model.b.shape[0]) for i in range(c.n_features))
+    stored = run.table("sweep_features")
+    assert stored.bias.notna().all() and (stored.groupby(["activation", "instance"]).size() == c.n_features).all()

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..device import one_thread
 from ..store import RunResult
 from ..toy.sae import SparseAutoencoder, evaluate_sae, max_cosine, train_sae
-from ..toy.superposition import (REPRESENTED, ToyModel, classify_two_features, dimensions_per_feature,
+from ..toy.superposition import (REPRESENTED, ToyModel, ToyRun, classify_two_features, dimensions_per_feature,
                                  features_frame, geometric_importance, instance_grid, sample_features, train_toy,
                                  weights_frame)
 from ..validation import Rule, check_ranges, int_at_least, number_between, require
@@ -97,10 +97,10 @@ class SuperpositionConfig:
                     f"{many} = {getattr(self, many)}")
 
 
-def sparsity_sweep(config: SuperpositionConfig, n: int, m: int, sparsities: tuple[float, ...], activation: str,
-                   seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Every sparsity × replicate as one batched model: per-feature table, per-instance table, W in long form, and
-    the training curve (loss and features represented at 21 points)."""
+def trained_sweep(config: SuperpositionConfig, n: int, m: int, sparsities: tuple[float, ...], activation: str,
+                  seed: int) -> tuple[ToyModel, ToyRun, pd.DataFrame, torch.Tensor]:
+    """Every sparsity × replicate as one batched model, trained: the model, its run, one row of labels per instance
+    (sparsity, replicate, activation) and the importance (I, n)."""
     labels = instance_grid(sparsity=sparsities, replicate=range(config.replicates))
     I = len(labels)
     probability = torch.tensor(1 - labels.sparsity.to_numpy(), dtype=torch.float32)[:, None].expand(I, n)  # (I, n)
@@ -108,7 +108,13 @@ def sparsity_sweep(config: SuperpositionConfig, n: int, m: int, sparsities: tupl
     model = ToyModel(I, n, m, activation, seed=seed)
     result = train_toy(model, probability, importance, config.steps, config.batch_size, config.lr, seed=seed + 1,
                        log_every=max(1, config.steps // 20))
-    labels = labels.assign(activation=activation)
+    return model, result, labels.assign(activation=activation), importance
+
+
+def sweep_tables(model: ToyModel, result: ToyRun, labels: pd.DataFrame, importance: torch.Tensor
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A trained sweep's per-feature table, per-instance table, W in long form, and the training curve (loss and
+    features represented at 21 points)."""
     W = model.W.detach()                                                                                 # (I, m, n)
     features = features_frame(W, importance, labels)
     instances = labels.assign(loss=result.loss.numpy(),
@@ -116,6 +122,12 @@ def sparsity_sweep(config: SuperpositionConfig, n: int, m: int, sparsities: tupl
                               dims_per_feature=dimensions_per_feature(W).numpy())
     curve = result.curve.merge(labels, left_on="instance", right_index=True)
     return features, instances, weights_frame(W, labels), curve
+
+
+def sparsity_sweep(config: SuperpositionConfig, n: int, m: int, sparsities: tuple[float, ...], activation: str,
+                   seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """`trained_sweep`, as `sweep_tables`."""
+    return sweep_tables(*trained_sweep(config, n, m, sparsities, activation, seed))
 
 
 def phase_diagram(config: SuperpositionConfig, seed: int, antipodal_start: bool = False) -> pd.DataFrame:

@@ -25,7 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu,
+def relu_with_dip(x: torch.Tensor) -> torch.Tensor:
+    """ReLU plus GELU's dip below zero (its minimum, about −0.17 near x = −0.75): GELU's negative part on ReLU's
+    sharp corner, to tell which of GELU's two differences from ReLU does what."""
+    return F.relu(x) + F.gelu(x).clamp(max=0)
+
+
+def gelu_without_dip(x: torch.Tensor) -> torch.Tensor:
+    """GELU with its dip cut off at 0: GELU's curve above zero, ReLU's flat zero below."""
+    return F.gelu(x).clamp(min=0)
+
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "relu_dip": relu_with_dip, "gelu_no_dip": gelu_without_dip,
                "linear": torch.nn.Identity()}    # the paper's baseline x' = WᵀWx + b: no superposition
 REPRESENTED = 0.5       # ‖W_i‖ above this: feature i is represented (the paper's and the notebook's rule)
 
