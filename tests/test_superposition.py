@@ -255,7 +255,11 @@ def test_the_dip_run_stores_each_activation_with_its_biases(tmp_store):
     sweep = c.sweep_config()
     features, table, _ = sweep_with_bias(sweep, c.n_features, c.n_hidden, c.sparsities, "relu_dip", seed=3)
     plain_features, plain_table, _, _ = sparsity_sweep(sweep, c.n_features, c.n_hidden, c.sparsities, "relu_dip", 3)
-    assert features.drop(columns="bias").equals(plain_features) and table.equals(plain_table)
+    assert features.drop(columns="bias").equals(plain_features)
+    assert table.drop(columns="instance").equals(plain_table) and list(table.instance) == list(plain_table.index)
+    geometry, weights = run.table("geometry_instances"), run.table("geometry_weights")
+    assert set(map(tuple, geometry[["activation", "instance", "sparsity"]].to_numpy())) == set(
+        map(tuple, weights[["activation", "instance", "sparsity"]].drop_duplicates().to_numpy()))
     model = trained_sweep(sweep, c.n_features, c.n_hidden, c.sparsities, "relu_dip", seed=3)[0]
     by_feature = features.set_index(["instance", "feature"]).bias
     assert all(by_feature[(k, i)] == pytest.approx(model.b[k, i].item(), abs=1e-7)

@@ -63,11 +63,12 @@ class SuperpositionDipConfig:
 
 def sweep_with_bias(config: SuperpositionConfig, n: int, m: int, sparsities: tuple[float, ...], activation: str,
                     seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """`sweep_tables` (features, instances, W in long form) with each feature's output bias in the features."""
+    """`sweep_tables` (features, instances, W in long form) with each feature's output bias in the features, and the
+    instance as a column of the instances (so that it survives stacking several activations' tables)."""
     model, result, labels, importance = trained_sweep(config, n, m, sparsities, activation, seed)
     features, instances, weights, _ = sweep_tables(model, result, labels, importance)
     features["bias"] = model.b.detach().reshape(-1).numpy()                    # (I · n,), instance-major as features
-    return features, instances, weights
+    return features, instances.rename_axis("instance").reset_index(), weights
 
 
 def run(config: SuperpositionDipConfig, ctx: RunContext) -> RunResult:
