@@ -239,6 +239,10 @@ def test_the_dip_hybrids_split_gelu_into_its_dip_and_its_curve():
     assert relu_with_dip(x)[low].item() == pytest.approx(-0.16997, abs=1e-4) and x[low].item() == pytest.approx(
         -0.752, abs=2e-3)
     assert {"relu_dip", "gelu_no_dip"} <= set(ACTIVATIONS)
+    for depth in (0.1, 0.5):                                    # the shallower dips: the same dip, scaled
+        shallow = ACTIVATIONS[f"relu_dip_{depth:g}"](x)
+        assert torch.equal(shallow[above], x[above])
+        assert torch.allclose(shallow[below], depth * F.gelu(x)[below])
 
 
 def test_the_dip_run_stores_each_activation_with_its_biases(tmp_store):

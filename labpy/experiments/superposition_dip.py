@@ -5,7 +5,8 @@ above zero it bends (GELU(x) < x) instead of passing x. Two hybrids take one dif
 (`labpy.toy.superposition`): `relu_dip`, ReLU with GELU's dip added, and `gelu_no_dip`, GELU with its dip cut off
 at 0. Each of the four output activations trains the page's sparsity sweep (n = 20 into m = 5, importance 0.9^i)
 at the sparse end, where ReLU and GELU part, and the 5 → 2 geometry. Stored beside the sweep's usual tables: each
-feature's output bias b_i, the part of the model a ReLU uses to cut off interference below zero.
+feature's output bias b_i, the part of the model a ReLU uses to cut off interference below zero. The `depths` run
+(added after the first one's results) trains ReLU with GELU's dip scaled down (`DIP_DEPTHS`): how deep it must be.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from ..device import one_thread
 from ..store import RunResult
 from ..validation import check_ranges, int_at_least, number_between, one_of, require
 from .registry import Experiment, RunContext, register
+from ..toy.superposition import DIP_DEPTHS
 from .superposition import SPARSITY, SuperpositionConfig, sweep_tables, trained_sweep
 
 DIP_ACTIVATIONS = ("relu", "relu_dip", "gelu_no_dip", "gelu")
+DEPTH_ACTIVATIONS = tuple(f"relu_dip_{d:g}" for d in DIP_DEPTHS)     # the `depths` run: ReLU with shallower dips
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class SuperpositionDipConfig:
                                          "replicates", "steps", "batch_size"),
                      positive=("lr",), nonneg_int=("seed",),
                      nonempty=("activations", "sparsities", "geometry_sparsities"),
-                     rules={"activations": one_of(*DIP_ACTIVATIONS), "sparsities": SPARSITY,
+                     rules={"activations": one_of(*DIP_ACTIVATIONS, *DEPTH_ACTIVATIONS), "sparsities": SPARSITY,
                             "geometry_sparsities": SPARSITY, "importance_decay": number_between(0, 1),
                             "n_features": int_at_least(2), "geometry_features": int_at_least(2)})
         for many, few in (("n_features", "n_hidden"), ("geometry_features", "geometry_hidden")):
@@ -101,9 +104,11 @@ register(Experiment(
     scales={"smoke": {"toy": SuperpositionDipConfig(n_features=6, n_hidden=2, sparsities=(0.9, 0.99),
                                                     geometry_sparsities=(0.9,), replicates=1, steps=40,
                                                     batch_size=64)},
-            "cpu": {"toy": SuperpositionDipConfig()}},
+            # "depths" (added after the "toy" run's results): ReLU with dips 0.03 to 0.5 times GELU's
+            "cpu": {"toy": SuperpositionDipConfig(), "depths": SuperpositionDipConfig(activations=DEPTH_ACTIVATIONS)}},
     run=run,
     description="The 20 → 5 and 5 → 2 toy models of superposition at S ≥ 0.9 with four output activations: ReLU, "
-                "ReLU with GELU's dip, GELU without its dip, and GELU.",
+                "ReLU with GELU's dip, GELU without its dip, and GELU; and ReLU with the dip 0.03 to 0.5 times as "
+                "deep.",
     device="cpu",
 ))

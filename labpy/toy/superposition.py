@@ -19,16 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-def relu_with_dip(x: torch.Tensor) -> torch.Tensor:
-    """ReLU plus GELU's dip below zero (its minimum, about −0.17 near x = −0.75): GELU's negative part on ReLU's
-    sharp corner, to tell which of GELU's two differences from ReLU does what."""
-    return F.relu(x) + F.gelu(x).clamp(max=0)
+def relu_with_dip(x: torch.Tensor, depth: float = 1.0) -> torch.Tensor:
+    """ReLU plus GELU's dip below zero (its minimum, about −0.17 near x = −0.75) scaled by `depth`: GELU's negative
+    part on ReLU's sharp corner, to tell which of GELU's two differences from ReLU does what, and how much of it."""
+    return F.relu(x) + depth * F.gelu(x).clamp(max=0)
 
 
 def gelu_without_dip(x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,9 @@ def gelu_without_dip(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x).clamp(min=0)
 
 
+DIP_DEPTHS = (0.03, 0.1, 0.2, 0.3, 0.5)         # `relu_dip_<depth>`: ReLU with a shallower dip than GELU's
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "relu_dip": relu_with_dip, "gelu_no_dip": gelu_without_dip,
+               **{f"relu_dip_{d:g}": partial(relu_with_dip, depth=d) for d in DIP_DEPTHS},
                "linear": torch.nn.Identity()}    # the paper's baseline x' = WᵀWx + b: no superposition
 REPRESENTED = 0.5       # ‖W_i‖ above this: feature i is represented (the paper's and the notebook's rule)
 
