@@ -17,9 +17,9 @@ import pandas as pd
 
 from ..device import one_thread
 from ..store import RunResult
+from ..toy.superposition import DIP_DEPTHS
 from ..validation import check_ranges, int_at_least, number_between, one_of, require
 from .registry import Experiment, RunContext, register
-from ..toy.superposition import DIP_DEPTHS
 from .superposition import SPARSITY, SuperpositionConfig, sweep_tables, trained_sweep
 
 DIP_ACTIVATIONS = ("relu", "relu_dip", "gelu_no_dip", "gelu")

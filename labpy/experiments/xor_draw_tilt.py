@@ -30,7 +30,7 @@ import torch
 
 from ..store import RunResult
 from ..tasks.digits import CORNERS, Split, xor_points, xor_split
-from ..toy.mlp import corner_logic, train_many, train_snapshots
+from ..toy.mlp import MLP, corner_logic, train_many, train_snapshots
 from ..validation import check_ranges, number_between, one_of, require
 from .registry import Experiment, RunContext, register
 
@@ -220,13 +220,13 @@ def tails_run(config: XorTiltConfig) -> RunResult:
                      seed=config.data_seed)
 
 
-def first_pair_code(model, corners: torch.Tensor) -> int:
+def first_pair_code(model: MLP, corners: torch.Tensor) -> int:
     """Which of the first mirror pair a model has, as one number: 1 for "x1 AND NOT x2", 2 for its mirror, 3 both."""
     functions = set(corner_logic(model, corners))
     return int(FUNCTIONS[0] in functions) + 2 * int(FUNCTIONS[1] in functions)
 
 
-def outlier_reading(model, x: torch.Tensor, corner: torch.Tensor, outlier: int) -> dict[str, float]:
+def outlier_reading(model: MLP, x: torch.Tensor, corner: torch.Tensor, outlier: int) -> dict[str, float]:
     """Where the detector on the side of the "1,1" point `outlier` draws its line ("x1 AND NOT x2" when the point's
     x1 − x2 > 0): over the neurons computing it, the point's highest pre-activation and its rank among the "1,1"
     points' (1: the nearest the line of all of them); NaN without such a neuron."""

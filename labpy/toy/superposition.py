@@ -45,7 +45,7 @@ REPRESENTED = 0.5       # ‖W_i‖ above this: feature i is represented (the pa
 
 
 class ToyModel(nn.Module):
-    """`n_instances` independent ReLU (or GELU) output models in one set of tensors.
+    """`n_instances` independent output models (ReLU, or another of ACTIVATIONS) in one set of tensors.
 
     W[k] is instance k's m × n matrix, so its *columns* W[k, :, i] are the feature directions in hidden space.
     """
