@@ -1,8 +1,9 @@
 """adam_step_anatomy: its factors against Adam's moments computed by hand for gradient sequences chosen to make each
-factor known, and a smoke run that fills its tables."""
+factor known, and a smoke run that fills its tables; adam_short_memory: the same run with only β₂ changed."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -71,3 +72,31 @@ def test_the_smoke_run_fills_a_row_per_step_and_seed_and_bad_windows_are_one_cle
     with pytest.raises(ConfigError, match=r"AdamAnatomyConfig.window_end = 500 is out of range; it must be above "
                                           r"window_start = 39 and at most steps = 200"):
         AdamAnatomyConfig(window_end=500)
+
+
+def test_the_short_memory_run_changes_only_adams_beta2_and_adds_the_heldout_loss(tmp_store, tmp_path):
+    import dataclasses
+
+    from labpy import results
+    from labpy.errors import ConfigError
+    from labpy.experiments.adam_short_memory import ShortMemoryConfig
+    from labpy.experiments.adam_step_anatomy import watch
+    from labpy.experiments.registry import RunContext
+
+    short = results("adam_short_memory", "smoke")["beta2-0.95"]
+    plain = results("adam_step_anatomy", "smoke")["lr-0.1"]
+    assert short.summary["betas"] == [0.9, 0.95] and plain.summary["betas"] == [0.9, 0.999]
+    assert short.table("seeds").final_val_loss.notna().all()
+    table = short.table("anatomy")
+    assert table.val_loss.notna().all()
+    # the same config with the sweep's β₂ gives back adam_step_anatomy's tables, so β₂ is all that differs
+    same = dataclasses.replace(short.config, beta2=0.999)
+    again = watch(same, RunContext(work_dir=tmp_path, progress=False, label="check"), "check", heldout=True,
+                  betas=(same.beta1, same.beta2))
+    numbers = ["write", "carry", "fresh", "lag_cosine", "sign_flips"]
+    mine, stored = again.tables["anatomy"].reset_index(drop=True), plain.table("anatomy")
+    assert list(mine.step) == list(stored.step) and list(mine.group) == list(stored.group)
+    assert np.allclose(mine[numbers], stored[numbers], rtol=1e-4, atol=1e-6, equal_nan=True)
+    assert not np.allclose(table[numbers], stored[numbers], rtol=1e-4, atol=1e-6, equal_nan=True)
+    with pytest.raises(ConfigError, match=r"ShortMemoryConfig.beta2 = 1.0 is out of range"):
+        ShortMemoryConfig(beta2=1.0)

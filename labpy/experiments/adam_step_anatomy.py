@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from ..device import lab_device
-from ..models.lab_lm import build_lab_lm, lm_loss
+from ..models.lab_lm import build_lab_lm, lm_loss, mean_loss
 from ..store import RunResult
 from ..tasks.corpus import lm_batch_fn
 from ..train import StatsContext, adam_eps, adam_moments, train
@@ -80,29 +80,40 @@ def anatomy(previous: dict[str, torch.Tensor]):
     return stats
 
 
-def run(config: AdamAnatomyConfig, ctx: RunContext) -> RunResult:
+def watch(config: AdamAnatomyConfig, ctx: RunContext, name: str, heldout: bool = False,
+          **spec_changes) -> RunResult:
+    """Train each seed with `anatomy` measuring every step of the window; `spec_changes` change the sweep's training
+    spec (e.g. Adam's betas); `heldout` adds the held-out loss at each measured step and at the end."""
     device = lab_device()
-    train_ids, _ = config.data(device)
+    train_ids, val = config.data(device)
     window = tuple(range(config.window_start, config.window_end + 1))
+    eval_fn = (lambda m: {"val_loss": mean_loss(m, val)}) if heldout else None
     rows, clipping = [], []
     for seed in config.seeds:
         model = build_lab_lm(config.hf_config(), seed)
         previous: dict[str, torch.Tensor] = {}
-        spec = config.train_spec(seed, measure_steps=window, eval_every=config.steps)
+        spec = config.train_spec(seed, measure_steps=window, eval_every=config.steps, **spec_changes)
         log = train(model, lm_batch_fn(train_ids, config.batch_size, config.seq_len, seed), lm_loss, spec,
-                    stats_fn=anatomy(previous), progress=ctx.progress,
-                    desc=f"adam_step_anatomy {ctx.label} seed {seed}", device=device)
+                    eval_fn=eval_fn, stats_fn=anatomy(previous), progress=ctx.progress,
+                    desc=f"{name} {ctx.label} seed {seed}", device=device)
         stats = log.custom_stats[log.custom_stats.step.isin(window)]
+        if heldout:
+            stats = stats.merge(log.evals[["step", "val_loss"]], on="step", how="left")
         rows.append(stats.assign(seed=seed))
         steps = log.steps[log.steps.step.isin(window)]
         clip = spec.grad_clip if spec.grad_clip is not None else float("inf")
         clipping.append({"seed": seed, "clipped_share": float((steps.grad_norm > clip).mean()),
                          "median_grad_norm": float(steps.grad_norm.median()),
-                         "final_loss": float(log.steps.loss.iloc[-1])})
+                         "final_loss": float(log.steps.loss.iloc[-1]),
+                         **({"final_val_loss": float(log.evals.val_loss.iloc[-1])} if heldout else {})})
     summary = {"lr": config.lr, "weight_decay": config.weight_decay, "betas": list(spec.betas),
                "grad_clip": spec.grad_clip}
     return RunResult(tables={"anatomy": pd.concat(rows, ignore_index=True), "seeds": pd.DataFrame(clipping)},
                      summary=summary, seed=config.seeds[0])
+
+
+def run(config: AdamAnatomyConfig, ctx: RunContext) -> RunResult:
+    return watch(config, ctx, "adam_step_anatomy")
 
 
 register(Experiment(
