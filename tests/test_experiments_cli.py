@@ -86,7 +86,7 @@ def test_overrides_are_typed_and_unknown_keys_named():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "nope"], "unknown experiment 'nope'; valid choices: activation_patching, adam_beta2, attention_atlas, attention_depth, attention_formation, batch_equal_steps, batch_lr"),
+    (["run", "nope"], "unknown experiment 'nope'; valid choices: activation_patching, adam_beta2, adam_short_memory, adam_step_anatomy, attention_atlas, attention_depth"),
     (["run", "induction", "--scale", "huge"], "unknown scale 'huge' for experiment 'induction'; valid choices: cpu, smoke"),
     (["run", "induction", "--config", "three"], "unknown config 'three'"),
     (["run", "induction", "--set", "stepz=3"], "unknown config key 'stepz'"),
