@@ -90,11 +90,17 @@ class SuperpositionConfig:
                             "phase_densities": DENSITY, "n_features": int_at_least(2)},
                      nonempty=("sparsities", "geometry_sparsities", "phase_importances", "phase_densities", "sae_l1",
                                "sae_long_l1"))
-        for many, few in (("n_features", "n_hidden"), ("geometry_features", "geometry_hidden"),
-                          ("sae_features", "sae_hidden")):
-            require(self, getattr(self, few) < getattr(self, many), few,
-                    f"is out of range; superposition needs fewer hidden dimensions than features, so it must be < "
-                    f"{many} = {getattr(self, many)}")
+        require_fewer_hidden(self, (("n_features", "n_hidden"), ("geometry_features", "geometry_hidden"),
+                                    ("sae_features", "sae_hidden")))
+
+
+def require_fewer_hidden(config: Any, pairs: tuple[tuple[str, str], ...]) -> None:
+    """For each (features field, hidden field) of `config`: one clear error unless there are fewer hidden dimensions
+    than features, which superposition needs."""
+    for many, few in pairs:
+        require(config, getattr(config, few) < getattr(config, many), few,
+                f"is out of range; superposition needs fewer hidden dimensions than features, so it must be < "
+                f"{many} = {getattr(config, many)}")
 
 
 def trained_sweep(config: SuperpositionConfig, n: int, m: int, sparsities: tuple[float, ...], activation: str,

@@ -18,9 +18,9 @@ import pandas as pd
 from ..device import one_thread
 from ..store import RunResult
 from ..toy.superposition import DIP_DEPTHS
-from ..validation import check_ranges, int_at_least, number_between, one_of, require
+from ..validation import check_ranges, int_at_least, number_between, one_of
 from .registry import Experiment, RunContext, register
-from .superposition import SPARSITY, SuperpositionConfig, sweep_tables, trained_sweep
+from .superposition import SPARSITY, SuperpositionConfig, require_fewer_hidden, sweep_tables, trained_sweep
 
 DIP_ACTIVATIONS = ("relu", "relu_dip", "gelu_no_dip", "gelu")
 DEPTH_ACTIVATIONS = tuple(f"relu_dip_{d:g}" for d in DIP_DEPTHS)     # the `depths` run: ReLU with shallower dips
@@ -50,10 +50,7 @@ class SuperpositionDipConfig:
                      rules={"activations": one_of(*DIP_ACTIVATIONS, *DEPTH_ACTIVATIONS), "sparsities": SPARSITY,
                             "geometry_sparsities": SPARSITY, "importance_decay": number_between(0, 1),
                             "n_features": int_at_least(2), "geometry_features": int_at_least(2)})
-        for many, few in (("n_features", "n_hidden"), ("geometry_features", "geometry_hidden")):
-            require(self, getattr(self, few) < getattr(self, many), few,
-                    f"is out of range; superposition needs fewer hidden dimensions than features, so it must be < "
-                    f"{many} = {getattr(self, many)}")
+        require_fewer_hidden(self, (("n_features", "n_hidden"), ("geometry_features", "geometry_hidden")))
 
     def sweep_config(self) -> SuperpositionConfig:
         """The page's `SuperpositionConfig` with this run's sizes, training and sweeps."""

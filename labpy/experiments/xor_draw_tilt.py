@@ -220,10 +220,16 @@ def tails_run(config: XorTiltConfig) -> RunResult:
                      seed=config.data_seed)
 
 
+def pair_code(first: bool | pd.Series, mirror: bool | pd.Series) -> int | pd.Series:
+    """Which of the first mirror pair a model has, as one number (booleans, or boolean columns, in; ints out): 1 for
+    "x1 AND NOT x2", 2 for its mirror, 3 both, 0 neither."""
+    return first * 1 + mirror * 2
+
+
 def first_pair_code(model: MLP, corners: torch.Tensor) -> int:
-    """Which of the first mirror pair a model has, as one number: 1 for "x1 AND NOT x2", 2 for its mirror, 3 both."""
+    """`pair_code` of a model's hidden neurons, read at the exact corners."""
     functions = set(corner_logic(model, corners))
-    return int(FUNCTIONS[0] in functions) + 2 * int(FUNCTIONS[1] in functions)
+    return int(pair_code(FUNCTIONS[0] in functions, FUNCTIONS[1] in functions))
 
 
 def outlier_reading(model: MLP, x: torch.Tensor, corner: torch.Tensor, outlier: int) -> dict[str, float]:
