@@ -85,11 +85,19 @@ class SweepConfig:
 
 
 @lru_cache(maxsize=2)
+def sweep_tokenizer(vocab_size: int, docstrings: bool):
+    """The sweep corpus's BPE (deterministic, so every caller gets the same one); cached, since training it takes
+    seconds."""
+    docs = stdlib_docstrings() if docstrings else ""
+    return train_tokenizer(pydoc_text() + ("\n\n" + docs if docs else ""), vocab_size)
+
+
+@lru_cache(maxsize=2)
 def _corpus(vocab_size: int, docstrings: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, held-out) ids; cached, since every learning rate of a sweep shares them."""
     pydoc = pydoc_text()
     docs = stdlib_docstrings() if docstrings else ""
-    tokenizer = train_tokenizer(pydoc + ("\n\n" + docs if docs else ""), vocab_size)
+    tokenizer = sweep_tokenizer(vocab_size, docstrings)
     parts = [encode(tokenizer, pydoc)]
     if docs:
         parts += [torch.tensor([tokenizer.convert_tokens_to_ids(EOS)]), encode(tokenizer, docs)]
