@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from labpy.experiments.gradient_bursts import (batch_features, burst_sizes, longest_run, replay_fresh,
-                                               rolling_median, tensor_name)
+from labpy.experiments.gradient_bursts import (batch_features, burst_sizes, gradient_series, longest_run,
+                                               replay_fresh, rolling_median, tensor_name)
 from labpy.train import adam_moments
 
 
@@ -71,15 +71,14 @@ def test_smoke_run_records_every_step_and_replays_the_measured_fresh_factor(tmp_
 
     run = results("gradient_bursts", "smoke")["lr-0.1"]
     c = run.config
-    gradients, steps, windows = run.table("gradients"), run.table("steps"), run.table("windows")
-    matrices = gradients[gradients.group == "matrices"]
-    assert len(matrices) == len(c.seeds) * c.steps * matrices.tensor.nunique()
+    gradients, steps, texts = gradient_series(run), run.table("steps"), run.table("bursts")
+    matrices = gradients[gradients.group == "matrices"].copy()
+    assert len(matrices) == len(c.seeds) * c.steps * matrices.tensor.nunique() == len(c.seeds) * c.steps * 7 * c.n_layers
     assert sorted(steps.step.unique()) == list(range(1, c.steps + 1))
     # the windows' losses are the batch's loss split by window: their mean is the logged loss of that step
-    mean_window = windows.groupby(["seed", "step"]).loss.mean().rename("windows")
-    both = steps.set_index(["seed", "step"]).join(mean_window, how="inner")
-    assert len(both) == len(c.seeds) * (c.window_end - c.window_start + 1)
-    assert np.allclose(both.loss, both.windows, rtol=1e-5)
+    logged = steps.set_index(["seed", "step"]).loss.loc[list(zip(texts.seed, texts.step))]
+    assert np.allclose(texts.batch_loss, logged, rtol=1e-5)
+    assert (texts.groupby(["seed", "step"]).burst.first().groupby("seed").size() == 3).all()
     # the gradients are the ones adam_step_anatomy measured on the same run: its fresh factor, replayed
     anatomy = results("adam_step_anatomy", "smoke")["lr-0.1"].table("anatomy")
     anatomy = anatomy[anatomy.group == "matrices"].set_index(["seed", "step"]).fresh
@@ -87,5 +86,4 @@ def test_smoke_run_records_every_step_and_replays_the_measured_fresh_factor(tmp_
     matrices["fresh"] = matrices.groupby(["seed", "tensor"]).g_rms.transform(lambda g: replay_fresh(g, c.beta2))
     replayed = matrices.groupby(["seed", "step"]).fresh.mean()
     assert np.allclose(replayed.loc[anatomy.index], anatomy, rtol=1e-3)
-    texts = run.table("bursts")
     assert len(texts) == len(c.seeds) * 3 * 2 and texts.text.str.len().gt(0).all()

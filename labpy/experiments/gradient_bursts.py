@@ -97,6 +97,14 @@ def batch_features(batch: torch.Tensor, unigram: torch.Tensor, kinds: list[str])
             (per_window - unigram).norm(dim=1))
 
 
+def gradient_series(entry) -> pd.DataFrame:
+    """A stored run's gradients as rows (seed, step, tensor, group, g_rms); the store keeps one column per tensor."""
+    wide = entry.table("gradients")
+    rows = wide.melt(id_vars=["seed", "step"], var_name="tensor", value_name="g_rms")
+    rows["group"] = rows.tensor.map(lambda t: "embedding" if t == "embedding" else "matrices")
+    return rows.sort_values(["seed", "tensor", "step"], ignore_index=True)
+
+
 def burst_sizes(gradients: pd.DataFrame) -> pd.DataFrame:
     """Per seed and step: the mean over weight matrices of g² over its rolling median (1 for a steady gradient)."""
     rows = gradients[gradients.group == "matrices"].sort_values("step").copy()
@@ -114,7 +122,7 @@ def run(config: ShortMemoryConfig, ctx: RunContext) -> RunResult:
     unigram = (unigram + 1e-9) / unigram.sum()                                        # (V,); no zero to log
     every_step = tuple(range(1, config.steps + 1))
     window = range(config.window_start, config.window_end + 1)
-    gradients, steps, windows, texts = [], [], [], []
+    gradients, steps, texts = [], [], []
     for seed in config.seeds:
         model = build_lab_lm(config.hf_config(), seed)
         window_losses: list[torch.Tensor] = []
@@ -132,33 +140,27 @@ def run(config: ShortMemoryConfig, ctx: RunContext) -> RunResult:
         assert len(window_losses) == config.steps, "the loss was recorded once per step"
         seed_gradients = log.custom_stats.assign(seed=seed)
         gradients.append(seed_gradients)
-        per_step, seed_windows = [], []
-        for done in every_step:
-            batch = batch_fn(done - 1)                       # the batch of step `done` (updates are counted from 1)
-            features, distances = batch_features(batch, unigram, kinds)
-            per_step.append({"step": done, **features})
-            if done in window:
-                seed_windows.append(pd.DataFrame({"seed": seed, "step": done, "window": range(len(batch)),
-                                                  "loss": window_losses[done - 1].numpy(),
-                                                  "distance": distances.numpy()}))
+        # the batch of step `done` is batch_fn(done - 1): updates are counted from 1
+        per_step = [{"step": done, **batch_features(batch_fn(done - 1), unigram, kinds)[0]} for done in every_step]
         seed_steps = log.steps.merge(pd.DataFrame(per_step), on="step").assign(seed=seed)
-        seed_steps["top_token"] = [tokenizer.decode([i]) for i in seed_steps.top_token_id]
+        seed_steps["top_token"] = [tokenizer.decode([i]) for i in seed_steps.pop("top_token_id")]
         steps.append(seed_steps)
-        seed_windows = pd.concat(seed_windows, ignore_index=True)
-        windows.append(seed_windows)
         sizes = burst_sizes(seed_gradients)
         for burst in sizes[sizes.step.isin(window)].nlargest(BURST_TEXTS, "burst").itertuples():
-            batch, in_step = batch_fn(burst.step - 1), seed_windows[seed_windows.step == burst.step]
-            for picked, column in (("farthest from the unigram", "distance"), ("highest loss", "loss")):
-                w = int(in_step.loc[in_step[column].idxmax(), "window"])
+            batch = batch_fn(burst.step - 1)
+            losses, distances = window_losses[burst.step - 1], batch_features(batch, unigram, kinds)[1]  # (B,) each
+            for picked, score in (("farthest from the unigram", distances), ("highest loss", losses)):
+                w = int(score.argmax())
                 texts.append({"seed": seed, "step": burst.step, "burst": burst.burst, "window": w, "picked": picked,
+                              "window_loss": float(losses[w]), "window_distance": float(distances[w]),
+                              "batch_loss": float(losses.mean()),
                               "text": tokenizer.decode(batch[w].tolist())[:TEXT_CHARS]})
-    gradients_table = pd.concat(gradients, ignore_index=True)
-    gradients_table["g_rms"] = gradients_table.g_rms.astype("float32")
+    gradients_table = (pd.concat(gradients, ignore_index=True)             # one column per tensor: a small table
+                       .pivot(index=["seed", "step"], columns="tensor", values="g_rms").reset_index())
     summary = {"lr": config.lr, "betas": [config.beta1, config.beta2], "smooth_steps": SMOOTH_STEPS,
                "unigram_self_distance": float(unigram.norm())}
     return RunResult(tables={"gradients": gradients_table, "steps": pd.concat(steps, ignore_index=True),
-                             "windows": pd.concat(windows, ignore_index=True), "bursts": pd.DataFrame(texts)},
+                             "bursts": pd.DataFrame(texts)},
                      summary=summary, seed=config.seeds[0])
 
 
