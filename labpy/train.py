@@ -41,6 +41,8 @@ class TrainSpec:
     schedule: str = "constant"  # "constant" or "cosine" (after warm-up)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
+    optimizer: str = "adamw"    # or "sgd": momentum `momentum`, weight_decay as L2 (torch's SGD), betas unused
+    momentum: float = 0.9
     grad_clip: float | None = 1.0
     eval_every: int = 100
     checkpoint_steps: tuple[int, ...] = ()
@@ -53,6 +55,7 @@ class TrainSpec:
         check_ranges(self, positive_int=("steps", "eval_every", "resume_every", "threads"), positive=("lr",),
                      nonneg_int=("warmup_steps", "seed"), nonneg=("weight_decay",),
                      rules={"schedule": one_of("constant", "cosine"), "grad_clip": or_none(POSITIVE),
+                            "optimizer": one_of("adamw", "sgd"), "momentum": number_between(0, 1, high_open=True),
                             "betas": number_between(0, 1, high_open=True), "checkpoint_steps": NONNEG_INT,
                             "measure_steps": NONNEG_INT},
                      hint=False)
@@ -174,7 +177,8 @@ def train(
     device: torch.device | str | None = None,
     stop_fn: Callable[[list[dict[str, float]]], bool] | None = None,
 ) -> TrainLog:
-    """Train `model` in place for `spec.steps` steps with AdamW; resume from `work_dir` if a run was cut off.
+    """Train `model` in place for `spec.steps` steps with AdamW (or SGD: `spec.optimizer`); resume from `work_dir` if
+    a run was cut off.
 
     Device: the model is moved to `device` (default `labpy.device.lab_device()`: CUDA when present, else the
     CPU, `LAB_DEVICE` overrides) and stays there afterwards; every batch from `batch_fn` is moved there before
@@ -244,7 +248,9 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
     named = [(names.get(id(p), f"param_{i}"), p) for i, p in enumerate(params)]
     param_rows: list[dict[str, Any]] = []
     custom_rows: list[dict[str, Any]] = []
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    optimizer = (torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+                 if spec.optimizer == "adamw" else
+                 torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay))
     step_rows: list[dict[str, float]] = []
     eval_rows: list[dict[str, float]] = []
     checkpoints: dict[int, dict[str, torch.Tensor]] = {}

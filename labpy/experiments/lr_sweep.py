@@ -72,6 +72,10 @@ class SweepConfig:
                              num_attention_heads=self.n_heads, num_key_value_heads=self.n_kv_heads,
                              intermediate_size=self.intermediate_size)
 
+    def build_model(self, seed: int) -> torch.nn.Module:
+        """The sweep model, initialised by `seed` (a variant config may change the architecture here)."""
+        return build_lab_lm(self.hf_config(), seed)
+
     def train_spec(self, seed: int, **changes) -> TrainSpec:
         """The sweep's training spec for one seed; `changes` override its fields (another rate, length, warm-up)."""
         spec = TrainSpec(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, schedule=self.schedule,
@@ -114,16 +118,15 @@ def nonfinite_step(err: FloatingPointError) -> float:
 def run(config: SweepConfig, ctx: RunContext) -> RunResult:
     device = lab_device()
     train_ids, val = config.data(device)                                               # val (N, T+1)
-    hf_config = config.hf_config()
     curves, evals, rows = [], [], []
     for seed in config.seeds:
-        model = build_lab_lm(hf_config, seed)
+        model = config.build_model(seed)
         spec = config.train_spec(seed)
         batch_fn = lm_batch_fn(train_ids, config.batch_size, config.seq_len, seed)
         diverged_at = math.nan
         try:
             log = train(model, batch_fn, lm_loss, spec, eval_fn=lambda m: {"val_loss": mean_loss(m, val)},
-                        progress=ctx.progress, desc=f"lr_sweep {ctx.label} seed {seed}", device=device)
+                        progress=ctx.progress, desc=f"{ctx.label} seed {seed}", device=device)
             steps, seed_evals = log.steps, log.evals
         except FloatingPointError as err:  # non-finite loss: the run diverged; keep what it did
             diverged_at = nonfinite_step(err)
