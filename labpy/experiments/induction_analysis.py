@@ -160,11 +160,9 @@ def measurements(two: RunEntry, one: RunEntry, scores: pd.DataFrame | None = Non
     }
 
 
-def _copy_losses(entry: RunEntry):
-    """A function from forward hooks to the stored model's mean loss on the repeat and on the first copy of the
-    task's evaluation sequences (nats)."""
-    config = entry.config
-    model = load_model(entry)
+def copy_losses(model, config: InductionConfig):
+    """A function from forward hooks to `model`'s mean loss on the repeat and on the first copy of the task's
+    evaluation sequences (nats)."""
     batch = sample(config.task(), config.eval_batch, step_generator(EVAL_SEED, config.seed))
     first, repeat = batch.target_masks()
 
@@ -182,7 +180,7 @@ def last_layer_zeroing(entry: RunEntry) -> pd.DataFrame:
     and the change of the first-copy loss. One head at a time cannot tell a redundant head from an idle one."""
     config = entry.config
     last = config.n_layers - 1
-    losses = _copy_losses(entry)
+    losses = copy_losses(load_model(entry), config)
     intact_repeat, intact_first = losses([])
     rows = []
     for zeroed in chain.from_iterable(combinations(range(config.n_heads), k) for k in range(config.n_heads + 1)):

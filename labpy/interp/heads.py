@@ -66,15 +66,20 @@ def head_scores_table(model: nn.Module, tokens: torch.Tensor, half: int) -> pd.D
     return pd.DataFrame(rows)
 
 
-def ablate_head_hook(head: int):
-    """A forward hook for `blocks.{layer}.attn.hook_z` that zeroes one head's output (B, T, H, d_head)."""
+def zero_heads_hook(heads: list[int]):
+    """A forward hook for `blocks.{layer}.attn.hook_z` (B, T, H, d_head) that zeroes the outputs of `heads`."""
 
     def hook(z: torch.Tensor, hook=None) -> torch.Tensor:
         z = z.clone()
-        z[:, :, head] = 0.0
+        z[:, :, heads] = 0.0
         return z
 
     return hook
+
+
+def ablate_head_hook(head: int):
+    """A forward hook for `blocks.{layer}.attn.hook_z` that zeroes one head's output (B, T, H, d_head)."""
+    return zero_heads_hook([head])
 
 
 def capture_hook(store: dict, key):
