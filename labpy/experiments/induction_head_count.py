@@ -4,8 +4,8 @@ The stored 2-layer `induction` model (four heads a layer, seed 0) grew one previ
 induction heads in layer 1, each covering for the others when ablated. This trains the same model, task, steps and
 schedule with one, two and eight heads a layer (each head keeps d_head = 16, so more heads is more attention), two
 seeds each, and four heads again with seed 1. Every head is scored (previous-token, induction) at each checkpoint
-as the run goes, and at the end each layer-1 head is zeroed alone, then all but the strongest, for the loss and
-accuracy on the repeat. Only the tables are stored, not the checkpoints: the run store is nearly full.
+as the run goes, and at the end each layer-1 head is zeroed alone, then all but the strongest, for the loss on the
+repeat and on the first copy. Only the tables are stored, not the checkpoints: the run store is nearly full.
 """
 
 from __future__ import annotations
