@@ -12,7 +12,7 @@ from labpy.train import step_generator
 
 def test_routes_of_a_hand_built_induction_circuit(monkeypatch):
     """Layer 0, head 0 attends to the previous token, head 1 to itself; layer 1, head 0 attends from each repeat query
-    to the token after the earlier occurrence, head 1 to itself."""
+    to the token after the earlier occurrence, head 1 to the query itself."""
     config = InductionConfig(n_heads=2, eval_batch=16)
     batch = sample(config.task(), config.eval_batch, step_generator(EVAL_SEED, config.seed))
     B, T = batch.tokens.shape
@@ -30,11 +30,17 @@ def test_routes_of_a_hand_built_induction_circuit(monkeypatch):
     layer0, layer1 = copying_routes.attention_routes(None, config)
     l0 = layer0.set_index(["head", "back"]).attention
     assert l0[(0, "1")] == pytest.approx(1.0) and l0[(0, "0")] == pytest.approx(0.0)
-    assert l0[(1, "0")] == pytest.approx(1.0) and l0[(1, "4 or more")] == pytest.approx(0.0, abs=1e-6)
+    assert l0[(1, "0")] == pytest.approx(1.0) and l0[(1, f"{len(copying_routes.BACK)} or more")] == pytest.approx(0.0, abs=1e-6)
     l1 = layer1.set_index(["head", "offset"]).attention
     assert l1[(0, "1")] == pytest.approx(1.0) and l1[(0, "0")] == pytest.approx(0.0)
     assert l1[(0, "elsewhere")] == pytest.approx(0.0, abs=1e-6)
-    assert l1[(1, "elsewhere")] == pytest.approx(1.0, abs=1e-6)     # itself: L ≥ 6 past the earlier occurrence
+    # head 1 attends to the query itself, L past the earlier occurrence: offset L when L ≤ 15, else elsewhere
+    _, repeat = batch.target_masks()
+    rows, _ = repeat.nonzero(as_tuple=True)
+    lengths = batch.segment_len[rows]
+    for k in range(6, 16):
+        assert l1[(1, str(k))] == pytest.approx(float((lengths == k).float().mean()), abs=1e-6)
+    assert l1[(1, "elsewhere")] == pytest.approx(float((lengths > 15).float().mean()), abs=1e-6)
     # uniform attention over q + 1 visible keys: its share of one key is 1 / (q + 1) on average
     assert 0 < layer1.uniform[layer1.offset == "1"].iloc[0] < 1 / (config.min_segment + 1)
 

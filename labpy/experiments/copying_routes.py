@@ -7,10 +7,11 @@ after the earlier occurrence of the current one (offset +1 from that occurrence)
 through layer 0. This retrains two of those models (same config, so the same weights) and measures, on the task's
 evaluation sequences:
 
-- **layer 0**: each head's attention from every query at position 8 or later to the token itself (0 back), to each of
-  the three before it, and to everything further back, beside what uniform attention would give;
+- **layer 0**: each head's attention from every query at position 16 or later to the token itself (0 back), to each of
+  the 15 before it, and to everything further back, beside what uniform attention would give;
 - **layer 1**: each head's attention from the repeat's queries to the keys around the earlier occurrence of the query's
-  token (offsets −1 to +3 from it) and elsewhere, beside uniform attention's share of those keys.
+  token (offsets −1 to +15 from it, those before the query) and elsewhere, beside uniform attention's share of those
+  keys.
 
 The stored four-head model, which has induction heads, is measured the same way on the page.
 """
@@ -28,9 +29,11 @@ from ..train import step_generator
 from .induction import EVAL_SEED, InductionConfig, train_on_repeats
 from .registry import Experiment, RunContext, register
 
-BACK = (0, 1, 2, 3)            # layer 0: attention this many tokens back; the rest is "4 or more back"
-AROUND = (-1, 0, 1, 2, 3)      # layer 1: keys at these offsets from the earlier occurrence of the query's token
-FIRST_QUERY = 8                # layer-0 queries from here on, so "4 or more back" always exists
+# Added after the first run, whose buckets stopped at 3 back and +3 (the predictions read those): the heads of the
+# models without induction heads looked further, so every distance up to 15 is kept.
+BACK = tuple(range(16))        # layer 0: attention this many tokens back; the rest is f"{len(BACK)} or more"
+AROUND = tuple(range(-1, 16))  # layer 1: keys at these offsets from the earlier occurrence of the query's token
+FIRST_QUERY = len(BACK)        # layer-0 queries from here on, so every distance in BACK exists
 
 
 @torch.no_grad()
@@ -48,22 +51,23 @@ def attention_routes(model, config: InductionConfig) -> tuple[pd.DataFrame, pd.D
         layer0 += [{"head": h, "back": str(d), "attention": float(mass[h]),
                     "uniform": float((1 / visible[queries]).mean())} for h in range(config.n_heads)]
     near = sum(patterns[0][:, :, queries, queries - d] for d in BACK).mean(dim=(0, 2))
-    layer0 += [{"head": h, "back": "4 or more", "attention": float(1 - near[h]),
+    layer0 += [{"head": h, "back": f"{len(BACK)} or more", "attention": float(1 - near[h]),
                 "uniform": float((1 - len(BACK) / visible[queries]).mean())} for h in range(config.n_heads)]
     _, repeat = batch.target_masks()                                          # (B, T-1): query j predicts j+1
     rows, cols = repeat.nonzero(as_tuple=True)                                # repeat queries (b, q)
     earlier = cols - batch.segment_len[rows]                                  # the earlier occurrence of x_q
     last = config.n_layers - 1
-    layer1, taken = [], 0.0
+    layer1, taken, seen = [], 0.0, 0.0
     for k in AROUND:
-        keys = earlier + k                                                    # (N,); −1 before a copy at 0: no key
-        exists = (keys >= 0).float().unsqueeze(1)                             # (N, 1)
-        mass = (patterns[last][rows, :, cols, keys.clamp(min=0)] * exists).mean(dim=0)   # (H,)
-        taken = taken + mass
+        keys = earlier + k                                                    # (N,)
+        exists = ((keys >= 0) & (keys <= cols)).float()                        # (N,): before position 0 or after
+        mass = (patterns[last][rows, :, cols, keys.clamp(0, T - 1)] * exists.unsqueeze(1)).mean(dim=0)  # (H,)
+        taken = taken + mass                                                  # the query: no key there
+        seen = seen + exists
         layer1 += [{"head": h, "offset": str(k), "attention": float(mass[h]),
-                    "uniform": float((1 / visible[cols]).mean())} for h in range(config.n_heads)]
+                    "uniform": float((exists / visible[cols]).mean())} for h in range(config.n_heads)]
     layer1 += [{"head": h, "offset": "elsewhere", "attention": float(1 - taken[h]),
-                "uniform": float((1 - len(AROUND) / visible[cols]).mean())} for h in range(config.n_heads)]
+                "uniform": float((1 - seen / visible[cols]).mean())} for h in range(config.n_heads)]
     return pd.DataFrame(layer0), pd.DataFrame(layer1)
 
 
