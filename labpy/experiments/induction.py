@@ -86,6 +86,21 @@ def next_token_losses(model, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
 
 
+def copy_losses(model, config: InductionConfig):
+    """A function from forward hooks to `model`'s mean loss on the repeat and on the first copy of the task's
+    evaluation sequences (nats)."""
+    batch = sample(config.task(), config.eval_batch, step_generator(EVAL_SEED, config.seed))
+    first, repeat = batch.target_masks()
+
+    @torch.no_grad()
+    def losses(hooks) -> tuple[float, float]:
+        with model.hooks(fwd_hooks=list(hooks)):
+            per_target = next_token_losses(model, batch.tokens)              # (B, T-1)
+        return per_target[repeat].mean().item(), per_target[first].mean().item()
+
+    return losses
+
+
 def run(config: InductionConfig, ctx: RunContext) -> RunResult:
     return train_on_repeats(config, ctx)
 

@@ -19,7 +19,7 @@ from ..models.toy import load_toy_transformer
 from ..store import RunEntry
 from ..tasks.repeated_tokens import sample
 from ..train import step_generator
-from .induction import EVAL_SEED, InductionConfig, next_token_losses, score_tokens
+from .induction import EVAL_SEED, copy_losses, next_token_losses, score_tokens
 
 
 def load_model(entry: RunEntry, step: int | None = None):
@@ -158,21 +158,6 @@ def measurements(two: RunEntry, one: RunEntry, scores: pd.DataFrame | None = Non
         "first_copy_loss": float(evals.loss_first_copy.iloc[-1]),
         "repeat_loss": float(evals.loss_repeat.iloc[-1]),
     }
-
-
-def copy_losses(model, config: InductionConfig):
-    """A function from forward hooks to `model`'s mean loss on the repeat and on the first copy of the task's
-    evaluation sequences (nats)."""
-    batch = sample(config.task(), config.eval_batch, step_generator(EVAL_SEED, config.seed))
-    first, repeat = batch.target_masks()
-
-    @torch.no_grad()
-    def losses(hooks) -> tuple[float, float]:
-        with model.hooks(fwd_hooks=list(hooks)):
-            per_target = next_token_losses(model, batch.tokens)              # (B, T-1)
-        return per_target[repeat].mean().item(), per_target[first].mean().item()
-
-    return losses
 
 
 def last_layer_zeroing(entry: RunEntry) -> pd.DataFrame:

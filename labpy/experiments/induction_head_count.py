@@ -15,8 +15,7 @@ import pandas as pd
 from ..interp.heads import head_scores_table, zero_heads_hook
 from ..models.toy import load_toy_transformer
 from ..store import STEP_CHECKPOINT, RunResult
-from .induction import InductionConfig, score_tokens, train_on_repeats
-from .induction_analysis import copy_losses
+from .induction import InductionConfig, copy_losses, score_tokens, train_on_repeats
 from .registry import Experiment, RunContext, register
 
 HEAD_COUNTS = (1, 2, 8)
