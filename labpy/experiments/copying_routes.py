@@ -42,7 +42,7 @@ def attention_routes(model, config: InductionConfig) -> tuple[pd.DataFrame, pd.D
     the task's evaluation sequences. `uniform` is what attention spread evenly over the visible keys would give."""
     batch = sample(config.task(), config.eval_batch, step_generator(EVAL_SEED, config.seed))
     patterns = attention_patterns(model, batch.tokens)                       # (n_layers, B, H, T, T)
-    B, T = batch.tokens.shape
+    T = batch.tokens.shape[1]
     visible = torch.arange(1, T + 1, dtype=torch.float)                      # (T,) keys query t sees
     layer0 = []
     queries = torch.arange(FIRST_QUERY, T)
@@ -60,9 +60,9 @@ def attention_routes(model, config: InductionConfig) -> tuple[pd.DataFrame, pd.D
     layer1, taken, seen = [], 0.0, 0.0
     for k in AROUND:
         keys = earlier + k                                                    # (N,)
-        exists = ((keys >= 0) & (keys <= cols)).float()                        # (N,): before position 0 or after
+        exists = ((keys >= 0) & (keys <= cols)).float()    # (N,): 0 before position 0 or after the query (no key)
         mass = (patterns[last][rows, :, cols, keys.clamp(0, T - 1)] * exists.unsqueeze(1)).mean(dim=0)  # (H,)
-        taken = taken + mass                                                  # the query: no key there
+        taken = taken + mass
         seen = seen + exists
         layer1 += [{"head": h, "offset": str(k), "attention": float(mass[h]),
                     "uniform": float((exists / visible[cols]).mean())} for h in range(config.n_heads)]
