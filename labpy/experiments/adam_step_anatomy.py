@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from ..device import lab_device
-from ..models.lab_lm import build_lab_lm, lm_loss, mean_loss
+from ..models.lab_lm import lm_loss, mean_loss
 from ..store import RunResult
 from ..tasks.corpus import lm_batch_fn
 from ..train import StatsContext, adam_eps, adam_moments, train
@@ -90,7 +90,7 @@ def watch(config: AdamAnatomyConfig, ctx: RunContext, name: str, heldout: bool =
     eval_fn = (lambda m: {"val_loss": mean_loss(m, val)}) if heldout else None
     rows, clipping = [], []
     for seed in config.seeds:
-        model = build_lab_lm(config.hf_config(), seed)
+        model = config.build_model(seed)
         previous: dict[str, torch.Tensor] = {}
         spec = config.train_spec(seed, measure_steps=window, eval_every=config.steps, **spec_changes)
         log = train(model, lm_batch_fn(train_ids, config.batch_size, config.seq_len, seed), lm_loss, spec,

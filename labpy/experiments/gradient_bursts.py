@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from ..device import lab_device
-from ..models.lab_lm import build_lab_lm, per_token_loss
+from ..models.lab_lm import per_token_loss
 from ..store import RunResult
 from ..tasks.corpus import lm_batch_fn, token_kinds
 from ..train import StatsContext, train
@@ -105,11 +105,19 @@ def gradient_series(entry) -> pd.DataFrame:
     return rows.sort_values(["seed", "tensor", "step"], ignore_index=True)
 
 
-def burst_sizes(gradients: pd.DataFrame) -> pd.DataFrame:
-    """Per seed and step: the mean over weight matrices of g² over its rolling median (1 for a steady gradient)."""
-    rows = gradients[gradients.group == "matrices"].sort_values("step").copy()
+def tensor_bursts(gradients: pd.DataFrame, series: tuple[str, ...] = ("seed", "tensor")) -> pd.DataFrame:
+    """The rows (one per step of each `series`, e.g. seed and tensor) in step order, with g², its rolling median
+    (`running`) and the burst: g² over that median (1 for a steady gradient)."""
+    rows = gradients.sort_values([*series, "step"]).copy()
     rows["g2"] = rows.g_rms ** 2
-    rows["burst"] = rows.g2 / rows.groupby(["seed", "tensor"]).g2.transform(rolling_median)
+    rows["running"] = rows.groupby(list(series)).g2.transform(rolling_median)
+    rows["burst"] = rows.g2 / rows.running
+    return rows
+
+
+def burst_sizes(gradients: pd.DataFrame) -> pd.DataFrame:
+    """Per seed and step: the mean over weight matrices of their bursts (`tensor_bursts`)."""
+    rows = tensor_bursts(gradients[gradients.group == "matrices"])
     return rows.groupby(["seed", "step"], as_index=False).burst.mean()
 
 
@@ -124,7 +132,7 @@ def run(config: ShortMemoryConfig, ctx: RunContext) -> RunResult:
     window = range(config.window_start, config.window_end + 1)
     gradients, steps, texts = [], [], []
     for seed in config.seeds:
-        model = build_lab_lm(config.hf_config(), seed)
+        model = config.build_model(seed)
         window_losses: list[torch.Tensor] = []
 
         def recording_loss(m: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
