@@ -45,3 +45,29 @@ def test_smoke_run_stores_every_checkpoint_but_the_first(tmp_store):
     assert layer0.groupby(["step", "head"]).attention.sum().tolist() == pytest.approx([1.0] * 2 * len(steps), abs=1e-5)
     assert len(run.table("scores")) == 2 * run.config.n_heads * len(steps)
     assert not run.checkpoint_names()
+
+
+def test_median_distance_back_by_hand():
+    import pandas as pd
+    from labpy.experiments.induction_analysis import median_distance_back
+
+    # head 0: 0.3 on 2 back, 0.3 on 7 back (half is spent at 7); head 1: 0.6 in the far bucket (half spent there)
+    backs = [str(d) for d in range(16)] + ["16 or more"]
+    head0 = {"2": 0.3, "7": 0.3, "16 or more": 0.4}
+    head1 = {"1": 0.4, "16 or more": 0.6}
+    layer0 = pd.DataFrame([{"step": 5, "head": h, "back": b, "attention": spread.get(b, 0.0)}
+                           for h, spread in enumerate((head0, head1)) for b in backs])
+    medians = median_distance_back(layer0).set_index("head").median_back
+    assert medians.to_dict() == {0: 7, 1: 16}
+    assert "step" in median_distance_back(layer0).columns
+    assert median_distance_back(layer0.drop(columns="step")).median_back.tolist() == [7, 16]
+
+
+def test_accuracy_over_lengths_counts_each_target_once():
+    import pandas as pd
+    from labpy.experiments.induction_analysis import accuracy_over_lengths
+
+    table = pd.DataFrame({"step": [1, 1, 1, 2], "segment_len": [6, 7, 20, 6], "targets": [10, 30, 50, 4],
+                          "accuracy": [0.0, 0.5, 1.0, 0.25]})
+    got = accuracy_over_lengths(table, 6, 8)
+    assert got[1] == pytest.approx(15 / 40) and got[2] == pytest.approx(0.25)

@@ -193,3 +193,24 @@ def last_layer_roles(entry: RunEntry, zeroing: pd.DataFrame | None = None) -> pd
                           "repeat_rise": float(alone.repeat_rise[f"L{last}H{head}"]),
                           "first_copy_change": float(alone.first_copy_change[f"L{last}H{head}"])}
                          for head in range(config.n_heads)])
+
+
+def median_distance_back(layer0: pd.DataFrame) -> pd.DataFrame:
+    """Each head's median look-back in layer 0: the distance by which half its attention is spent, nearest first.
+
+    `layer0` is a `copying_routes.attention_routes` layer-0 table (columns head, back, attention; `back` a digit or
+    the far bucket "16 or more", counted here as 16), with or without a step column. One row per (step,) head.
+    """
+    keys = [c for c in ("step", "head") if c in layer0.columns]
+    frame = layer0.assign(distance=[int(b) if b.isdigit() else int(b.split()[0]) for b in layer0.back.astype(str)])
+    frame = frame.sort_values(keys + ["distance"])
+    frame["spent"] = frame.groupby(keys).attention.cumsum()
+    return (frame[frame.spent >= 0.5].groupby(keys, as_index=False).distance.first()
+            .rename(columns={"distance": "median_back"}))
+
+
+def accuracy_over_lengths(by_length: pd.DataFrame, low: int, high: int) -> pd.Series:
+    """The repeat's accuracy over segments of `low` to `high` tokens together (each target counted once), per step:
+    from a `blurred_circuit_longer` by_length table (step, segment_len, targets, accuracy)."""
+    rows = by_length[by_length.segment_len.between(low, high)]
+    return (rows.accuracy * rows.targets).groupby(rows.step).sum() / rows.targets.groupby(rows.step).sum()
