@@ -23,7 +23,7 @@ def test_without_momentum_each_step_is_the_rate_times_the_gradient():
     spec = SgdConfig(**{**SMOKE, "steps": 2, "warmup_steps": 0, "schedule": "constant", "weight_decay": 0.0},
                      lr=0.1, momentum=0.0).train_spec(seed=0, grad_clip=None, eval_every=2, resume_every=10)
     train(model, lambda step: torch.zeros(1), lambda m, b: (m.w - 3) ** 2, spec, progress=False, device="cpu")
-    assert float(model.w) == pytest.approx(1.08)
+    assert model.w.item() == pytest.approx(1.08)
 
 
 def test_bad_momentum_is_named():
@@ -36,3 +36,4 @@ def test_the_long_run_is_ten_times_the_sweep():
     assert configs["sgd-lr-1-long"].steps == 10 * configs["sgd-lr-3"].steps == 2000
     assert configs["sgd-no-momentum-lr-10"].momentum == 0.0 and configs["sgd-lr-3"].momentum == 0.9
     assert {c.optimizer for c in configs.values()} == {"sgd"}
+    assert [k for k, c in configs.items() if c.weight_decay == 0] == ["sgd-lr-1-no-decay", "sgd-lr-0.1-no-decay"]

@@ -10,6 +10,12 @@ only each token's frequency sits, while AdamW at lr 1e-2 ends about 0.7 nats bel
   as large as lr 1 with momentum, but follows each batch's gradient alone;
 - **lr 1 for 2000 steps**: ten times the sweep's length (the cosine stretched to match): is SGD slow, or stuck?
 
+Added after those three had run (none passed the line): the sweep's decay of 0.1 is, in torch's SGD, an L2 term in
+the gradient, so each step shrinks every weight by lr × 0.1: a tenth at lr 1, where AdamW's decoupled decay at lr
+1e-2 takes a thousandth. Two more runs take it out:
+
+- **lr 1 and lr 0.1 without decay**, momentum 0.9, 200 steps.
+
 The score and tables are the sweep's (`lr_sweep.run`): the held-out loss, the training curve, the step at which the
 loss turned non-finite if it did.
 """
@@ -43,7 +49,9 @@ def _scale(**common) -> dict[str, SgdConfig]:
     long = {**common, "steps": 10 * common.get("steps", 200)}
     return {"sgd-lr-3": SgdConfig(lr=3.0, **common),
             "sgd-no-momentum-lr-10": SgdConfig(lr=10.0, momentum=0.0, **common),
-            "sgd-lr-1-long": SgdConfig(lr=1.0, **long)}
+            "sgd-lr-1-long": SgdConfig(lr=1.0, **long),
+            "sgd-lr-1-no-decay": SgdConfig(lr=1.0, **{**common, "weight_decay": 0.0}),
+            "sgd-lr-0.1-no-decay": SgdConfig(lr=0.1, **{**common, "weight_decay": 0.0})}
 
 
 register(Experiment(
@@ -57,5 +65,6 @@ register(Experiment(
             "cpu": _scale()},
     run=sweep_run,
     description="The learning-rate sweep's model trained by SGD at lr 3 (momentum 0.9), at lr 10 without momentum, "
-                "and at lr 1 for 2000 steps instead of 200: does any seed end below the unigram line?",
+                "at lr 1 for 2000 steps instead of 200, and at lr 1 and 0.1 without weight decay: does any seed end "
+                "below the unigram line?",
 ))
