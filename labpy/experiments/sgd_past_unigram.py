@@ -12,7 +12,8 @@ only each token's frequency sits, while AdamW at lr 1e-2 ends about 0.7 nats bel
 
 Added after those three had run (none passed the line): the sweep's decay of 0.1 is, in torch's SGD, an L2 term in
 the gradient, so each step shrinks every weight by lr × 0.1: a tenth at lr 1, where AdamW's decoupled decay at lr
-1e-2 takes a thousandth. Two more runs take it out:
+1e-2 takes a thousandth (and momentum, the page notes after the fact, builds that pull up to ten times as much).
+Two more runs take it out:
 
 - **lr 1 and lr 0.1 without decay**, momentum 0.9, 200 steps.
 
