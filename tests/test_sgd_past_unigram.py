@@ -36,4 +36,6 @@ def test_the_long_run_is_ten_times_the_sweep():
     assert configs["sgd-lr-1-long"].steps == 10 * configs["sgd-lr-3"].steps == 2000
     assert configs["sgd-no-momentum-lr-10"].momentum == 0.0 and configs["sgd-lr-3"].momentum == 0.9
     assert {c.optimizer for c in configs.values()} == {"sgd"}
-    assert [k for k, c in configs.items() if c.weight_decay == 0] == ["sgd-lr-1-no-decay", "sgd-lr-0.1-no-decay"]
+    assert [k for k, c in configs.items() if c.weight_decay == 0] == ["sgd-lr-1-no-decay", "sgd-lr-0.1-no-decay",
+                                                                      "sgd-lr-1-no-decay-long"]
+    assert configs["sgd-lr-1-no-decay-long"].steps == 2000

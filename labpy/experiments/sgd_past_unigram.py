@@ -17,6 +17,8 @@ Two more runs take it out:
 
 - **lr 1 and lr 0.1 without decay**, momentum 0.9, 200 steps.
 
+And after those (both ended just past the line, at the same loss): **lr 1 without decay for 2000 steps**.
+
 The score and tables are the sweep's (`lr_sweep.run`): the held-out loss, the training curve, the step at which the
 loss turned non-finite if it did.
 """
@@ -52,7 +54,8 @@ def _scale(**common) -> dict[str, SgdConfig]:
             "sgd-no-momentum-lr-10": SgdConfig(lr=10.0, momentum=0.0, **common),
             "sgd-lr-1-long": SgdConfig(lr=1.0, **long),
             "sgd-lr-1-no-decay": SgdConfig(lr=1.0, **{**common, "weight_decay": 0.0}),
-            "sgd-lr-0.1-no-decay": SgdConfig(lr=0.1, **{**common, "weight_decay": 0.0})}
+            "sgd-lr-0.1-no-decay": SgdConfig(lr=0.1, **{**common, "weight_decay": 0.0}),
+            "sgd-lr-1-no-decay-long": SgdConfig(lr=1.0, **{**long, "weight_decay": 0.0})}
 
 
 register(Experiment(
@@ -66,6 +69,6 @@ register(Experiment(
             "cpu": _scale()},
     run=sweep_run,
     description="The learning-rate sweep's model trained by SGD at lr 3 (momentum 0.9), at lr 10 without momentum, "
-                "at lr 1 for 2000 steps instead of 200, and at lr 1 and 0.1 without weight decay: does any seed end "
-                "below the unigram line?",
+                "at lr 1 for 2000 steps instead of 200, and at lr 1 and 0.1 without weight decay (lr 1 also for 2000 "
+                "steps): does any seed end below the unigram line?",
 ))
