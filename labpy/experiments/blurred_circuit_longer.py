@@ -29,7 +29,7 @@ from ..store import STEP_CHECKPOINT, RunResult
 from ..tasks.repeated_tokens import sample
 from ..train import step_generator
 from .copying_routes import attention_routes
-from .induction import EVAL_SEED, InductionConfig, next_token_losses, score_tokens, train_on_repeats
+from .induction import EVAL_SEED, SMOKE, InductionConfig, next_token_losses, score_tokens, train_on_repeats
 from .registry import Experiment, RunContext, register
 
 LENGTH_SEQUENCES = 1024   # evaluation sequences for the accuracy by segment length (about 54 per length)
@@ -79,8 +79,7 @@ register(Experiment(
     page="experiments/induction-heads.qmd",
     version=1,
     config_type=InductionConfig,
-    scales={"smoke": {"heads-2-s0": InductionConfig(n_heads=2, steps=60, eval_every=20, checkpoint_every=30,
-                                                    eval_batch=32, score_batch=8)},
+    scales={"smoke": {"heads-2-s0": InductionConfig(n_heads=2, **SMOKE)},
             "cpu": {"heads-2-s0": InductionConfig(n_heads=2, steps=24000, eval_every=100, checkpoint_every=3000),
                     "heads-8-s1": InductionConfig(n_heads=8, seed=1, steps=24000, eval_every=100,
                                                   checkpoint_every=3000)}},

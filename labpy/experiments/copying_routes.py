@@ -26,7 +26,7 @@ from ..models.toy import load_toy_transformer
 from ..store import RunResult
 from ..tasks.repeated_tokens import sample
 from ..train import step_generator
-from .induction import EVAL_SEED, InductionConfig, train_on_repeats
+from .induction import EVAL_SEED, SMOKE, InductionConfig, train_on_repeats
 from .registry import Experiment, RunContext, register
 
 # Added after the first run, whose buckets stopped at 3 back and +3 (the predictions read those): the heads of the
@@ -86,8 +86,7 @@ register(Experiment(
     page="experiments/induction-heads.qmd",
     version=1,
     config_type=InductionConfig,
-    scales={"smoke": {"heads-2-s0": InductionConfig(n_heads=2, steps=60, eval_every=20, checkpoint_every=60,
-                                                    eval_batch=32, score_batch=8)},
+    scales={"smoke": {"heads-2-s0": InductionConfig(n_heads=2, **{**SMOKE, "checkpoint_every": 60})},
             "cpu": {"heads-2-s0": InductionConfig(n_heads=2, checkpoint_every=6000),
                     "heads-8-s1": InductionConfig(n_heads=8, seed=1, checkpoint_every=6000)}},
     run=run,

@@ -7,12 +7,12 @@ its entries is the bias-corrected moving average of RMS(g)² (`replay_fresh`). S
 every step is enough to tell bursts from a gradient that simply falls, and to replay Adam's memory with either one
 taken away.
 
-Beside the gradients, what each step's batch is: its loss, how far its targets' token histogram
-lies from the corpus unigram (the frozen model predicts about the unigram everywhere, so a batch far from it asks
-for a large change), its most common target token and that token's share, the share of whitespace and punctuation
-targets, and its longest run of one repeated token. For the three largest bursts of each seed the text of two of
-its windows is kept (the one farthest from the unigram and the one with the highest loss), with their losses. Runs: the sweep's lr 0.1 run at β₂ = 0.999 and at 0.95, and its lr 1e-2 run as a yardstick
-(same model, corpus, seeds and schedule as `lr_sweep`).
+Beside the gradients, what each step's batch is: its loss, how far its targets' token histogram lies from the corpus
+unigram (the frozen model predicts about the unigram everywhere, so a batch far from it asks for a large change), its
+most common target token and that token's share, the share of whitespace and punctuation targets, and its longest run
+of one repeated token. For the three largest bursts of each seed the text of two of its windows is kept (the one
+farthest from the unigram and the one with the highest loss), with their losses. Runs: the sweep's lr 0.1 run at
+β₂ = 0.999 and at 0.95, and its lr 1e-2 run as a yardstick (same model, corpus, seeds and schedule as `lr_sweep`).
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from ..validation import check_ranges, int_at_least, require
 from .registry import Experiment, RunContext, register
 
 EVAL_SEED = 1_000_000  # eval and scoring data never overlap training seeds
+# the smoke preset every experiment on this task shares: a few steps, small eval and scoring batches
+SMOKE = dict(steps=60, eval_every=20, checkpoint_every=30, eval_batch=32, score_batch=8)
 
 
 @dataclass(frozen=True)
@@ -155,10 +157,7 @@ register(Experiment(
     version=1,
     config_type=InductionConfig,
     scales={
-        "smoke": {"two_layer": InductionConfig(steps=60, eval_every=20, checkpoint_every=30, eval_batch=32,
-                                               score_batch=8),
-                  "one_layer": InductionConfig(n_layers=1, steps=60, eval_every=20, checkpoint_every=30,
-                                               eval_batch=32, score_batch=8)},
+        "smoke": {"two_layer": InductionConfig(**SMOKE), "one_layer": InductionConfig(n_layers=1, **SMOKE)},
         "cpu": {"two_layer": InductionConfig(), "one_layer": InductionConfig(n_layers=1)},
     },
     run=run,

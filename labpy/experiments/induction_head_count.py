@@ -15,7 +15,7 @@ import pandas as pd
 from ..interp.heads import head_scores_table, zero_heads_hook
 from ..models.toy import load_toy_transformer
 from ..store import STEP_CHECKPOINT, RunResult
-from .induction import InductionConfig, copy_losses, score_tokens, train_on_repeats
+from .induction import SMOKE, InductionConfig, copy_losses, score_tokens, train_on_repeats
 from .registry import Experiment, RunContext, register
 
 HEAD_COUNTS = (1, 2, 8)
@@ -68,8 +68,7 @@ register(Experiment(
     page="experiments/induction-heads.qmd",
     version=1,
     config_type=InductionConfig,
-    scales={"smoke": {k: v for k, v in _configs(steps=60, eval_every=20, checkpoint_every=30, eval_batch=32,
-                                                  score_batch=8).items() if k in ("heads-1-s0", "heads-8-s0")},
+    scales={"smoke": {k: v for k, v in _configs(**SMOKE).items() if k in ("heads-1-s0", "heads-8-s0")},
             "cpu": _configs()},
     run=run,
     description="The 2-layer induction model with 1, 2 and 8 heads a layer (two seeds each) and 4 heads with a "

@@ -10,7 +10,7 @@ layer-1 head zeroed at the end. Only the tables are stored, not the checkpoints.
 
 from __future__ import annotations
 
-from .induction import InductionConfig
+from .induction import SMOKE, InductionConfig
 from .induction_head_count import run
 from .registry import Experiment, register
 
@@ -23,8 +23,7 @@ register(Experiment(
     page="experiments/induction-heads.qmd",
     version=1,
     config_type=InductionConfig,
-    scales={"smoke": {"lr-4e-03": InductionConfig(lr=4e-3, steps=60, eval_every=20, checkpoint_every=30,
-                                                  eval_batch=32, score_batch=8)},
+    scales={"smoke": {"lr-4e-03": InductionConfig(lr=4e-3, **SMOKE)},
             "cpu": {f"lr-{lr:.0e}": InductionConfig(lr=lr) for lr in RATES}},
     run=run,
     description="The 2-layer, four-head induction model (seed 0) at lr 5e-4, 2e-3 and 4e-3 instead of 1e-3: when the "
