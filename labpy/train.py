@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .device import lab_device, to_device
 from .errors import ResumeStateError, TrainingDivergedError, TrainingInterrupted
-from .validation import NONNEG_INT, POSITIVE, check_ranges, number_between, one_of, or_none, require
+from .validation import NONNEG_INT, POSITIVE, POSITIVE_INT, check_ranges, number_between, one_of, or_none, require
 
 Batch = Any
 RESUME_FILE = "resume.pt"
@@ -50,6 +50,8 @@ class TrainSpec:
     seed: int = 0
     measure_steps: tuple[int, ...] = ()  # extra steps (besides every eval_every) to evaluate and measure, e.g. early ones
     threads: int = 1  # one torch thread: faster for small models on shared 2-core machines
+    switch_step: int | None = None   # from this update on the rate is `switch_lr` instead of `lr` (a one-off change)
+    switch_lr: float | None = None
 
     def __post_init__(self) -> None:
         check_ranges(self, positive_int=("steps", "eval_every", "resume_every", "threads"), positive=("lr",),
@@ -57,20 +59,29 @@ class TrainSpec:
                      rules={"schedule": one_of("constant", "cosine"), "grad_clip": or_none(POSITIVE),
                             "optimizer": one_of("adamw", "sgd"), "momentum": number_between(0, 1, high_open=True),
                             "betas": number_between(0, 1, high_open=True), "checkpoint_steps": NONNEG_INT,
-                            "measure_steps": NONNEG_INT},
+                            "measure_steps": NONNEG_INT, "switch_step": or_none(POSITIVE_INT),
+                            "switch_lr": or_none(POSITIVE)},
                      hint=False)
         require(self, len(self.betas) == 2, "betas", "must be a pair (beta1, beta2)", hint=False)
+        require(self, (self.switch_step is None) == (self.switch_lr is None), "switch_lr",
+                f"must be given together with switch_step (switch_step = {self.switch_step}, switch_lr = "
+                f"{self.switch_lr}); set both or neither", hint=False)
+        require(self, self.switch_step is None or self.warmup_steps < self.switch_step < self.steps, "switch_step",
+                f"must fall after the warm-up and before the last step ({self.warmup_steps} < switch_step < "
+                f"{self.steps})", hint=False)
 
 
 def lr_at(spec: TrainSpec, step: int) -> float:
-    """Learning rate for the update taken at `step` (0-based): linear warm-up, then constant or cosine."""
+    """Learning rate for the update taken at `step` (0-based): linear warm-up, then constant or cosine; from
+    `switch_step` on, `switch_lr` takes the place of `lr`."""
     if spec.warmup_steps and step < spec.warmup_steps:
         return spec.lr * (step + 1) / spec.warmup_steps
+    peak = spec.switch_lr if spec.switch_step is not None and step >= spec.switch_step else spec.lr
     if spec.schedule == "cosine":
         span = max(1, spec.steps - spec.warmup_steps)
         progress = (step - spec.warmup_steps) / span
-        return spec.lr * 0.5 * (1 + math.cos(math.pi * progress))
-    return spec.lr
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
+    return peak
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

@@ -33,6 +33,39 @@ def test_learning_rate_schedule_by_hand():
     assert lr_at(TrainSpec(steps=5, lr=0.3), 4) == 0.3
 
 
+def test_rate_switch_by_hand():
+    spec = TrainSpec(steps=110, lr=1.0, warmup_steps=10, switch_step=30, switch_lr=0.25)
+    assert lr_at(spec, 0) == pytest.approx(0.1)            # the warm-up climbs to lr, not to the switched rate
+    assert lr_at(spec, 29) == 1.0 and lr_at(spec, 30) == 0.25 and lr_at(spec, 109) == 0.25
+    cosine = TrainSpec(steps=110, lr=1.0, warmup_steps=10, schedule="cosine", switch_step=30, switch_lr=0.25)
+    assert lr_at(cosine, 60) == pytest.approx(0.125)        # halfway through the cosine, of the switched rate
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"switch_step": 20}, r"switch_lr = None must be given together with switch_step \(switch_step = 20"),
+    ({"switch_lr": 0.1}, r"switch_lr = 0.1 must be given together with switch_step"),
+    ({"switch_step": 5, "switch_lr": 0.1}, r"switch_step = 5 must fall after the warm-up .*10 < switch_step < 50"),
+    ({"switch_step": 50, "switch_lr": 0.1}, r"switch_step = 50 must fall after"),
+    ({"switch_step": 20, "switch_lr": -1.0}, r"switch_lr = -1.0 is out of range"),
+])
+def test_bad_rate_switch_is_named(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainSpec(steps=50, lr=1e-2, warmup_steps=10, **changes)
+
+
+def test_rate_switch_changes_only_the_updates_after_it():
+    """Up to the switch a switched run is the unswitched run, bit for bit; the updates after it take the new rate."""
+    logs, states = [], []
+    for switch in ({}, {"switch_step": 20, "switch_lr": 1e-3}):
+        model, batch_fn, loss_fn = _problem()
+        logs.append(train(model, batch_fn, loss_fn, TrainSpec(steps=40, lr=1e-2, checkpoint_steps=(20, 40), **switch)))
+        states.append(logs[-1].checkpoints)
+    plain, switched = logs
+    assert all(torch.equal(states[0][20][k], states[1][20][k]) for k in states[0][20])
+    assert not torch.equal(states[0][40]["0.weight"], states[1][40]["0.weight"])
+    assert switched.steps.lr.tolist() == [1e-2] * 20 + [1e-3] * 20 and set(plain.steps.lr) == {1e-2}
+
+
 def test_bad_schedule_is_named():
     with pytest.raises(ValueError, match="'linear'.*constant, cosine"):
         TrainSpec(steps=10, lr=1e-3, schedule="linear")

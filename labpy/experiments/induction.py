@@ -75,6 +75,13 @@ class InductionConfig:
     def checkpoint_steps(self) -> tuple[int, ...]:
         return tuple(sorted({*range(0, self.steps + 1, self.checkpoint_every), self.steps}))
 
+    def train_spec(self) -> TrainSpec:
+        """AdamW at `lr` after a linear warm-up, constant afterwards; variants change the schedule here."""
+        return TrainSpec(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps,
+                         weight_decay=self.weight_decay, eval_every=self.eval_every,
+                         checkpoint_steps=self.checkpoint_steps(), seed=self.seed,
+                         resume_every=min(500, max(20, self.steps // 5)))
+
 
 def score_tokens(config: InductionConfig) -> torch.Tensor:
     """(score_batch, 2·score_half) [r, r] probes the head scores are read on, disjoint from training data."""
@@ -134,11 +141,7 @@ def train_on_repeats(config: InductionConfig, ctx: RunContext,
                 "loss_repeat": losses[repeat_mask].mean().item(),
                 "acc_repeat": correct[repeat_mask].float().mean().item()}
 
-    spec = TrainSpec(steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps,
-                     weight_decay=config.weight_decay, eval_every=config.eval_every,
-                     checkpoint_steps=config.checkpoint_steps(), seed=config.seed,
-                     resume_every=min(500, max(20, config.steps // 5)))
-    log = train(model, batch_fn, loss_fn, spec, eval_fn=eval_fn, work_dir=ctx.work_dir, progress=ctx.progress,
+    log = train(model, batch_fn, loss_fn, config.train_spec(), eval_fn=eval_fn, work_dir=ctx.work_dir, progress=ctx.progress,
                 desc=f"repeated segments {ctx.label}", device=device)
     final = log.evals.iloc[-1]
     summary = {"n_params": sum(p.numel() for p in model.parameters()), "final_train_loss": float(log.steps.loss.iloc[-1]),
