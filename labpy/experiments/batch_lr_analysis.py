@@ -24,20 +24,22 @@ def best_lrs(grid: pd.DataFrame, metric: str = "final_source") -> pd.DataFrame:
     return best.rename(columns={"mean": metric, "std": f"{metric}_seed_std", "lr": "best_lr"}).reset_index(drop=True)
 
 
-def scaling_exponent(best: pd.DataFrame) -> float:
-    """Slope of log(best LR) against log(batch size): 1 for the linear rule, 0.5 for square-root scaling."""
-    x = torch.tensor(best.batch_size.to_numpy(), dtype=torch.float64).log()
+def scaling_exponent(best: pd.DataFrame, by: str = "batch_size") -> float:
+    """Slope of log(best LR) against log(`by`): against the batch size, 1 for the linear rule and 0.5 for
+    square-root scaling; against the width, -1 for μP's 1/width."""
+    x = torch.tensor(best[by].to_numpy(), dtype=torch.float64).log()
     y = torch.tensor(best.best_lr.to_numpy(), dtype=torch.float64).log()
     xc = x - x.mean()
     return float((xc * (y - y.mean())).sum() / (xc * xc).sum())
 
 
-def fitted_best_lr(grid: pd.DataFrame, metric: str = "final_source") -> pd.DataFrame:
-    """Per batch size, the best LR between grid points: the vertex of a parabola in log(LR) through the best
-    grid LR and its two neighbours (the grid LR itself when the best sits at an edge of the grid)."""
+def fitted_best_lr(grid: pd.DataFrame, metric: str = "final_source", by: str = "batch_size") -> pd.DataFrame:
+    """Per value of `by` (the batch size, a width), the best LR between grid points: the vertex of a parabola in
+    log(LR) through the best grid LR and its two neighbours (the grid LR itself when the best sits at an edge of
+    the grid)."""
     ok = grid[~grid.diverged.astype(bool)]
     rows = []
-    for batch, group in ok.groupby("batch_size"):
+    for batch, group in ok.groupby(by):
         mean = group.groupby("lr")[metric].mean().sort_index()
         i = int(mean.to_numpy().argmin())
         lr, at_edge = float(mean.index[i]), i in (0, len(mean) - 1)
@@ -47,7 +49,7 @@ def fitted_best_lr(grid: pd.DataFrame, metric: str = "final_source") -> pd.DataF
             a, b, _ = torch.linalg.solve(torch.stack([x**2, x, torch.ones(3, dtype=torch.float64)], 1), y).tolist()
             if a > 0:
                 lr = math.exp(-b / (2 * a))
-        rows.append({"batch_size": batch, "best_lr": lr, "at_edge": at_edge, metric: float(mean.iloc[i])})
+        rows.append({by: batch, "best_lr": lr, "at_edge": at_edge, metric: float(mean.iloc[i])})
     return pd.DataFrame(rows)
 
 
