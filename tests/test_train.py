@@ -132,6 +132,7 @@ def test_divergence_raises_with_the_fix():
 
 
 def test_one_thread_during_training_then_restored():
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
     seen = []
     model, batch_fn, loss_fn = _problem()
@@ -140,9 +141,12 @@ def test_one_thread_during_training_then_restored():
         seen.append(torch.get_num_threads())
         return loss_fn(m, batch)
 
-    train(model, batch_fn, spy, TrainSpec(steps=2, lr=1e-3))
-    assert seen == [1, 1] and torch.get_num_threads() == 2
-    assert math.isfinite(seen[0])
+    try:
+        train(model, batch_fn, spy, TrainSpec(steps=2, lr=1e-3))
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        assert math.isfinite(seen[0])
+    finally:
+        torch.set_num_threads(before)   # later tests read the process's thread count from provenance
 
 
 # ---- errors a user can act on: divergence, a corrupt resume state, Ctrl-C ----
