@@ -44,3 +44,44 @@ def test_smoke_run_fills_the_tables(tmp_store):
     assert evals.step.iloc[-1] == run.config.steps
     assert sorted(scores.step.unique()) == list(run.config.checkpoint_steps())
     assert set(run.table("ablations").zeroed) >= {"none", "L1H0", "L1H3"}
+
+
+def test_route_race_configs_are_the_stored_runs_cut_at_1600_steps():
+    from labpy.experiments.route_race import RUNS
+
+    configs = get_experiment("route_race").configs("cpu")
+    assert set(configs) == set(RUNS)
+    for label, config in configs.items():
+        assert (config.lr, config.seed) == RUNS[label]
+        assert dataclasses.replace(config, steps=6000, checkpoint_every=200, lr=1e-3, seed=0) == InductionConfig()
+        assert config.checkpoint_steps() == tuple(range(0, 1601, 100))
+
+
+def test_route_strengths_by_hand():
+    """Two heads, one step: head 1 puts 0.30 on one back (uniform 0.10) and 0.02 on each of 6–15 back (uniform 0.01
+    each); head 0 the reverse pattern, weaker. Layer 1: head 0 has +0.2 at offset 1, head 1 +0.01 on each of +3..+15."""
+    import pandas as pd
+
+    from labpy.experiments.induction_analysis import route_strengths
+
+    layer0 = pd.DataFrame([{"step": 100, "head": h, "back": str(b), "uniform": 0.1 if b == 1 else 0.01,
+                            "attention": (0.3 if h == 1 else 0.1) if b == 1 else (0.02 if h == 1 else 0.03)}
+                           for h in (0, 1) for b in [1, *range(6, 16), "16 or more"] if b != "16 or more"]
+                          + [{"step": 100, "head": 0, "back": "16 or more", "uniform": 0.5, "attention": 0.9}])
+    layer1 = pd.DataFrame([{"step": 100, "head": h, "offset": str(k), "uniform": 0.02,
+                            "attention": 0.02 + (0.2 if (h, k) == (0, 1) else 0.01 if h == 1 and k >= 3 else 0.0)}
+                           for h in (0, 1) for k in range(-1, 16)])
+    row = route_strengths(layer0, layer1).set_index("step").loc[100]
+    assert row.l0_near == pytest.approx(0.2)                 # head 1: 0.3 − 0.1; the far bucket is not counted
+    assert row.l0_far == pytest.approx(10 * 0.02)            # head 0: ten distances at 0.03 − 0.01
+    assert row.l1_near == pytest.approx(0.2) and row.l1_far == pytest.approx(13 * 0.01)
+
+
+def test_route_race_smoke_run_fills_the_route_tables(tmp_store):
+    from labpy import results
+    from labpy.experiments.induction_analysis import route_strengths
+
+    run = results("route_race", "smoke")["lr-2e-03-s0"]
+    strengths = route_strengths(run.table("layer0"), run.table("layer1"))
+    assert strengths.step.tolist() == [s for s in run.config.checkpoint_steps() if s > 0]
+    assert strengths[["l0_near", "l0_far", "l1_near", "l1_far"]].notna().all().all()

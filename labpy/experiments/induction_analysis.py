@@ -214,3 +214,24 @@ def accuracy_over_lengths(by_length: pd.DataFrame, low: int, high: int) -> pd.Se
     from a `blurred_circuit_longer` by_length table (step, segment_len, targets, accuracy)."""
     rows = by_length[by_length.segment_len.between(low, high)]
     return (rows.accuracy * rows.targets).groupby(rows.step).sum() / rows.targets.groupby(rows.step).sum()
+
+
+NEAR_BACK, FAR_BACK = 1, range(6, 16)       # layer 0: the previous token, and the look-back of the blurred route
+NEAR_OFFSET, FAR_OFFSETS = 1, range(3, 16)  # layer 1: the answer's own key, and the keys far past the occurrence
+
+
+def route_strengths(layer0: pd.DataFrame, layer1: pd.DataFrame) -> pd.DataFrame:
+    """How far each of the two copying routes has grown, per step: the best head's attention above uniform on the
+    induction route's keys (layer 0 one back, layer 1 at +1 from the earlier occurrence) and on the blurred route's
+    (layer 0 six to fifteen back, layer 1 +3 to +15), summed over those keys.
+
+    `layer0`, `layer1`: `copying_routes.attention_routes` tables with a step column (back and offset as strings).
+    """
+    def best(table: pd.DataFrame, column: str, keys) -> pd.Series:
+        rows = table[table[column].astype(str).isin([str(k) for k in keys])]
+        excess = (rows.attention - rows.uniform).groupby([rows.step, rows["head"]]).sum()
+        return excess.groupby(level="step").max()
+
+    return pd.DataFrame({"l0_near": best(layer0, "back", [NEAR_BACK]), "l0_far": best(layer0, "back", FAR_BACK),
+                         "l1_near": best(layer1, "offset", [NEAR_OFFSET]), "l1_far": best(layer1, "offset", FAR_OFFSETS)}
+                        ).reset_index()
