@@ -141,8 +141,8 @@ def train_on_repeats(config: InductionConfig, ctx: RunContext,
                 "loss_repeat": losses[repeat_mask].mean().item(),
                 "acc_repeat": correct[repeat_mask].float().mean().item()}
 
-    log = train(model, batch_fn, loss_fn, config.train_spec(), eval_fn=eval_fn, work_dir=ctx.work_dir, progress=ctx.progress,
-                desc=f"repeated segments {ctx.label}", device=device)
+    log = train(model, batch_fn, loss_fn, config.train_spec(), eval_fn=eval_fn, work_dir=ctx.work_dir,
+                progress=ctx.progress, desc=f"repeated segments {ctx.label}", device=device)
     final = log.evals.iloc[-1]
     summary = {"n_params": sum(p.numel() for p in model.parameters()), "final_train_loss": float(log.steps.loss.iloc[-1]),
                **{f"final_{k}": float(final[k]) for k in ("loss_all", "loss_first_copy", "loss_repeat", "acc_repeat")},

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..train import TrainSpec
-from ..validation import check_ranges, or_none, POSITIVE, POSITIVE_INT, require
+from ..validation import POSITIVE, POSITIVE_INT, check_ranges, or_none, require
 from .induction import SMOKE, InductionConfig
 from .induction_head_count import run
 from .registry import Experiment, register
