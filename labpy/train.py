@@ -41,7 +41,8 @@ class TrainSpec:
     schedule: str = "constant"  # "constant" or "cosine" (after warm-up)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    optimizer: str = "adamw"    # or "sgd": momentum `momentum`, weight_decay as L2 (torch's SGD), betas unused
+    optimizer: str = "adamw"    # or "sgd": momentum `momentum`, weight_decay as L2 (torch's SGD), betas unused;
+    #                             or "sgdw": the same SGD with weight_decay decoupled, as AdamW's (w ← w·(1 − lr·decay))
     momentum: float = 0.9
     grad_clip: float | None = 1.0
     eval_every: int = 100
@@ -57,7 +58,7 @@ class TrainSpec:
         check_ranges(self, positive_int=("steps", "eval_every", "resume_every", "threads"), positive=("lr",),
                      nonneg_int=("warmup_steps", "seed"), nonneg=("weight_decay",),
                      rules={"schedule": one_of("constant", "cosine"), "grad_clip": or_none(POSITIVE),
-                            "optimizer": one_of("adamw", "sgd"), "momentum": number_between(0, 1, high_open=True),
+                            "optimizer": one_of("adamw", "sgd", "sgdw"), "momentum": number_between(0, 1, high_open=True),
                             "betas": number_between(0, 1, high_open=True), "checkpoint_steps": NONNEG_INT,
                             "measure_steps": NONNEG_INT, "switch_step": or_none(POSITIVE_INT),
                             "switch_lr": or_none(POSITIVE)},
@@ -261,7 +262,9 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
     custom_rows: list[dict[str, Any]] = []
     optimizer = (torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
                  if spec.optimizer == "adamw" else
-                 torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay))
+                 torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                                 weight_decay=spec.weight_decay if spec.optimizer == "sgd" else 0.0))
+    decoupled_decay = spec.weight_decay if spec.optimizer == "sgdw" else 0.0
     step_rows: list[dict[str, float]] = []
     eval_rows: list[dict[str, float]] = []
     checkpoints: dict[int, dict[str, torch.Tensor]] = {}
@@ -324,6 +327,10 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
             measure = done % spec.eval_every == 0 or done == spec.steps or done in spec.measure_steps
             before = [p.detach().clone() for p in params] if measure else None
             guard.critical = True   # from here until the step is recorded, the model is ahead of the records
+            if decoupled_decay:     # outside the momentum buffer, before the step, as torch's AdamW does it
+                with torch.no_grad():
+                    for p in params:
+                        p.mul_(1 - lr * decoupled_decay)
             optimizer.step()
             loss_value = loss.item()
             step_rows.append({"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm})

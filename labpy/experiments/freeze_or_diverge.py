@@ -33,11 +33,11 @@ SGD_LRS = (0.1, 1.0, 10.0)
 @dataclass(frozen=True)
 class VariantConfig(SweepConfig):
     norm: str = "rms"            # "rms" (the sweep's RMSNorms) or "none" (each replaced by the identity)
-    optimizer: str = "adamw"     # "adamw" (the sweep's) or "sgd" (momentum 0.9)
+    optimizer: str = "adamw"     # "adamw" (the sweep's), "sgd" (momentum 0.9, decay as L2) or "sgdw" (decay decoupled)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_ranges(self, rules={"norm": one_of("rms", "none"), "optimizer": one_of("adamw", "sgd")})
+        check_ranges(self, rules={"norm": one_of("rms", "none"), "optimizer": one_of("adamw", "sgd", "sgdw")})
 
     def build_model(self, seed: int) -> torch.nn.Module:
         model = super().build_model(seed)
