@@ -21,7 +21,8 @@ def test_cpu_configs_change_only_the_rate_the_switch_or_the_seed():
         step = config.switch_step or 3000
         assert (lr_at(spec, step - 1), lr_at(spec, step), lr_at(spec, config.steps - 1)) == (before, after, after)
     assert {(c.lr, c.lr_after, c.switch_step) for c in configs.values() if c.switch_step} == {
-        (2e-3, 1e-3, 600), (2e-3, 1e-3, 1400), (1e-3, 2e-3, 1000), (1e-3, 2e-3, 3000)}
+        (2e-3, 1e-3, 600), (2e-3, 1e-3, 800), (2e-3, 1e-3, 1000), (2e-3, 1e-3, 1200), (2e-3, 1e-3, 1400),
+        (1e-3, 2e-3, 1000), (1e-3, 2e-3, 3000)}
     assert {(c.lr, c.seed) for c in configs.values() if c.switch_step is None} == {(2e-3, 1), (2e-3, 2), (1e-3, 2)}
 
 

@@ -4,10 +4,11 @@ At lr 1e-3 the four-head model (seed 0) grows a previous-token head and an induc
 plateau early (the repeat loss is already falling by step 800) and ends on the route without induction heads. Two
 readings: the higher rate finds that route first and the induction circuit never gets its chance, or the higher rate
 cannot hold the induction circuit at all. A rate changed once in mid-run separates them: down from 2e-3 to 1e-3 before
-or during the early slide, and up from 1e-3 to 2e-3 before the phase change or after the circuit has formed. Three
-more runs ask whether the route is a matter of the seed: lr 2e-3 with seeds 1 and 2, and lr 1e-3 with seed 2 (seed
-1 at 1e-3 is `induction_head_count`'s `heads-4-s1`). The run is `induction_head_count`'s: every head scored at each
-checkpoint, and each layer-1 head zeroed at the end; only the tables are stored.
+or during the early slide (at step 600 or 1400, and later at 800, 1000 and 1200), and up from 1e-3 to 2e-3 before the
+phase change or after the circuit has formed. Three more runs ask whether the route is a matter of the seed: lr 2e-3
+with seeds 1 and 2, and lr 1e-3 with seed 2 (seed 1 at 1e-3 is `induction_head_count`'s `heads-4-s1`). The run is
+`induction_head_count`'s: every head scored at each checkpoint, and each layer-1 head zeroed at the end; only the tables
+are stored.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def _scale(steps: int = 6000, **common) -> dict[str, RateSwitchConfig]:
 
     return {"down-at-600": RateSwitchConfig(lr=2e-3, switch_step=at(600), lr_after=1e-3, steps=steps, **common),
             "down-at-1400": RateSwitchConfig(lr=2e-3, switch_step=at(1400), lr_after=1e-3, steps=steps, **common),
+            # added after route_race had been read: does the route turn when layer 0 turns from the previous token?
+            **{f"down-at-{step}": RateSwitchConfig(lr=2e-3, switch_step=at(step), lr_after=1e-3, steps=steps, **common)
+               for step in (800, 1000, 1200)},
             "up-at-1000": RateSwitchConfig(lr=1e-3, switch_step=at(1000), lr_after=2e-3, steps=steps, **common),
             "up-at-3000": RateSwitchConfig(lr=1e-3, switch_step=at(3000), lr_after=2e-3, steps=steps, **common),
             "lr-2e-03-s1": RateSwitchConfig(lr=2e-3, seed=1, steps=steps, **common),
