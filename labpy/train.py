@@ -41,8 +41,9 @@ class TrainSpec:
     schedule: str = "constant"  # "constant" or "cosine" (after warm-up)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    optimizer: str = "adamw"    # or "sgd": momentum `momentum`, weight_decay as L2 (torch's SGD), betas unused;
-    #                             or "sgdw": the same SGD with weight_decay decoupled, as AdamW's (w ← w·(1 − lr·decay))
+    # "adamw"; "sgd": momentum `momentum`, weight_decay as L2 (torch's SGD), betas unused; "sgdw": the same SGD with
+    # weight_decay decoupled as AdamW's (each step first w ← w·(1 − lr·decay), outside the momentum)
+    optimizer: str = "adamw"
     momentum: float = 0.9
     grad_clip: float | None = 1.0
     eval_every: int = 100
@@ -58,7 +59,8 @@ class TrainSpec:
         check_ranges(self, positive_int=("steps", "eval_every", "resume_every", "threads"), positive=("lr",),
                      nonneg_int=("warmup_steps", "seed"), nonneg=("weight_decay",),
                      rules={"schedule": one_of("constant", "cosine"), "grad_clip": or_none(POSITIVE),
-                            "optimizer": one_of("adamw", "sgd", "sgdw"), "momentum": number_between(0, 1, high_open=True),
+                            "optimizer": one_of("adamw", "sgd", "sgdw"),
+                            "momentum": number_between(0, 1, high_open=True),
                             "betas": number_between(0, 1, high_open=True), "checkpoint_steps": NONNEG_INT,
                             "measure_steps": NONNEG_INT, "switch_step": or_none(POSITIVE_INT),
                             "switch_lr": or_none(POSITIVE)},

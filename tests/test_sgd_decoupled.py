@@ -22,7 +22,8 @@ def _three_steps(optimizer: str) -> float:
 
 def test_decoupled_and_l2_decay_by_hand():
     """loss (w − 3)², w₀ = 0, lr 0.1, momentum 0.9, decay 0.5; g = 2(w − 3).
-    Decoupled: w ← w·0.95, buf ← 0.9·buf + g, w ← w − 0.1·buf: w = 0.6, 0.57 + 1.02 = 1.59, 1.5105 + 1.2 = 2.7105.
+    Decoupled: w ← w·0.95, buf ← 0.9·buf + g, w ← w − 0.1·buf:
+    w = 0.6, then 0.57 + 1.02 = 1.59, then 1.5105 + 1.2 = 2.7105.
     L2: g ← g + 0.5·w inside the buffer: buf = −6, −9.9, −10.935, so w = 0.6, 1.59, 2.6835."""
     assert _three_steps("sgdw") == pytest.approx(2.7105, abs=1e-5)
     assert _three_steps("sgd") == pytest.approx(2.6835, abs=1e-5)
@@ -30,7 +31,7 @@ def test_decoupled_and_l2_decay_by_hand():
 
 def test_configs_are_decoupled_sgd_with_the_sweeps_momentum():
     configs = get_experiment("sgd_decoupled").configs("cpu")
-    assert {c.optimizer for c in configs.values()} == {"sgdw"} and {c.momentum for c in configs.values()} == {0.9}
+    assert {(c.optimizer, c.momentum) for c in configs.values()} == {("sgdw", 0.9)}
     assert {(c.lr, c.weight_decay, c.steps) for c in configs.values()} == {
         (1.0, 0.1, 200), (0.1, 0.1, 200), (1.0, 0.01, 200), (1.0, 0.01, 2000)}
     assert configs["sgdw-lr-1-decay-0.1"].train_spec(seed=0).optimizer == "sgdw"

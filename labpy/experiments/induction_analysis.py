@@ -233,5 +233,5 @@ def route_strengths(layer0: pd.DataFrame, layer1: pd.DataFrame) -> pd.DataFrame:
         return excess.groupby(level="step").max()
 
     return pd.DataFrame({"l0_near": best(layer0, "back", [NEAR_BACK]), "l0_far": best(layer0, "back", FAR_BACK),
-                         "l1_near": best(layer1, "offset", [NEAR_OFFSET]), "l1_far": best(layer1, "offset", FAR_OFFSETS)}
-                        ).reset_index()
+                         "l1_near": best(layer1, "offset", [NEAR_OFFSET]),
+                         "l1_far": best(layer1, "offset", FAR_OFFSETS)}).reset_index()

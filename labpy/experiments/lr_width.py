@@ -24,6 +24,9 @@ def width_config(width: int, lr: float, **common) -> SweepConfig:
     return SweepConfig(lr=lr, hidden_size=width, intermediate_size=3 * width, **common)
 
 
+SMOKE_WIDTHLESS = {k: v for k, v in SMOKE.items() if k not in ("hidden_size", "intermediate_size")}
+
+
 def _scale(widths: tuple[int, ...] = WIDTHS, **common) -> dict[str, SweepConfig]:
     return {f"w{width}_{label(lr)}": width_config(width, lr, **common) for width in widths for lr in WIDTH_LRS}
 
@@ -35,9 +38,7 @@ register(Experiment(
     page="experiments/learning-rate.qmd",
     version=1,
     config_type=SweepConfig,
-    scales={"smoke": {k: v for k, v in _scale(widths=(8, 32), **{k: v for k, v in SMOKE.items()
-                                                                  if k not in ("hidden_size", "intermediate_size")}).items()
-                      if k.endswith(label(1e-2))},
+    scales={"smoke": {k: v for k, v in _scale(widths=(8, 32), **SMOKE_WIDTHLESS).items() if k.endswith(label(1e-2))},
             "cpu": _scale()},
     run=sweep_run,
     description="The learning-rate sweep's model at widths 32 and 128 (MLP three times the width), lr 1e-3 to 5e-2, "

@@ -35,7 +35,8 @@ register(Experiment(
     page="experiments/learning-rate.qmd",
     version=1,
     config_type=SgdConfig,
-    scales={"smoke": {k: v for k, v in _scale(**SMOKE).items() if k in ("sgdw-lr-1-decay-0.1", "sgdw-lr-1-decay-0.01-long")},
+    scales={"smoke": {k: v for k, v in _scale(**SMOKE).items()
+                      if k in ("sgdw-lr-1-decay-0.1", "sgdw-lr-1-decay-0.01-long")},
             "cpu": _scale()},
     run=sweep_run,
     description="The sweep's model trained by SGD (momentum 0.9) with the weight decay decoupled as AdamW's: lr 1 and "
