@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -54,6 +55,9 @@ class TrainSpec:
     threads: int = 1  # one torch thread: faster for small models on shared 2-core machines
     switch_step: int | None = None   # from this update on the rate is `switch_lr` instead of `lr` (a one-off change)
     switch_lr: float | None = None
+    # (regex over parameter names, multiplier) pairs: the first pattern a parameter's name matches multiplies its
+    # rate (and so its decoupled decay), as μP's per-layer rates do; a parameter no pattern matches keeps the rate
+    lr_scales: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         check_ranges(self, positive_int=("steps", "eval_every", "resume_every", "threads"), positive=("lr",),
@@ -72,6 +76,32 @@ class TrainSpec:
         require(self, self.switch_step is None or self.warmup_steps < self.switch_step < self.steps, "switch_step",
                 f"must fall after the warm-up and before the last step ({self.warmup_steps} < switch_step < "
                 f"{self.steps})", hint=False)
+        for pattern, scale in self.lr_scales:
+            require(self, isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0, "lr_scales",
+                    f"holds multiplier {scale!r} for {pattern!r}; each must be a finite number > 0", hint=False)
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as err:
+                require(self, False, "lr_scales", f"holds {pattern!r}, not a regular expression ({err})", hint=False)
+
+
+def lr_scale_groups(named: list[tuple[str, torch.nn.Parameter]],
+                    lr_scales: tuple[tuple[str, float], ...]) -> list[dict[str, Any]]:
+    """Optimizer parameter groups, one per rate multiplier (`TrainSpec.lr_scales`), each with its `lr_scale`.
+
+    A pattern that matches no trained parameter is a typo that would silently train at the wrong rate, so it is
+    an error naming the pattern."""
+    def scale_of(name: str) -> float:
+        return next((float(scale) for pattern, scale in lr_scales if re.search(pattern, name)), 1.0)
+
+    for pattern, _ in lr_scales:
+        if not any(re.search(pattern, name) for name, _ in named):
+            example = f" (e.g. {named[0][0]!r})" if named else ""
+            raise ValueError(f"lr_scales pattern {pattern!r} matches no trained parameter{example}; fix the "
+                             f"pattern or drop it")
+    scales = [scale_of(name) for name, _ in named]
+    return [{"params": [p for (_, p), s in zip(named, scales) if s == scale], "lr_scale": scale}
+            for scale in dict.fromkeys(scales)]
 
 
 def lr_at(spec: TrainSpec, step: int) -> float:
@@ -138,8 +168,9 @@ def parameter_statistics(named: list[tuple[str, torch.nn.Parameter]], optimizer:
     """Per parameter tensor: weight, gradient and update sizes, Adam's moments and its effective step size.
 
     `before` holds the weights before the update just taken. RMS values are root-mean-squares over the
-    tensor's entries; `step_*` is lr * |m_hat| / (sqrt(v_hat) + eps), Adam's per-entry step, and `snr` the
-    same without lr: near 1 where gradients agree step after step, near 0 where they are noise.
+    tensor's entries; `step_*` is lr * |m_hat| / (sqrt(v_hat) + eps), Adam's per-entry step (lr times the tensor's
+    `lr_scale`), and `snr` the same without lr: near 1 where gradients agree step after step, near 0 where they
+    are noise.
     """
     eps, rows = adam_eps(optimizer), []
     for (name, p), b in zip(named, before):
@@ -147,6 +178,7 @@ def parameter_statistics(named: list[tuple[str, torch.nn.Parameter]], optimizer:
         if moments is None:
             continue
         m_hat, v_hat = moments
+        scale = next(g for g in optimizer.param_groups if any(q is p for q in g["params"])).get("lr_scale", 1.0)
         w_rms = b.pow(2).mean().sqrt().item()
         update_rms = (p.detach() - b).pow(2).mean().sqrt().item()
         ratio = m_hat.abs() / (v_hat.sqrt() + eps)            # Adam's normalised step, per entry
@@ -155,8 +187,8 @@ def parameter_statistics(named: list[tuple[str, torch.nn.Parameter]], optimizer:
             "name": name, "numel": p.numel(), "weight_rms": w_rms, "grad_rms": grad.pow(2).mean().sqrt().item(),
             "update_rms": update_rms, "update_to_weight": update_rms / w_rms if w_rms > 1e-12 else float("nan"),
             "m_abs_mean": m_hat.abs().mean().item(), "sqrt_v_mean": v_hat.sqrt().mean().item(),
-            "snr": ratio.mean().item(), "step_mean": lr * ratio.mean().item(),
-            "step_median": lr * ratio.flatten().median().item(),
+            "snr": ratio.mean().item(), "step_mean": lr * scale * ratio.mean().item(),
+            "step_median": lr * scale * ratio.flatten().median().item(),
         })
     return rows
 
@@ -262,9 +294,10 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
     named = [(names.get(id(p), f"param_{i}"), p) for i, p in enumerate(params)]
     param_rows: list[dict[str, Any]] = []
     custom_rows: list[dict[str, Any]] = []
-    optimizer = (torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    groups = lr_scale_groups(named, spec.lr_scales)
+    optimizer = (torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
                  if spec.optimizer == "adamw" else
-                 torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                 torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum,
                                  weight_decay=spec.weight_decay if spec.optimizer == "sgd" else 0.0))
     decoupled_decay = spec.weight_decay if spec.optimizer == "sgdw" else 0.0
     step_rows: list[dict[str, float]] = []
@@ -318,7 +351,7 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
         for step in range(start, spec.steps):
             lr = lr_at(spec, step)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             batch = to_device(batch_fn(step), device)
             loss = loss_fn(model, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -331,8 +364,9 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
             guard.critical = True   # from here until the step is recorded, the model is ahead of the records
             if decoupled_decay:     # outside the momentum buffer, before the step, as torch's AdamW does it
                 with torch.no_grad():
-                    for p in params:
-                        p.mul_(1 - lr * decoupled_decay)
+                    for group in optimizer.param_groups:
+                        for p in group["params"]:
+                            p.mul_(1 - group["lr"] * decoupled_decay)
             optimizer.step()
             loss_value = loss.item()
             step_rows.append({"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm})

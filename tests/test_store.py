@@ -94,7 +94,9 @@ def test_committed_store_entries_are_complete(root):
         assert entry.provenance["device"] and entry.provenance["git_commit"]
         assert "+dirty" not in entry.provenance["git_commit"], f"{entry} was made by uncommitted code"
         assert entry.table_names() or entry.summary, f"{entry} stores neither tables nor a summary"
-    assert store.total_size_bytes() < 40 * 2**20, "the committed store is over its budget (tens of MB)"
+    # 48 MiB (was 40 until 2026-12-06, when the store reached 39.8): DESIGN.md's "tens of MB"; the largest entries
+    # are checkpoints that pages read (wind tunnels, induction, lab LM), and git compresses the store to about as much
+    assert store.total_size_bytes() < 48 * 2**20, "the committed store is over its budget (tens of MB)"
 
 
 def test_files_round_trip_and_missing_file_is_named(tmp_store):
