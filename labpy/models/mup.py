@@ -12,7 +12,8 @@ With the width multiplier m = width / base_width, and Adam, μP changes four thi
 - the embedding (tied: also the readout), the norms and the biases keep their rate and initialisation.
 
 At the base width (m = 1) every change is the identity, so the μP model *is* the standard one there.
-`apply_mup` changes a built model in place; `mup_lr_scales` gives the rates for `TrainSpec.lr_scales`.
+`apply_mup` changes a built model in place (`parts` picks which of its three changes, to take μP apart);
+`mup_lr_scales` gives the rates for `TrainSpec.lr_scales`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 # The hidden matrices: every projection inside a block (their fan-in, or fan-out, grows with the width).
 HIDDEN_WEIGHTS = r"\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$"
+MODEL_PARTS = ("init", "attention", "output")    # what `apply_mup` changes; the fourth, "rates", is the TrainSpec's
 
 
 def width_multiplier(width: int, base_width: int) -> float:
@@ -39,27 +41,36 @@ def mup_lr_scales(width: int, base_width: int) -> tuple[tuple[str, float], ...]:
     return ((HIDDEN_WEIGHTS, 1 / width_multiplier(width, base_width)),)
 
 
-def apply_mup(model: torch.nn.Module, base_width: int) -> torch.nn.Module:
+def apply_mup(model: torch.nn.Module, base_width: int, parts: tuple[str, ...] = MODEL_PARTS) -> torch.nn.Module:
     """Re-parametrise a freshly built HF Qwen2/Llama causal LM to μP relative to `base_width`, in place.
+
+    `parts` (a subset of `MODEL_PARTS`) picks the changes made: "init" the hidden weights' size, "attention" the
+    logits' 1/head_dim scale, "output" the output multiplier; the rest stay standard.
 
     Rescaling the HF initialisation (std `initializer_range`) by 1/√m keeps the random draws, so the μP and the
     standard model of a seed share their initial directions; at m = 1 nothing changes. The output multiplier is
     a forward hook on `lm_head` and the attention scale an attribute of each attention module: neither is in the
     state dict, so a saved μP model must be rebuilt with `apply_mup` before its weights are loaded.
     """
+    unknown = sorted(set(parts) - set(MODEL_PARTS))
+    if unknown:
+        raise ValueError(f"apply_mup parts {unknown} are not μP changes of the model; choose from {list(MODEL_PARTS)}")
     config = model.config
     m = width_multiplier(config.hidden_size, base_width)
     if m == 1:
         return model
     head_dim = config.hidden_size // config.num_attention_heads
     base_head_dim = base_width // config.num_attention_heads
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if _is_hidden(name):
-                p.mul_(1 / math.sqrt(m))
-    for layer in model.model.layers:
-        layer.self_attn.scaling = math.sqrt(base_head_dim) / head_dim     # 1/√base_hd at the base, ∝ 1/head_dim
-    model.lm_head.register_forward_hook(lambda module, inputs, logits: logits / m)   # logits (B, T, V) × 1/m
+    if "init" in parts:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if _is_hidden(name):
+                    p.mul_(1 / math.sqrt(m))
+    if "attention" in parts:
+        for layer in model.model.layers:
+            layer.self_attn.scaling = math.sqrt(base_head_dim) / head_dim     # 1/√base_hd at the base, ∝ 1/head_dim
+    if "output" in parts:
+        model.lm_head.register_forward_hook(lambda module, inputs, logits: logits / m)   # logits (B, T, V) × 1/m
     return model
 
 
