@@ -1,0 +1,55 @@
+"""lr_embedding_split: the hidden matrices' rate is the stated fraction of the embedding's (checked on Adam's first
+step, whose size is the rate), a scale of 1 is the plain sweep, bad scales are named, and a smoke run's tables fill."""
+
+import pytest
+import torch
+
+from labpy.errors import ConfigError
+from labpy.experiments.lr_embedding_split import SPLIT_LRS, SPLIT_SCALES, SplitRateConfig, split_config
+from labpy.experiments.lr_sweep import SMOKE
+from labpy.experiments.lr_width import width_config
+from labpy.experiments.registry import get_experiment
+from labpy.models.lab_lm import lm_loss
+from labpy.train import train
+
+SMALL = {k: v for k, v in SMOKE.items() if k not in ("hidden_size", "intermediate_size")}
+
+
+def test_adams_first_step_is_the_embedding_rate_and_a_quarter_of_it_in_the_hidden_matrices():
+    config = split_config(16, 1e-2, 0.25, **SMALL)
+    model = config.build_model(0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = torch.randint(0, config.vocab_size, (4, config.seq_len + 1), generator=torch.Generator().manual_seed(2))
+    spec = config.train_spec(0, steps=1, warmup_steps=0, weight_decay=0.0, grad_clip=None)
+    train(model, lambda step: batch, lm_loss, spec, device="cpu")
+    moved = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters()}
+    assert moved["model.layers.0.mlp.up_proj.weight"].median().item() == pytest.approx(2.5e-3, rel=1e-3)
+    assert moved["model.layers.0.self_attn.q_proj.weight"].median().item() == pytest.approx(2.5e-3, rel=1e-3)
+    assert moved["model.embed_tokens.weight"].median().item() == pytest.approx(1e-2, rel=1e-3)
+    assert moved["model.layers.0.self_attn.q_proj.bias"].median().item() == pytest.approx(1e-2, rel=1e-3)
+
+
+def test_a_scale_of_one_is_the_plain_sweep():
+    assert split_config(64, 5e-3, 1.0).train_spec(0) == width_config(64, 5e-3).train_spec(0)
+
+
+def test_bad_scale_is_named():
+    with pytest.raises(ConfigError, match=r"SplitRateConfig.hidden_lr_scale = 0.0 is out of range"):
+        SplitRateConfig(hidden_lr_scale=0.0)
+
+
+def test_cpu_configs():
+    configs = get_experiment("lr_embedding_split").configs("cpu")
+    expected = {(w, s, lr) for w, scales in SPLIT_SCALES.items() for s in scales for lr in SPLIT_LRS[w]}
+    assert {(c.hidden_size, c.hidden_lr_scale, c.lr) for c in configs.values()} == expected
+    assert all(c.intermediate_size == 3 * c.hidden_size and c.seeds == (0, 1, 2) for c in configs.values())
+
+
+def test_smoke_run_fills_the_tables(tmp_store):
+    from labpy import results
+
+    runs = results("lr_embedding_split", "smoke")
+    assert {e.config.hidden_size for e in runs.entries.values()} == {8, 32}
+    for entry in runs.entries.values():
+        seeds = entry.table("seeds")
+        assert list(seeds.seed) == list(entry.config.seeds) and seeds.final_val_loss.notna().all()
