@@ -53,3 +53,26 @@ def test_smoke_run_fills_the_tables(tmp_store):
     for entry in runs.entries.values():
         seeds = entry.table("seeds")
         assert list(seeds.seed) == list(entry.config.seeds) and seeds.final_val_loss.notna().all()
+
+
+def test_limits_configs_extend_the_grid_and_lengthen_only_the_quarter():
+    from labpy.experiments.lr_split_limits import LONG_LRS, WIDER_GRID
+
+    configs = get_experiment("lr_split_limits").configs("cpu")
+    short = {(c.hidden_lr_scale, c.lr) for c in configs.values() if c.steps == 200}
+    assert short == {(s, lr) for s, lrs in WIDER_GRID.items() for lr in lrs}
+    long = [c for c in configs.values() if c.steps == 800]
+    assert {(c.hidden_lr_scale, c.lr) for c in long} == {(0.25, lr) for lr in LONG_LRS}
+    assert all(c.hidden_size == 64 and c.warmup_steps == 20 and c.seeds == (0, 1, 2) for c in configs.values())
+    stored = {(c.hidden_lr_scale, c.lr) for c in get_experiment("lr_embedding_split").configs("cpu").values()
+              if c.hidden_size == 64}
+    assert not short & stored                                  # nothing already in the store is run again
+
+
+def test_limits_smoke_run_fills_the_tables(tmp_store):
+    from labpy import results
+
+    runs = results("lr_split_limits", "smoke")
+    assert {e.config.steps for e in runs.entries.values()} == {12, 48}
+    for entry in runs.entries.values():
+        assert entry.table("seeds").final_val_loss.notna().all()
