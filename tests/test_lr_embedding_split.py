@@ -76,3 +76,33 @@ def test_limits_smoke_run_fills_the_tables(tmp_store):
     assert {e.config.steps for e in runs.entries.values()} == {12, 48}
     for entry in runs.entries.values():
         assert entry.table("seeds").final_val_loss.notna().all()
+
+
+def test_attention_and_mlp_take_their_own_shares_on_adams_first_step():
+    from labpy.experiments.lr_split_parts import PartSplitConfig
+
+    config = PartSplitConfig(lr=1e-2, hidden_size=16, intermediate_size=48, hidden_lr_scale=0.125,
+                             attention_lr_scale=0.25, **SMALL)
+    model = config.build_model(0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = torch.randint(0, config.vocab_size, (4, config.seq_len + 1), generator=torch.Generator().manual_seed(2))
+    train(model, lambda step: batch, lm_loss, config.train_spec(0, steps=1, warmup_steps=0, weight_decay=0.0,
+                                                               grad_clip=None), device="cpu")
+    moved = {n: (p.detach() - before[n]).abs().median().item() for n, p in model.named_parameters()}
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        assert moved[f"model.layers.0.self_attn.{name}.weight"] == pytest.approx(2.5e-3, rel=1e-3), name
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        assert moved[f"model.layers.0.mlp.{name}.weight"] == pytest.approx(1.25e-3, rel=1e-3), name
+    assert moved["model.embed_tokens.weight"] == pytest.approx(1e-2, rel=1e-3)
+    assert PartSplitConfig(hidden_lr_scale=0.5).train_spec(0) == split_config(64, 1e-3, 0.5).train_spec(0)
+    with pytest.raises(ConfigError, match=r"attention_lr_scale = -1.0 is out of range"):
+        PartSplitConfig(attention_lr_scale=-1.0)
+
+
+def test_parts_smoke_run_fills_the_tables(tmp_store):
+    from labpy import results
+
+    runs = results("lr_split_parts", "smoke")
+    assert len(runs.entries) == 5
+    for entry in runs.entries.values():
+        assert entry.table("seeds").final_val_loss.notna().all()
