@@ -43,14 +43,14 @@ class PartSplitConfig(SplitRateConfig):
         return super().train_spec(seed, **{"lr_scales": scales, **changes})
 
 
-def _name(lr: float, share: float, attention: float | None) -> str:
+def _name(width: int, lr: float, share: float, attention: float | None) -> str:
     parts = f"hidden-x{share:g}" if attention is None else f"attention-x{attention:g}_mlp-x{share:g}"
-    return f"w64_{label(lr)}_{parts}"
+    return f"w{width}_{label(lr)}_{parts}"
 
 
 def _scale(**common) -> dict[str, PartSplitConfig]:
     width = common.pop("hidden_size", 64)
-    return {_name(lr, share, attention): PartSplitConfig(lr=lr, hidden_size=width, intermediate_size=3 * width,
+    return {_name(width, lr, share, attention): PartSplitConfig(lr=lr, hidden_size=width, intermediate_size=3 * width,
                                                          hidden_lr_scale=share, attention_lr_scale=attention, **common)
             for lr, share, attention in PARTS_GRID}
 
