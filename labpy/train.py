@@ -51,7 +51,7 @@ class TrainSpec:
     checkpoint_steps: tuple[int, ...] = ()
     resume_every: int = 500
     seed: int = 0
-    measure_steps: tuple[int, ...] = ()  # extra steps (besides every eval_every) to evaluate and measure, e.g. early ones
+    measure_steps: tuple[int, ...] = ()  # more steps to evaluate and measure besides every eval_every (early ones)
     threads: int = 1  # one torch thread: faster for small models on shared 2-core machines
     switch_step: int | None = None   # from this update on the rate is `switch_lr` instead of `lr` (a one-off change)
     switch_lr: float | None = None
@@ -351,7 +351,7 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
         for step in range(start, spec.steps):
             lr = lr_at(spec, step)
             for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
+                group["lr"] = lr * group.get("lr_scale", 1.0)   # a resume state from before lr_scales has none
             batch = to_device(batch_fn(step), device)
             loss = loss_fn(model, batch)
             optimizer.zero_grad(set_to_none=True)

@@ -46,7 +46,7 @@ def test_each_part_undone_alone_changes_only_itself():
 
 
 def test_bad_parts_are_named():
-    with pytest.raises(ConfigError, match=r"standard_parts = \('bias',\) names \['bias'\], not μP changes; choose from"):
+    with pytest.raises(ConfigError, match=r"standard_parts = \('bias',\) names \['bias'\], not μP changes; choose"):
         MupPartsConfig(hidden_size=128, intermediate_size=384, standard_parts=("bias",))
     with pytest.raises(ValueError, match=r"apply_mup parts \['rates'\] are not μP changes of the model"):
         apply_mup(width_config(128, 5e-3).build_model(0), 64, ("rates",))

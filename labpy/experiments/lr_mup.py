@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.lab_lm import build_lab_lm
-from ..models.mup import apply_mup, mup_lr_scales, width_multiplier
+from ..models.mup import apply_mup, mup_lr_scales
 from ..train import TrainSpec
 from ..validation import require
 from .lr_sweep import SweepConfig, label
@@ -38,7 +38,6 @@ class MupConfig(SweepConfig):
         require(self, isinstance(self.base_width, int) and self.base_width >= self.n_heads
                 and self.base_width % self.n_heads == 0, "base_width",
                 f"is out of range; it must be a positive multiple of n_heads = {self.n_heads} (its head width)")
-        width_multiplier(self.hidden_size, self.base_width)
 
     def build_model(self, seed: int) -> torch.nn.Module:
         return apply_mup(build_lab_lm(self.hf_config(), seed), self.base_width)
@@ -71,5 +70,3 @@ register(Experiment(
     description="The learning-rate sweep's model μP-parametrised relative to width 64, at widths 32, 64 and 128 "
                 "(MLP three times the width), lr 1e-3 to 5e-2, three seeds each: does the best rate stay put?",
 ))
-
-__all__ = ["BASE_WIDTH", "MUP_WIDTHS", "MupConfig", "mup_config"]

@@ -59,7 +59,8 @@ def parts_config(width: int, lr: float, standard_parts: tuple[str, ...] = (), **
 def _scale(width: int = PARTS_WIDTH, lrs: tuple[float, ...] = PARTS_LRS, **common) -> dict[str, MupPartsConfig]:
     configs = {f"w{width}_{label(lr)}_standard-{part}": parts_config(width, lr, (part,), **common)
                for part in PARTS for lr in lrs}
-    configs |= {f"w{width}_{label(lr)}_{name}_seeds345": parts_config(width, lr, parts, **{**common, "seeds": MORE_SEEDS})
+    more = {**common, "seeds": MORE_SEEDS}
+    configs |= {f"w{width}_{label(lr)}_{name}_seeds345": parts_config(width, lr, parts, **more)
                 for name, parts in (("mup", ()), ("standard", PARTS)) for lr in lrs[:2]}
     return configs
 

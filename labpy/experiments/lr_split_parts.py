@@ -21,8 +21,8 @@ from .lr_width import SMOKE_WIDTHLESS
 from .registry import Experiment, register
 
 ATTENTION_WEIGHTS = r"\.self_attn\.(q_proj|k_proj|v_proj|o_proj)\.weight$"
-PARTS_GRID = ((1e-1, 0.125, None), (1e-1, 0.0625, None), (5e-2, 0.0625, None),   # (peak rate, hidden share, attention's)
-              (5e-2, 0.125, 0.25), (5e-2, 0.25, 0.125))
+# (peak rate, hidden share, the attention's own share or None)
+PARTS_GRID = ((1e-1, 0.125, None), (1e-1, 0.0625, None), (5e-2, 0.0625, None), (5e-2, 0.125, 0.25), (5e-2, 0.25, 0.125))
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,9 @@ def _name(width: int, lr: float, share: float, attention: float | None) -> str:
 
 def _scale(**common) -> dict[str, PartSplitConfig]:
     width = common.pop("hidden_size", 64)
-    return {_name(width, lr, share, attention): PartSplitConfig(lr=lr, hidden_size=width, intermediate_size=3 * width,
-                                                         hidden_lr_scale=share, attention_lr_scale=attention, **common)
+    return {_name(width, lr, share, attention):
+            PartSplitConfig(lr=lr, hidden_size=width, intermediate_size=3 * width, hidden_lr_scale=share,
+                            attention_lr_scale=attention, **common)
             for lr, share, attention in PARTS_GRID}
 
 
