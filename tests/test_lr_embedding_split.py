@@ -106,3 +106,32 @@ def test_parts_smoke_run_fills_the_tables(tmp_store):
     assert len(runs.entries) == 5
     for entry in runs.entries.values():
         assert entry.table("seeds").final_val_loss.notna().all()
+
+
+def test_queries_and_keys_take_their_own_share_on_adams_first_step():
+    from labpy.experiments.lr_split_qk import QKSplitConfig
+
+    config = QKSplitConfig(lr=1e-2, hidden_size=16, intermediate_size=48, hidden_lr_scale=0.125,
+                           attention_lr_scale=0.25, qk_lr_scale=0.5, **SMALL)
+    model = config.build_model(0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = torch.randint(0, config.vocab_size, (4, config.seq_len + 1), generator=torch.Generator().manual_seed(2))
+    train(model, lambda step: batch, lm_loss, config.train_spec(0, steps=1, warmup_steps=0, weight_decay=0.0,
+                                                               grad_clip=None), device="cpu")
+    moved = {n: (p.detach() - before[n]).abs().median().item() for n, p in model.named_parameters()}
+    expected = {"self_attn.q_proj": 5e-3, "self_attn.k_proj": 5e-3, "self_attn.v_proj": 2.5e-3,
+                "self_attn.o_proj": 2.5e-3, "mlp.up_proj": 1.25e-3, "mlp.down_proj": 1.25e-3}
+    for name, rate in expected.items():
+        assert moved[f"model.layers.0.{name}.weight"] == pytest.approx(rate, rel=1e-3), name
+    assert moved["model.embed_tokens.weight"] == pytest.approx(1e-2, rel=1e-3)
+    with pytest.raises(ConfigError, match=r"qk_lr_scale = 0.0 is out of range"):
+        QKSplitConfig(qk_lr_scale=0.0)
+
+
+def test_qk_smoke_run_fills_the_tables(tmp_store):
+    from labpy import results
+
+    runs = results("lr_split_qk", "smoke")
+    assert len(runs.entries) == 3
+    for entry in runs.entries.values():
+        assert entry.table("seeds").final_val_loss.notna().all()
