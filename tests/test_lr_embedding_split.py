@@ -15,18 +15,23 @@ from labpy.train import train
 SMALL = {k: v for k, v in SMOKE.items() if k not in ("hidden_size", "intermediate_size")}
 
 
-def test_adams_first_step_is_the_embedding_rate_and_a_quarter_of_it_in_the_hidden_matrices():
-    config = split_config(16, 1e-2, 0.25, **SMALL)
+def first_step_moves(config) -> dict[str, float]:
+    """Median |change| of every parameter after one Adam step of `config`'s model on a fixed batch (no warm-up, decay
+    or clip): Adam's first step moves each entry by its own rate, so this reads each parameter's rate."""
     model = config.build_model(0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     batch = torch.randint(0, config.vocab_size, (4, config.seq_len + 1), generator=torch.Generator().manual_seed(2))
     spec = config.train_spec(0, steps=1, warmup_steps=0, weight_decay=0.0, grad_clip=None)
     train(model, lambda step: batch, lm_loss, spec, device="cpu")
-    moved = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters()}
-    assert moved["model.layers.0.mlp.up_proj.weight"].median().item() == pytest.approx(2.5e-3, rel=1e-3)
-    assert moved["model.layers.0.self_attn.q_proj.weight"].median().item() == pytest.approx(2.5e-3, rel=1e-3)
-    assert moved["model.embed_tokens.weight"].median().item() == pytest.approx(1e-2, rel=1e-3)
-    assert moved["model.layers.0.self_attn.q_proj.bias"].median().item() == pytest.approx(1e-2, rel=1e-3)
+    return {n: (p.detach() - before[n]).abs().median().item() for n, p in model.named_parameters()}
+
+
+def test_adams_first_step_is_the_embedding_rate_and_a_quarter_of_it_in_the_hidden_matrices():
+    moved = first_step_moves(split_config(16, 1e-2, 0.25, **SMALL))
+    assert moved["model.layers.0.mlp.up_proj.weight"] == pytest.approx(2.5e-3, rel=1e-3)
+    assert moved["model.layers.0.self_attn.q_proj.weight"] == pytest.approx(2.5e-3, rel=1e-3)
+    assert moved["model.embed_tokens.weight"] == pytest.approx(1e-2, rel=1e-3)
+    assert moved["model.layers.0.self_attn.q_proj.bias"] == pytest.approx(1e-2, rel=1e-3)
 
 
 def test_a_scale_of_one_is_the_plain_sweep():
@@ -81,14 +86,8 @@ def test_limits_smoke_run_fills_the_tables(tmp_store):
 def test_attention_and_mlp_take_their_own_shares_on_adams_first_step():
     from labpy.experiments.lr_split_parts import PartSplitConfig
 
-    config = PartSplitConfig(lr=1e-2, hidden_size=16, intermediate_size=48, hidden_lr_scale=0.125,
-                             attention_lr_scale=0.25, **SMALL)
-    model = config.build_model(0)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    batch = torch.randint(0, config.vocab_size, (4, config.seq_len + 1), generator=torch.Generator().manual_seed(2))
-    train(model, lambda step: batch, lm_loss, config.train_spec(0, steps=1, warmup_steps=0, weight_decay=0.0,
-                                                               grad_clip=None), device="cpu")
-    moved = {n: (p.detach() - before[n]).abs().median().item() for n, p in model.named_parameters()}
+    moved = first_step_moves(PartSplitConfig(lr=1e-2, hidden_size=16, intermediate_size=48, hidden_lr_scale=0.125,
+                                             attention_lr_scale=0.25, **SMALL))
     for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
         assert moved[f"model.layers.0.self_attn.{name}.weight"] == pytest.approx(2.5e-3, rel=1e-3), name
     for name in ("gate_proj", "up_proj", "down_proj"):
@@ -111,14 +110,8 @@ def test_parts_smoke_run_fills_the_tables(tmp_store):
 def test_queries_and_keys_take_their_own_share_on_adams_first_step():
     from labpy.experiments.lr_split_qk import QKSplitConfig
 
-    config = QKSplitConfig(lr=1e-2, hidden_size=16, intermediate_size=48, hidden_lr_scale=0.125,
-                           attention_lr_scale=0.25, qk_lr_scale=0.5, **SMALL)
-    model = config.build_model(0)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    batch = torch.randint(0, config.vocab_size, (4, config.seq_len + 1), generator=torch.Generator().manual_seed(2))
-    train(model, lambda step: batch, lm_loss, config.train_spec(0, steps=1, warmup_steps=0, weight_decay=0.0,
-                                                               grad_clip=None), device="cpu")
-    moved = {n: (p.detach() - before[n]).abs().median().item() for n, p in model.named_parameters()}
+    moved = first_step_moves(QKSplitConfig(lr=1e-2, hidden_size=16, intermediate_size=48, hidden_lr_scale=0.125,
+                                           attention_lr_scale=0.25, qk_lr_scale=0.5, **SMALL))
     expected = {"self_attn.q_proj": 5e-3, "self_attn.k_proj": 5e-3, "self_attn.v_proj": 2.5e-3,
                 "self_attn.o_proj": 2.5e-3, "mlp.up_proj": 1.25e-3, "mlp.down_proj": 1.25e-3}
     for name, rate in expected.items():

@@ -34,8 +34,13 @@ class SplitRateConfig(SweepConfig):
         super().__post_init__()
         check_ranges(self, positive=("hidden_lr_scale",))
 
+    def rate_shares(self) -> tuple[tuple[str, float], ...]:
+        """(parameter pattern, share of the peak rate) pairs, the first match counting; a variant prepends its own."""
+        return ((HIDDEN_WEIGHTS, self.hidden_lr_scale),)
+
     def train_spec(self, seed: int, **changes) -> TrainSpec:
-        scales = ((HIDDEN_WEIGHTS, self.hidden_lr_scale),) if self.hidden_lr_scale != 1 else ()
+        shares = self.rate_shares()
+        scales = shares if any(share != 1 for _, share in shares) else ()   # all 1: the plain sweep's spec
         return super().train_spec(seed, **{"lr_scales": scales, **changes})
 
 

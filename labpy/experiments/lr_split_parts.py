@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models.mup import HIDDEN_WEIGHTS
-from ..train import TrainSpec
 from ..validation import POSITIVE, check_ranges, or_none
 from .lr_embedding_split import SplitRateConfig
 from .lr_sweep import label
@@ -36,11 +34,9 @@ class PartSplitConfig(SplitRateConfig):
         super().__post_init__()
         check_ranges(self, rules={"attention_lr_scale": or_none(POSITIVE)})
 
-    def train_spec(self, seed: int, **changes) -> TrainSpec:
-        if self.attention_lr_scale is None:
-            return super().train_spec(seed, **changes)
-        scales = ((ATTENTION_WEIGHTS, self.attention_lr_scale), (HIDDEN_WEIGHTS, self.hidden_lr_scale))  # first match
-        return super().train_spec(seed, **{"lr_scales": scales, **changes})
+    def rate_shares(self) -> tuple[tuple[str, float], ...]:
+        own = ((ATTENTION_WEIGHTS, self.attention_lr_scale),) if self.attention_lr_scale is not None else ()
+        return own + super().rate_shares()
 
 
 def _name(width: int, lr: float, share: float, attention: float | None) -> str:

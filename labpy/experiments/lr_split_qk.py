@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models.mup import HIDDEN_WEIGHTS
-from ..train import TrainSpec
 from ..validation import POSITIVE, check_ranges, or_none
-from .lr_split_parts import ATTENTION_WEIGHTS, PartSplitConfig
+from .lr_split_parts import PartSplitConfig
 from .lr_sweep import label
 from .lr_sweep import run as sweep_run
 from .lr_width import SMOKE_WIDTHLESS
@@ -35,13 +33,9 @@ class QKSplitConfig(PartSplitConfig):
         super().__post_init__()
         check_ranges(self, rules={"qk_lr_scale": or_none(POSITIVE)})
 
-    def train_spec(self, seed: int, **changes) -> TrainSpec:
-        if self.qk_lr_scale is None:
-            return super().train_spec(seed, **changes)
-        attention = self.attention_lr_scale if self.attention_lr_scale is not None else self.hidden_lr_scale
-        scales = ((QK_WEIGHTS, self.qk_lr_scale), (ATTENTION_WEIGHTS, attention),      # the first match counts
-                  (HIDDEN_WEIGHTS, self.hidden_lr_scale))
-        return super().train_spec(seed, **{"lr_scales": scales, **changes})
+    def rate_shares(self) -> tuple[tuple[str, float], ...]:
+        own = ((QK_WEIGHTS, self.qk_lr_scale),) if self.qk_lr_scale is not None else ()
+        return own + super().rate_shares()
 
 
 def _name(width: int, lr: float, mlp: float, vo: float | None, qk: float | None) -> str:
