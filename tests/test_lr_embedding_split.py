@@ -128,3 +128,26 @@ def test_qk_smoke_run_fills_the_tables(tmp_store):
     assert len(runs.entries) == 3
     for entry in runs.entries.values():
         assert entry.table("seeds").final_val_loss.notna().all()
+
+
+def test_width_grid_gives_the_hidden_matrices_their_absolute_rates():
+    from labpy.experiments.lr_split_width import EMBEDDING_LRS, HIDDEN_LRS, WIDTH_GRID
+
+    configs = get_experiment("lr_split_width").scales["cpu"]
+    assert len(configs) == len(WIDTH_GRID) * len(EMBEDDING_LRS) * len(HIDDEN_LRS) == 30
+    grid = {(c.hidden_size, c.lr, round(c.lr * c.hidden_lr_scale, 12)) for c in configs.values()}
+    assert grid == {(w, lr, h) for w in WIDTH_GRID for lr in EMBEDDING_LRS for h in HIDDEN_LRS}
+    assert all(c.intermediate_size == 3 * c.hidden_size for c in configs.values())
+    moved = first_step_moves(SplitRateConfig(lr=2e-1, hidden_size=16, intermediate_size=48,
+                                             hidden_lr_scale=HIDDEN_LRS[0] / 2e-1, **SMALL))
+    assert moved["model.layers.0.mlp.up_proj.weight"] == pytest.approx(HIDDEN_LRS[0], rel=1e-3)
+    assert moved["model.embed_tokens.weight"] == pytest.approx(2e-1, rel=1e-3)
+
+
+def test_width_smoke_run_fills_the_tables(tmp_store):
+    from labpy import results
+
+    runs = results("lr_split_width", "smoke")
+    assert {e.config.hidden_size for e in runs.entries.values()} == {8, 16}
+    for entry in runs.entries.values():
+        assert entry.table("seeds").final_val_loss.notna().all()
