@@ -151,3 +151,33 @@ def test_width_smoke_run_fills_the_tables(tmp_store):
     assert {e.config.hidden_size for e in runs.entries.values()} == {8, 16}
     for entry in runs.entries.values():
         assert entry.table("seeds").final_val_loss.notna().all()
+
+
+def test_values_take_their_own_share_and_the_readout_unties():
+    from labpy.experiments.lr_split_vo import ValueSplitConfig
+
+    moved = first_step_moves(ValueSplitConfig(lr=1e-2, hidden_size=16, intermediate_size=48, hidden_lr_scale=0.125,
+                                              attention_lr_scale=0.25, qk_lr_scale=0.5, v_lr_scale=0.0625,
+                                              tie_readout=False, **SMALL))
+    expected = {"self_attn.q_proj": 5e-3, "self_attn.v_proj": 6.25e-4, "self_attn.o_proj": 2.5e-3,
+                "mlp.gate_proj": 1.25e-3}
+    for name, rate in expected.items():
+        assert moved[f"model.layers.0.{name}.weight"] == pytest.approx(rate, rel=1e-3), name
+    assert moved["lm_head.weight"] == pytest.approx(1e-2, rel=1e-3)     # its own matrix, at the peak rate
+    untied, tied = (ValueSplitConfig(hidden_size=16, intermediate_size=48, tie_readout=t, **SMALL).build_model(0)
+                    for t in (False, True))
+    assert untied.lm_head.weight.data_ptr() != untied.model.embed_tokens.weight.data_ptr()
+    assert tied.lm_head.weight.data_ptr() == tied.model.embed_tokens.weight.data_ptr()
+    assert sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in tied.parameters()) == 16 * SMALL[
+        "vocab_size"]
+    with pytest.raises(ConfigError, match=r"v_lr_scale = -0.5 is out of range"):
+        ValueSplitConfig(v_lr_scale=-0.5)
+
+
+def test_vo_smoke_run_fills_the_tables(tmp_store):
+    from labpy import results
+
+    runs = results("lr_split_vo", "smoke")
+    assert sum(not e.config.tie_readout for e in runs.entries.values()) == 2
+    for entry in runs.entries.values():
+        assert entry.table("seeds").final_val_loss.notna().all()
