@@ -16,14 +16,16 @@ SMALL = {k: v for k, v in SMOKE.items() if k not in ("hidden_size", "intermediat
 
 
 def first_step_moves(config) -> dict[str, float]:
-    """Median |change| of every parameter after one Adam step of `config`'s model on a fixed batch (no warm-up, decay
-    or clip): Adam's first step moves each entry by its own rate, so this reads each parameter's rate."""
+    """Median |change| of every parameter's moved entries after one Adam step of `config`'s model on a fixed batch (no
+    warm-up, decay or clip): Adam's first step moves each entry with a gradient by its own rate, so this reads each
+    parameter's rate (an untied embedding moves only the rows of the batch's tokens)."""
     model = config.build_model(0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     batch = torch.randint(0, config.vocab_size, (4, config.seq_len + 1), generator=torch.Generator().manual_seed(2))
     spec = config.train_spec(0, steps=1, warmup_steps=0, weight_decay=0.0, grad_clip=None)
     train(model, lambda step: batch, lm_loss, spec, device="cpu")
-    return {n: (p.detach() - before[n]).abs().median().item() for n, p in model.named_parameters()}
+    moved = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters()}
+    return {n: change[change > 0].median().item() for n, change in moved.items()}
 
 
 def test_adams_first_step_is_the_embedding_rate_and_a_quarter_of_it_in_the_hidden_matrices():
@@ -179,5 +181,26 @@ def test_vo_smoke_run_fills_the_tables(tmp_store):
 
     runs = results("lr_split_vo", "smoke")
     assert sum(not e.config.tie_readout for e in runs.entries.values()) == 2
+    for entry in runs.entries.values():
+        assert entry.table("seeds").final_val_loss.notna().all()
+
+
+def test_the_untied_readout_takes_its_own_share():
+    from labpy.experiments.lr_untied import UntiedConfig
+
+    moved = first_step_moves(UntiedConfig(lr=1e-2, hidden_size=16, intermediate_size=48, hidden_lr_scale=0.25,
+                                          readout_lr_scale=0.125, **SMALL))
+    assert moved["lm_head.weight"] == pytest.approx(1.25e-3, rel=1e-3)
+    assert moved["model.embed_tokens.weight"] == pytest.approx(1e-2, rel=1e-3)
+    assert moved["model.layers.0.mlp.down_proj.weight"] == pytest.approx(2.5e-3, rel=1e-3)
+    with pytest.raises(ConfigError, match=r"readout_lr_scale = 0.5 needs tie_readout = False"):
+        UntiedConfig(readout_lr_scale=0.5, tie_readout=True)
+
+
+def test_untied_smoke_run_fills_the_tables(tmp_store):
+    from labpy import results
+
+    runs = results("lr_untied", "smoke")
+    assert len(runs.entries) == 8 and not any(e.config.tie_readout for e in runs.entries.values())
     for entry in runs.entries.values():
         assert entry.table("seeds").final_val_loss.notna().all()
