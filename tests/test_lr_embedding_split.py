@@ -204,3 +204,28 @@ def test_untied_smoke_run_fills_the_tables(tmp_store):
     assert len(runs.entries) == 8 and not any(e.config.tie_readout for e in runs.entries.values())
     for entry in runs.entries.values():
         assert entry.table("seeds").final_val_loss.notna().all()
+
+
+def test_untied_width_grid_mirrors_the_tied_one():
+    from labpy.experiments.lr_split_width import HIDDEN_LRS, WIDTH_GRID
+
+    tied = get_experiment("lr_split_width").scales["cpu"]
+    untied = get_experiment("lr_untied_width").scales["cpu"]
+    pairs = {(c.hidden_size, round(c.lr * c.hidden_lr_scale, 12)) for c in untied.values() if c.steps == 200}
+    assert pairs == {(w, h) for w in WIDTH_GRID for h in HIDDEN_LRS}
+    for name, c in untied.items():                            # each 200-step run is a tied run, untied
+        if c.steps == 200:
+            twin = tied[name.replace("_untied", "")]
+            assert not c.tie_readout and twin.train_spec(0) == c.train_spec(0)
+            assert c.hf_config().tie_word_embeddings is False and twin.hf_config().tie_word_embeddings is True
+    long = {c.tie_readout: c for c in untied.values() if c.steps == 800}
+    assert set(long) == {True, False} and all(c.lr == 5e-2 and c.hidden_lr_scale == 0.125 for c in long.values())
+
+
+def test_untied_width_smoke_run_fills_the_tables(tmp_store):
+    from labpy import results
+
+    runs = results("lr_untied_width", "smoke")
+    assert {e.config.steps for e in runs.entries.values()} == {12, 48}
+    for entry in runs.entries.values():
+        assert entry.table("seeds").final_val_loss.notna().all()
