@@ -52,16 +52,6 @@ def test_cpu_configs():
     assert all(c.intermediate_size == 3 * c.hidden_size and c.seeds == (0, 1, 2) for c in configs.values())
 
 
-def test_smoke_run_fills_the_tables(tmp_store):
-    from labpy import results
-
-    runs = results("lr_embedding_split", "smoke")
-    assert {e.config.hidden_size for e in runs.entries.values()} == {8, 32}
-    for entry in runs.entries.values():
-        seeds = entry.table("seeds")
-        assert list(seeds.seed) == list(entry.config.seeds) and seeds.final_val_loss.notna().all()
-
-
 def test_limits_configs_extend_the_grid_and_lengthen_only_the_quarter():
     from labpy.experiments.lr_split_limits import LONG_LRS, WIDER_GRID
 
@@ -74,15 +64,6 @@ def test_limits_configs_extend_the_grid_and_lengthen_only_the_quarter():
     stored = {(c.hidden_lr_scale, c.lr) for c in get_experiment("lr_embedding_split").configs("cpu").values()
               if c.hidden_size == 64}
     assert not short & stored                                  # nothing already in the store is run again
-
-
-def test_limits_smoke_run_fills_the_tables(tmp_store):
-    from labpy import results
-
-    runs = results("lr_split_limits", "smoke")
-    assert {e.config.steps for e in runs.entries.values()} == {12, 48}
-    for entry in runs.entries.values():
-        assert entry.table("seeds").final_val_loss.notna().all()
 
 
 def test_attention_and_mlp_take_their_own_shares_on_adams_first_step():
@@ -100,15 +81,6 @@ def test_attention_and_mlp_take_their_own_shares_on_adams_first_step():
         PartSplitConfig(attention_lr_scale=-1.0)
 
 
-def test_parts_smoke_run_fills_the_tables(tmp_store):
-    from labpy import results
-
-    runs = results("lr_split_parts", "smoke")
-    assert len(runs.entries) == 5
-    for entry in runs.entries.values():
-        assert entry.table("seeds").final_val_loss.notna().all()
-
-
 def test_queries_and_keys_take_their_own_share_on_adams_first_step():
     from labpy.experiments.lr_split_qk import QKSplitConfig
 
@@ -123,15 +95,6 @@ def test_queries_and_keys_take_their_own_share_on_adams_first_step():
         QKSplitConfig(qk_lr_scale=0.0)
 
 
-def test_qk_smoke_run_fills_the_tables(tmp_store):
-    from labpy import results
-
-    runs = results("lr_split_qk", "smoke")
-    assert len(runs.entries) == 3
-    for entry in runs.entries.values():
-        assert entry.table("seeds").final_val_loss.notna().all()
-
-
 def test_width_grid_gives_the_hidden_matrices_their_absolute_rates():
     from labpy.experiments.lr_split_width import EMBEDDING_LRS, HIDDEN_LRS, WIDTH_GRID
 
@@ -144,15 +107,6 @@ def test_width_grid_gives_the_hidden_matrices_their_absolute_rates():
                                              hidden_lr_scale=HIDDEN_LRS[0] / 2e-1, **SMALL))
     assert moved["model.layers.0.mlp.up_proj.weight"] == pytest.approx(HIDDEN_LRS[0], rel=1e-3)
     assert moved["model.embed_tokens.weight"] == pytest.approx(2e-1, rel=1e-3)
-
-
-def test_width_smoke_run_fills_the_tables(tmp_store):
-    from labpy import results
-
-    runs = results("lr_split_width", "smoke")
-    assert {e.config.hidden_size for e in runs.entries.values()} == {8, 16}
-    for entry in runs.entries.values():
-        assert entry.table("seeds").final_val_loss.notna().all()
 
 
 def test_values_take_their_own_share_and_the_readout_unties():
@@ -176,15 +130,6 @@ def test_values_take_their_own_share_and_the_readout_unties():
         ValueSplitConfig(v_lr_scale=-0.5)
 
 
-def test_vo_smoke_run_fills_the_tables(tmp_store):
-    from labpy import results
-
-    runs = results("lr_split_vo", "smoke")
-    assert sum(not e.config.tie_readout for e in runs.entries.values()) == 2
-    for entry in runs.entries.values():
-        assert entry.table("seeds").final_val_loss.notna().all()
-
-
 def test_the_untied_readout_takes_its_own_share():
     from labpy.experiments.lr_untied import UntiedConfig
 
@@ -195,15 +140,6 @@ def test_the_untied_readout_takes_its_own_share():
     assert moved["model.layers.0.mlp.down_proj.weight"] == pytest.approx(2.5e-3, rel=1e-3)
     with pytest.raises(ConfigError, match=r"readout_lr_scale = 0.5 needs tie_readout = False"):
         UntiedConfig(readout_lr_scale=0.5, tie_readout=True)
-
-
-def test_untied_smoke_run_fills_the_tables(tmp_store):
-    from labpy import results
-
-    runs = results("lr_untied", "smoke")
-    assert len(runs.entries) == 8 and not any(e.config.tie_readout for e in runs.entries.values())
-    for entry in runs.entries.values():
-        assert entry.table("seeds").final_val_loss.notna().all()
 
 
 def test_untied_width_grid_mirrors_the_tied_one():
@@ -222,10 +158,25 @@ def test_untied_width_grid_mirrors_the_tied_one():
     assert set(long) == {True, False} and all(c.lr == 5e-2 and c.hidden_lr_scale == 0.125 for c in long.values())
 
 
-def test_untied_width_smoke_run_fills_the_tables(tmp_store):
+# Each split experiment's smoke scale: the shape of its configs, and every seed's final loss filled.
+SMOKE_SHAPES = {
+    "lr_embedding_split": lambda configs: {c.hidden_size for c in configs} == {8, 32},
+    "lr_split_limits": lambda configs: {c.steps for c in configs} == {12, 48},
+    "lr_split_parts": lambda configs: len(configs) == 5,
+    "lr_split_qk": lambda configs: len(configs) == 3,
+    "lr_split_width": lambda configs: {c.hidden_size for c in configs} == {8, 16},
+    "lr_split_vo": lambda configs: sum(not c.tie_readout for c in configs) == 2,
+    "lr_untied": lambda configs: len(configs) == 8 and not any(c.tie_readout for c in configs),
+    "lr_untied_width": lambda configs: {c.steps for c in configs} == {12, 48},
+}
+
+
+@pytest.mark.parametrize("name", SMOKE_SHAPES)
+def test_smoke_run_fills_the_tables(tmp_store, name):
     from labpy import results
 
-    runs = results("lr_untied_width", "smoke")
-    assert {e.config.steps for e in runs.entries.values()} == {12, 48}
+    runs = results(name, "smoke")
+    assert SMOKE_SHAPES[name]([e.config for e in runs.entries.values()])
     for entry in runs.entries.values():
-        assert entry.table("seeds").final_val_loss.notna().all()
+        seeds = entry.table("seeds")
+        assert list(seeds.seed) == list(entry.config.seeds) and seeds.final_val_loss.notna().all()
