@@ -158,6 +158,24 @@ def test_untied_width_grid_mirrors_the_tied_one():
     assert set(long) == {True, False} and all(c.lr == 5e-2 and c.hidden_lr_scale == 0.125 for c in long.values())
 
 
+
+def test_the_peak_rate_parts_leave_the_peak_one_at_a_time():
+    from labpy.experiments.lr_split_cliff import CLIFF_HIDDEN_LR, PeakPartsConfig
+
+    moved = first_step_moves(PeakPartsConfig(lr=2e-1, hidden_size=16, intermediate_size=48,
+                                             hidden_lr_scale=CLIFF_HIDDEN_LR / 2e-1, embedding_lr_scale=0.5,
+                                             norm_lr_scale=0.25, bias_lr_scale=0.125, **SMALL))
+    assert moved["model.embed_tokens.weight"] == pytest.approx(1e-1, rel=1e-3)
+    for name in ("model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
+                 "model.norm.weight"):
+        assert moved[name] == pytest.approx(5e-2, rel=1e-3), name
+    # a value bias, not a key bias: a key bias shifts all of a query's scores alike, so its gradient is about zero
+    assert moved["model.layers.0.self_attn.v_proj.bias"] == pytest.approx(2.5e-2, rel=1e-3)
+    assert moved["model.layers.0.mlp.down_proj.weight"] == pytest.approx(CLIFF_HIDDEN_LR, rel=1e-3)
+    cpu = get_experiment("lr_split_cliff").scales["cpu"].values()
+    assert all(c.lr * c.hidden_lr_scale == pytest.approx(CLIFF_HIDDEN_LR) for c in cpu) and len(cpu) == 6
+
+
 # Each split experiment's smoke scale: the shape of its configs, and every seed's final loss filled.
 SMOKE_SHAPES = {
     "lr_embedding_split": lambda configs: {c.hidden_size for c in configs} == {8, 32},
@@ -168,6 +186,7 @@ SMOKE_SHAPES = {
     "lr_split_vo": lambda configs: sum(not c.tie_readout for c in configs) == 2,
     "lr_untied": lambda configs: len(configs) == 8 and not any(c.tie_readout for c in configs),
     "lr_untied_width": lambda configs: {c.steps for c in configs} == {12, 48},
+    "lr_split_cliff": lambda configs: len(configs) == 3,
 }
 
 
