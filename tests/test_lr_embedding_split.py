@@ -187,6 +187,7 @@ SMOKE_SHAPES = {
     "lr_untied": lambda configs: len(configs) == 8 and not any(c.tie_readout for c in configs),
     "lr_untied_width": lambda configs: {c.steps for c in configs} == {12, 48},
     "lr_split_cliff": lambda configs: len(configs) == 3,
+    "lr_cliff_diagnosis": lambda configs: sum(c.tie_readout for c in configs) == 2,
 }
 
 
@@ -199,3 +200,21 @@ def test_smoke_run_fills_the_tables(tmp_store, name):
     for entry in runs.entries.values():
         seeds = entry.table("seeds")
         assert list(seeds.seed) == list(entry.config.seeds) and seeds.final_val_loss.notna().all()
+
+
+def test_stream_scales_read_the_layers_writes_and_the_logits_spread():
+    from labpy.experiments.lr_cliff_diagnosis import stream_scales
+
+    config = split_config(16, 1e-2, 0.5, **SMALL)
+    model = config.build_model(0).eval()
+    windows = torch.randint(0, config.vocab_size, (3, config.seq_len + 1), generator=torch.Generator().manual_seed(1))
+    for layer in model.model.layers:                        # no layer writes to the stream: o_proj and down_proj at 0
+        layer.self_attn.o_proj.weight.data.zero_()
+        layer.mlp.down_proj.weight.data.zero_()
+    scales = {row["measure"]: row["value"] for row in stream_scales(model, windows, "zeroed")}
+    with torch.no_grad():
+        embedded = model.model.embed_tokens(windows[:, :-1])
+        logits = model.lm_head(model.model.norm(embedded))  # the stream is the embedding alone
+    assert scales["layers' writes RMS"] == 0 and scales["writes ÷ embedding"] == 0
+    assert scales["embedding RMS"] == pytest.approx(float(embedded.pow(2).mean().sqrt()), rel=1e-6)
+    assert scales["logit spread"] == pytest.approx(float(logits.std(-1).mean()), rel=1e-5)
