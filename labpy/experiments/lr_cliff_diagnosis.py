@@ -19,6 +19,7 @@ from ..store import RunResult
 from ..tasks.corpus import lm_batch_fn
 from ..train import train
 from .high_rate_damage import diagnosis
+from .lr_embedding_split import split_config
 from .lr_split_cliff import CLIFF_HIDDEN_LR
 from .lr_untied import UntiedConfig
 from .lr_width import SMOKE_WIDTHLESS
@@ -70,8 +71,8 @@ def run(config: UntiedConfig, ctx: RunContext) -> RunResult:
 
 def _scale(**common) -> dict[str, UntiedConfig]:
     width = common.pop("hidden_size", 64)
-    return {name.replace(" ", "_"): UntiedConfig(lr=lr, hidden_size=width, intermediate_size=3 * width,
-                                                 hidden_lr_scale=CLIFF_HIDDEN_LR / lr, tie_readout=tied, **common)
+    return {name.replace(" ", "_"): split_config(width, lr, CLIFF_HIDDEN_LR / lr, UntiedConfig, tie_readout=tied,
+                                                 **common)
             for name, (lr, tied) in DIAGNOSED.items()}
 
 

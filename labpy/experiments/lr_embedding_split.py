@@ -11,6 +11,7 @@ half, the split μP's rates make there. The single-rate runs are the stored swee
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..models.mup import HIDDEN_WEIGHTS
 from ..train import TrainSpec
@@ -26,17 +27,25 @@ SPLIT_LRS = {64: (1e-3, 2e-3, 5e-3, 1e-2), 128: (1e-3, 2e-3, 5e-3)}
 
 @dataclass(frozen=True)
 class SplitRateConfig(SweepConfig):
-    """The sweep's config with the hidden matrices' rate `hidden_lr_scale` times the rest's."""
+    """The sweep's config with the hidden matrices' rate `hidden_lr_scale` times the rest's.
+
+    A variant gives more parameter groups their own share: an optional field (None: the share they would take
+    anyway), range-checked in its own `__post_init__`, and the pattern naming its parameters, in `SHARE_PATTERNS`,
+    most specific first (the first match counts).
+    """
 
     hidden_lr_scale: float = 1.0
+    SHARE_PATTERNS: ClassVar[dict[str, str]] = {}        # optional share field -> its parameters' name pattern
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_ranges(self, positive=("hidden_lr_scale",))
 
     def rate_shares(self) -> tuple[tuple[str, float], ...]:
-        """(parameter pattern, share of the peak rate) pairs, the first match counting; a variant prepends its own."""
-        return ((HIDDEN_WEIGHTS, self.hidden_lr_scale),)
+        """(parameter pattern, share of the peak rate) pairs, the first match counting."""
+        own = tuple((pattern, getattr(self, field)) for field, pattern in self.SHARE_PATTERNS.items()
+                    if getattr(self, field) is not None)
+        return own + ((HIDDEN_WEIGHTS, self.hidden_lr_scale),)
 
     def train_spec(self, seed: int, **changes) -> TrainSpec:
         shares = self.rate_shares()
@@ -44,9 +53,11 @@ class SplitRateConfig(SweepConfig):
         return super().train_spec(seed, **{"lr_scales": scales, **changes})
 
 
-def split_config(width: int, lr: float, hidden_lr_scale: float, **common) -> SplitRateConfig:
-    return SplitRateConfig(lr=lr, hidden_size=width, intermediate_size=3 * width, hidden_lr_scale=hidden_lr_scale,
-                           **common)
+def split_config(width: int, lr: float, hidden_lr_scale: float, config_type: type[SplitRateConfig] = SplitRateConfig,
+                 **fields) -> SplitRateConfig:
+    """A split config of `config_type` at `width` (the MLP three times as wide); `fields` set the rest."""
+    return config_type(lr=lr, hidden_size=width, intermediate_size=3 * width, hidden_lr_scale=hidden_lr_scale,
+                       **fields)
 
 
 def _scale(widths: dict[int, tuple[float, ...]] = SPLIT_SCALES, **common) -> dict[str, SplitRateConfig]:

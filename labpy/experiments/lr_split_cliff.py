@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..validation import POSITIVE, check_ranges, or_none
-from .lr_embedding_split import SplitRateConfig
+from .lr_embedding_split import SplitRateConfig, split_config
 from .lr_sweep import label
 from .lr_sweep import run as sweep_run
 from .lr_width import SMOKE_WIDTHLESS
@@ -33,17 +33,12 @@ class PeakPartsConfig(SplitRateConfig):
     embedding_lr_scale: float | None = None
     norm_lr_scale: float | None = None
     bias_lr_scale: float | None = None
+    SHARE_PATTERNS = {"embedding_lr_scale": EMBEDDING_WEIGHT, "norm_lr_scale": NORM_WEIGHTS,
+                      "bias_lr_scale": BIASES}
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_ranges(self, rules={f: or_none(POSITIVE) for f in ("embedding_lr_scale", "norm_lr_scale",
-                                                                 "bias_lr_scale")})
-
-    def rate_shares(self) -> tuple[tuple[str, float], ...]:
-        own = tuple((pattern, share) for pattern, share in ((EMBEDDING_WEIGHT, self.embedding_lr_scale),
-                                                            (NORM_WEIGHTS, self.norm_lr_scale),
-                                                            (BIASES, self.bias_lr_scale)) if share is not None)
-        return own + super().rate_shares()
+        check_ranges(self, rules={f: or_none(POSITIVE) for f in self.SHARE_PATTERNS})
 
 
 def _name(width: int, lr: float, embedding: float | None, norms: float | None, biases: float | None) -> str:
@@ -54,8 +49,8 @@ def _name(width: int, lr: float, embedding: float | None, norms: float | None, b
 
 def _scale(widths: tuple[int, ...] = CLIFF_WIDTHS, **common) -> dict[str, PeakPartsConfig]:
     return {_name(w, lr, e, n, b):
-            PeakPartsConfig(lr=lr, hidden_size=w, intermediate_size=3 * w, hidden_lr_scale=CLIFF_HIDDEN_LR / lr,
-                            embedding_lr_scale=e, norm_lr_scale=n, bias_lr_scale=b, **common)
+            split_config(w, lr, CLIFF_HIDDEN_LR / lr, PeakPartsConfig, embedding_lr_scale=e, norm_lr_scale=n,
+                         bias_lr_scale=b, **common)
             for w in widths for lr, e, n, b in CLIFF_GRID}
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..validation import POSITIVE, check_ranges, or_none
-from .lr_embedding_split import SplitRateConfig
+from .lr_embedding_split import SplitRateConfig, split_config
 from .lr_sweep import label
 from .lr_sweep import run as sweep_run
 from .lr_width import SMOKE_WIDTHLESS
@@ -29,14 +29,11 @@ class PartSplitConfig(SplitRateConfig):
     the rate (the MLP matrices keep `hidden_lr_scale`)."""
 
     attention_lr_scale: float | None = None
+    SHARE_PATTERNS = {"attention_lr_scale": ATTENTION_WEIGHTS}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_ranges(self, rules={"attention_lr_scale": or_none(POSITIVE)})
-
-    def rate_shares(self) -> tuple[tuple[str, float], ...]:
-        own = ((ATTENTION_WEIGHTS, self.attention_lr_scale),) if self.attention_lr_scale is not None else ()
-        return own + super().rate_shares()
 
 
 def _name(width: int, lr: float, share: float, attention: float | None) -> str:
@@ -47,8 +44,7 @@ def _name(width: int, lr: float, share: float, attention: float | None) -> str:
 def _scale(**common) -> dict[str, PartSplitConfig]:
     width = common.pop("hidden_size", 64)
     return {_name(width, lr, share, attention):
-            PartSplitConfig(lr=lr, hidden_size=width, intermediate_size=3 * width, hidden_lr_scale=share,
-                            attention_lr_scale=attention, **common)
+            split_config(width, lr, share, PartSplitConfig, attention_lr_scale=attention, **common)
             for lr, share, attention in PARTS_GRID}
 
 

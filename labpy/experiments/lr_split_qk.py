@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..validation import POSITIVE, check_ranges, or_none
+from .lr_embedding_split import split_config
 from .lr_split_parts import PartSplitConfig
 from .lr_sweep import label
 from .lr_sweep import run as sweep_run
@@ -28,14 +29,11 @@ class QKSplitConfig(PartSplitConfig):
     `attention_lr_scale`)."""
 
     qk_lr_scale: float | None = None
+    SHARE_PATTERNS = {"qk_lr_scale": QK_WEIGHTS, **PartSplitConfig.SHARE_PATTERNS}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_ranges(self, rules={"qk_lr_scale": or_none(POSITIVE)})
-
-    def rate_shares(self) -> tuple[tuple[str, float], ...]:
-        own = ((QK_WEIGHTS, self.qk_lr_scale),) if self.qk_lr_scale is not None else ()
-        return own + super().rate_shares()
 
 
 def _name(width: int, lr: float, mlp: float, vo: float | None, qk: float | None) -> str:
@@ -46,8 +44,7 @@ def _name(width: int, lr: float, mlp: float, vo: float | None, qk: float | None)
 def _scale(**common) -> dict[str, QKSplitConfig]:
     width = common.pop("hidden_size", 64)
     return {_name(width, lr, mlp, vo, qk):
-            QKSplitConfig(lr=lr, hidden_size=width, intermediate_size=3 * width, hidden_lr_scale=mlp,
-                          attention_lr_scale=vo, qk_lr_scale=qk, **common)
+            split_config(width, lr, mlp, QKSplitConfig, attention_lr_scale=vo, qk_lr_scale=qk, **common)
             for lr, mlp, vo, qk in QK_GRID}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..validation import POSITIVE, check_ranges, or_none
+from .lr_embedding_split import split_config
 from .lr_split_qk import QKSplitConfig
 from .lr_sweep import label
 from .lr_sweep import run as sweep_run
@@ -33,14 +34,11 @@ class ValueSplitConfig(QKSplitConfig):
 
     v_lr_scale: float | None = None
     tie_readout: bool = True
+    SHARE_PATTERNS = {"v_lr_scale": VALUE_WEIGHTS, **QKSplitConfig.SHARE_PATTERNS}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_ranges(self, rules={"v_lr_scale": or_none(POSITIVE)})
-
-    def rate_shares(self) -> tuple[tuple[str, float], ...]:
-        own = ((VALUE_WEIGHTS, self.v_lr_scale),) if self.v_lr_scale is not None else ()
-        return own + super().rate_shares()
 
     def hf_config(self):
         config = super().hf_config()
@@ -55,8 +53,8 @@ def _name(width: int, qk: float, v: float, o: float, tied: bool) -> str:
 def _scale(**common) -> dict[str, ValueSplitConfig]:
     width = common.pop("hidden_size", 64)
     return {_name(width, qk, v, o, tied):
-            ValueSplitConfig(lr=VO_LR, hidden_size=width, intermediate_size=3 * width, hidden_lr_scale=VO_MLP,
-                             attention_lr_scale=o, qk_lr_scale=qk, v_lr_scale=v, tie_readout=tied, **common)
+            split_config(width, VO_LR, VO_MLP, ValueSplitConfig, attention_lr_scale=o, qk_lr_scale=qk, v_lr_scale=v,
+                         tie_readout=tied, **common)
             for qk, v, o, tied in VO_GRID}
 
 

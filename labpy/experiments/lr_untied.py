@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..validation import POSITIVE, check_ranges, or_none, require
+from .lr_embedding_split import split_config
 from .lr_split_vo import ValueSplitConfig
 from .lr_sweep import label
 from .lr_sweep import run as sweep_run
@@ -28,6 +29,7 @@ class UntiedConfig(ValueSplitConfig):
 
     tie_readout: bool = False
     readout_lr_scale: float | None = None
+    SHARE_PATTERNS = {"readout_lr_scale": READOUT_WEIGHT, **ValueSplitConfig.SHARE_PATTERNS}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -35,17 +37,12 @@ class UntiedConfig(ValueSplitConfig):
         require(self, self.readout_lr_scale is None or not self.tie_readout, "readout_lr_scale",
                 "needs tie_readout = False: a tied readout is the embedding and takes its rate")
 
-    def rate_shares(self) -> tuple[tuple[str, float], ...]:
-        own = ((READOUT_WEIGHT, self.readout_lr_scale),) if self.readout_lr_scale is not None else ()
-        return own + super().rate_shares()
-
 
 def _scale(**common) -> dict[str, UntiedConfig]:
     width = common.pop("hidden_size", 64)
 
     def config(lr: float, share: float = 1.0, readout: float | None = None) -> UntiedConfig:
-        return UntiedConfig(lr=lr, hidden_size=width, intermediate_size=3 * width, hidden_lr_scale=share,
-                            readout_lr_scale=readout, **common)
+        return split_config(width, lr, share, UntiedConfig, readout_lr_scale=readout, **common)
 
     configs = {f"w{width}_untied_{label(lr)}": config(lr) for lr in UNTIED_SINGLE_LRS}
     for lr, share in UNTIED_SPLITS:

@@ -8,6 +8,7 @@ matrices at an eighth) runs for 800 steps, tied and untied, the cosine stretched
 
 from __future__ import annotations
 
+from .lr_embedding_split import split_config
 from .lr_split_width import HIDDEN_LRS, WIDTH_GRID
 from .lr_sweep import label
 from .lr_sweep import run as sweep_run
@@ -23,8 +24,7 @@ def _scale(widths: tuple[int, ...] = WIDTH_GRID, long_width: int = 64, **common)
     steps = common.pop("steps", UntiedConfig.steps)
 
     def config(width: int, lr: float, share: float, **changes) -> UntiedConfig:
-        return UntiedConfig(lr=lr, hidden_size=width, intermediate_size=3 * width, hidden_lr_scale=share,
-                            **{"steps": steps, **common, **changes})
+        return split_config(width, lr, share, UntiedConfig, **{"steps": steps, **common, **changes})
 
     configs = {f"w{w}_untied_{label(UNTIED_WIDTH_LR)}_hidden-x{h / UNTIED_WIDTH_LR:g}":
                config(w, UNTIED_WIDTH_LR, h / UNTIED_WIDTH_LR) for w in widths for h in HIDDEN_LRS}
