@@ -1,6 +1,8 @@
 """lr_embedding_split: the hidden matrices' rate is the stated fraction of the embedding's (checked on Adam's first
 step, whose size is the rate), a scale of 1 is the plain sweep, bad scales are named, and a smoke run's tables fill."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -188,6 +190,7 @@ SMOKE_SHAPES = {
     "lr_untied_width": lambda configs: {c.steps for c in configs} == {12, 48},
     "lr_split_cliff": lambda configs: len(configs) == 3,
     "lr_cliff_diagnosis": lambda configs: sum(c.tie_readout for c in configs) == 2,
+    "lr_cliff_timeline": lambda configs: sorted(c.embed_scale for c in configs) == [0.25, 1, 1, 1, 4],
 }
 
 
@@ -218,3 +221,28 @@ def test_stream_scales_read_the_layers_writes_and_the_logits_spread():
     assert scales["layers' writes RMS"] == 0 and scales["writes ÷ embedding"] == 0
     assert scales["embedding RMS"] == pytest.approx(float(embedded.pow(2).mean().sqrt()), rel=1e-6)
     assert scales["logit spread"] == pytest.approx(float(logits.std(-1).mean()), rel=1e-5)
+
+
+def test_the_embedding_scale_multiplies_the_stream_input_and_leaves_the_tied_readout():
+    from labpy.experiments.lr_cliff_timeline import EmbedScaleConfig
+
+    windows = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(2))
+    plain, scaled = (split_config(16, 1e-1, 0.25, EmbedScaleConfig, tie_readout=True, embed_scale=s, **SMALL)
+                     .build_model(0).eval() for s in (1.0, 4.0))
+    assert torch.equal(plain.lm_head.weight, scaled.lm_head.weight)       # same draws; the readout is the embedding
+    with torch.no_grad():
+        assert torch.allclose(scaled.model.embed_tokens(windows), 4 * plain.model.embed_tokens(windows))
+        for model in (plain, scaled):          # no layer writes: the stream is the (scaled) embedding alone
+            for layer in model.model.layers:
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
+        rows = plain.model.embed_tokens.weight[windows[:, :-1]]                                   # (B, T, d)
+        for model, scale in ((plain, 1.0), (scaled, 4.0)):   # by hand: the unscaled matrix reads the normed stream
+            by_hand = plain.lm_head(plain.model.norm(scale * rows))
+            assert torch.allclose(model(input_ids=windows[:, :-1]).logits, by_hand, atol=1e-6)
+    diagnosed = get_experiment("lr_cliff_diagnosis").scales["cpu"]       # the unscaled arms are its runs, measured
+    timeline = get_experiment("lr_cliff_timeline").scales["cpu"]
+    for name, config in diagnosed.items():
+        assert dataclasses.asdict(timeline[name]) == {**dataclasses.asdict(config), "embed_scale": 1.0}
+    with pytest.raises(ConfigError, match="embed_scale"):
+        split_config(16, 1e-1, 0.25, EmbedScaleConfig, embed_scale=0.0, **SMALL)
