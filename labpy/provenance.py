@@ -26,6 +26,20 @@ def device_description(device: torch.device | str | None = None) -> str:
     return describe(lab_device() if device is None else torch.device(device))
 
 
+def cpu_description() -> str:
+    """The processor and the SIMD kernels torch chose for it, e.g. 'AMD EPYC (torch kernels: AVX2)'. Why: a run
+    repeats to the last digit only on the same kernels; on others its rounding differs, which a chaotic run
+    (a learning rate at a cliff's edge) can grow into a different final loss."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        pass
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return f"{name or platform.processor() or 'unknown processor'} (torch kernels: {kernels})"
+
+
 def package_versions() -> dict[str, str]:
     versions = {}
     for name in _PACKAGES:
@@ -89,5 +103,6 @@ def collect(seed: int | None, wall_time_s: float, started: dt.datetime, scale: s
         "git_commit": commit,
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
+        "cpu": cpu_description(),
         "versions": package_versions(),
     }

@@ -5,6 +5,7 @@ and provenance all follow. On a CPU-only machine the "other device" is the `meta
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections import namedtuple
 
 import pytest
@@ -181,8 +182,6 @@ def test_provenance_names_the_policy_device(no_env, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Fake GPU")
     assert device_description(torch.device("cuda", 1)) == "cuda:1: Fake GPU"
     with use_device(torch.device("cuda", 0)):
-        import datetime as dt
-
         record = collect(0, 1.0, dt.datetime.now(dt.timezone.utc), "smoke", "abc")
     assert record["device"] == "cuda:0: Fake GPU"
 
@@ -223,3 +222,11 @@ def _pinned_or(device_module, default: torch.device):
         pinned = device_module._PINNED.get()
         return pinned if pinned is not None else default
     return fake
+
+
+def test_the_provenance_names_the_cpu_kernels_a_run_rounds_with():
+    from labpy.provenance import collect
+
+    record = collect(0, 1.0, dt.datetime.now(dt.timezone.utc), "smoke", "abc", device="cpu")
+    assert record["cpu"].endswith(f"(torch kernels: {torch.backends.cpu.get_cpu_capability()})")
+    assert not record["cpu"].startswith("(")                   # a processor is named, even if only 'unknown processor'

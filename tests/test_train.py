@@ -93,6 +93,21 @@ def test_deterministic_on_cpu():
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
+def test_measuring_along_the_way_leaves_the_training_bit_identical():
+    """Evaluations, parameter statistics and a stats_fn at extra steps read the model; they must not change it."""
+    runs, measured = [], []
+    reads = lambda context: [{"w": float(context.model[0].weight.detach().sum())}]      # a stats_fn that only reads
+    for steps, stats in (((), None), ((1, 2, 5, 7, 11), reads)):
+        model, batch_fn, loss_fn = _problem()
+        log = train(model, batch_fn, loss_fn, TrainSpec(steps=30, lr=1e-2, eval_every=10, measure_steps=steps),
+                    eval_fn=lambda m: {"probe": float(m(torch.ones(4, 8)).detach().sum())}, param_stats=bool(steps),
+                    stats_fn=stats)
+        runs.append(model.state_dict())
+        measured.append(list(log.evals.step))
+    assert measured == [[0, 10, 20, 30], [0, 1, 2, 5, 7, 10, 11, 20, 30]]       # the second run did measure more
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
 def test_resume_after_interruption_is_bit_identical(tmp_path):
     model, batch_fn, loss_fn = _problem()
     spec = TrainSpec(steps=50, lr=1e-2, resume_every=10, eval_every=10, checkpoint_steps=(25, 50))
