@@ -191,6 +191,7 @@ SMOKE_SHAPES = {
     "lr_split_cliff": lambda configs: len(configs) == 3,
     "lr_cliff_diagnosis": lambda configs: sum(c.tie_readout for c in configs) == 2,
     "lr_cliff_timeline": lambda configs: sorted(c.embed_scale for c in configs) == [0.25, 1, 1, 1, 4],
+    "lr_embed_scale": lambda configs: len(configs) == 12 and all(c.tie_readout for c in configs),
 }
 
 
@@ -246,3 +247,17 @@ def test_the_embedding_scale_multiplies_the_stream_input_and_leaves_the_tied_rea
         assert dataclasses.asdict(timeline[name]) == {**dataclasses.asdict(config), "embed_scale": 1.0}
     with pytest.raises(ConfigError, match="embed_scale"):
         split_config(16, 1e-1, 0.25, EmbedScaleConfig, embed_scale=0.0, **SMALL)
+
+
+def test_the_unscaled_embedding_runs_are_the_width_sweeps_runs():
+    sweep = {(c.hidden_size, c.lr, round(c.lr * c.hidden_lr_scale, 12)): c
+             for c in get_experiment("lr_split_width").scales["cpu"].values()}
+    shared = 0
+    for config in get_experiment("lr_embed_scale").scales["cpu"].values():
+        twin = sweep.get((config.hidden_size, config.lr, round(config.lr * config.hidden_lr_scale, 12)))
+        if config.embed_scale == 1 and twin is not None:
+            fields = dataclasses.asdict(twin)
+            assert {k: v for k, v in dataclasses.asdict(config).items() if k in fields} == fields
+            assert config.train_spec(0) == twin.train_spec(0) and config.tie_readout
+            shared += 1
+    assert shared == 3                                   # 6.25e-3 to 2.5e-2; 5e-2 is beyond the width sweep
