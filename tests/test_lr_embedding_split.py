@@ -192,6 +192,7 @@ SMOKE_SHAPES = {
     "lr_cliff_diagnosis": lambda configs: sum(c.tie_readout for c in configs) == 2,
     "lr_cliff_timeline": lambda configs: sorted(c.embed_scale for c in configs) == [0.25, 1, 1, 1, 4],
     "lr_embed_scale": lambda configs: len(configs) == 12 and all(c.tie_readout for c in configs),
+    "lr_embed_scale_single": lambda configs: len(configs) == 12 and all(c.hidden_lr_scale == 1 for c in configs),
 }
 
 
@@ -261,3 +262,16 @@ def test_the_unscaled_embedding_runs_are_the_width_sweeps_runs():
             assert config.train_spec(0) == twin.train_spec(0) and config.tie_readout
             shared += 1
     assert shared == 3                                   # 6.25e-3 to 2.5e-2; 5e-2 is beyond the width sweep
+
+
+def test_the_unscaled_single_rate_runs_are_the_sweeps_runs():
+    from labpy.experiments.lr_sweep import SweepConfig
+
+    sweep = {c.lr: c for c in get_experiment("lr_sweep").scales["cpu"].values() if c.warmup_steps}
+    unscaled = [c for c in get_experiment("lr_embed_scale_single").scales["cpu"].values() if c.embed_scale == 1]
+    assert len(unscaled) == 4
+    for config in unscaled:
+        twin = sweep[config.lr]
+        fields = {f.name for f in dataclasses.fields(SweepConfig)}
+        assert {k: v for k, v in dataclasses.asdict(config).items() if k in fields} == dataclasses.asdict(twin)
+        assert config.train_spec(0) == twin.train_spec(0) and config.tie_readout
