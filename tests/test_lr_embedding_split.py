@@ -250,6 +250,13 @@ def test_the_embedding_scale_multiplies_the_stream_input_and_leaves_the_tied_rea
         split_config(16, 1e-1, 0.25, EmbedScaleConfig, embed_scale=0.0, **SMALL)
 
 
+def assert_same_run(config, twin) -> None:
+    """`config` trains as `twin` does: every field `twin` has is equal, and so is the training spec."""
+    fields = dataclasses.asdict(twin)
+    assert {k: v for k, v in dataclasses.asdict(config).items() if k in fields} == fields
+    assert config.train_spec(0) == twin.train_spec(0)
+
+
 def test_the_unscaled_embedding_runs_are_the_width_sweeps_runs():
     sweep = {(c.hidden_size, c.lr, round(c.lr * c.hidden_lr_scale, 12)): c
              for c in get_experiment("lr_split_width").scales["cpu"].values()}
@@ -257,21 +264,16 @@ def test_the_unscaled_embedding_runs_are_the_width_sweeps_runs():
     for config in get_experiment("lr_embed_scale").scales["cpu"].values():
         twin = sweep.get((config.hidden_size, config.lr, round(config.lr * config.hidden_lr_scale, 12)))
         if config.embed_scale == 1 and twin is not None:
-            fields = dataclasses.asdict(twin)
-            assert {k: v for k, v in dataclasses.asdict(config).items() if k in fields} == fields
-            assert config.train_spec(0) == twin.train_spec(0) and config.tie_readout
+            assert_same_run(config, twin)
+            assert config.tie_readout
             shared += 1
     assert shared == 3                                   # 6.25e-3 to 2.5e-2; 5e-2 is beyond the width sweep
 
 
 def test_the_unscaled_single_rate_runs_are_the_sweeps_runs():
-    from labpy.experiments.lr_sweep import SweepConfig
-
     sweep = {c.lr: c for c in get_experiment("lr_sweep").scales["cpu"].values() if c.warmup_steps}
     unscaled = [c for c in get_experiment("lr_embed_scale_single").scales["cpu"].values() if c.embed_scale == 1]
     assert len(unscaled) == 4
     for config in unscaled:
-        twin = sweep[config.lr]
-        fields = {f.name for f in dataclasses.fields(SweepConfig)}
-        assert {k: v for k, v in dataclasses.asdict(config).items() if k in fields} == dataclasses.asdict(twin)
-        assert config.train_spec(0) == twin.train_spec(0) and config.tie_readout
+        assert_same_run(config, sweep[config.lr])
+        assert config.tie_readout
