@@ -1,0 +1,126 @@
+"""The path expansion of a 2-layer attention-only transformer (Elhage et al. 2021, § "Two-layer attention-only
+transformers"): its logits as a sum of direct paths, paths through one head and **virtual heads** — a layer-1
+head moving, through its value, what a layer-0 head wrote (V-composition).
+
+Why frozen: LayerNorm's division by the norm is the model's only non-linear step besides the softmax. With every
+norm's scale fixed at the clean run's, per position, and the attention patterns kept (this expands the OV
+circuits, not the QK circuits), each layer is linear in what it reads, so the terms sum to the logits exactly and
+one path can be removed by editing only its own term. The paper freezes LayerNorm the same way.
+
+Shapes: B batch, T positions, d d_model, H heads, h d_head, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+EMBED = "embed"          # token and position embeddings
+BIAS = "biases"          # every bias and LayerNorm shift, lumped: the same vector wherever it enters
+
+
+@dataclass
+class PathExpansion:
+    """`terms[name]` (B, T, V) is one path's logit contribution; the terms sum to `logits`. `kind[name]` is
+    "direct" (a component straight to the logits), "virtual" (a layer-0 head read by a layer-1 head's value),
+    "layer 1 from embed" (a layer-1 head moving the embeddings) or "bias"."""
+    terms: dict[str, torch.Tensor]
+    kind: dict[str, str]
+    logits: torch.Tensor                      # (B, T, V) the model's own, float64
+
+    def names(self, kind: str) -> list[str]:
+        return [name for name, k in self.kind.items() if k == kind]
+
+
+def path_name(source: str, head: int | None = None) -> str:
+    """"L0H2 → logits" for a direct path, "L0H2 → L1H1" for a virtual head, "embed → L1H1" through a head."""
+    return f"{source} → logits" if head is None else f"{source} → L1H{head}"
+
+
+def _check(model) -> None:
+    cfg = model.cfg
+    if cfg.n_layers != 2 or not cfg.attn_only or cfg.normalization != "LN":
+        raise ValueError(f"the path expansion here is for 2-layer attention-only LayerNorm models; got n_layers="
+                         f"{cfg.n_layers}, attn_only={cfg.attn_only}, normalization={cfg.normalization!r}")
+
+
+@torch.no_grad()
+def expand_paths(model, tokens: torch.Tensor) -> PathExpansion:
+    """Every path's logit contribution on `tokens` (B, T), in float64."""
+    _check(model)
+    cfg = model.cfg
+    H, h = cfg.n_heads, cfg.d_head
+    _, cache = model.run_with_cache(tokens)
+    c = {name: value.double() for name, value in cache.items()}
+    p = {name: value.detach().double() for name, value in model.named_parameters()}
+
+    def norm_linear(x: torch.Tensor, norm: str) -> torch.Tensor:          # (B, T, d) -> (B, T, d), bias left out
+        return (x - x.mean(-1, keepdim=True)) / c[f"{norm}.hook_scale"] * p[f"{norm}.weight"]
+
+    def per_head_writes(block: int, read: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, H, T, d)
+        a = f"blocks.{block}.attn."
+        w_v = p[a + "v.weight"].view(H, h, -1)                              # (H, h, d)
+        w_o = p[a + "o.weight"].view(-1, H, h)                              # (d, H, h)
+        values = torch.einsum("btd,Hed->bHte", read, w_v)                   # (B, H, T, h)
+        return torch.einsum("bHte,dHe->bHtd", c[a + "hook_pattern"] @ values, w_o)
+
+    def to_logits(x: torch.Tensor) -> torch.Tensor:                        # (B, T, d) -> (B, T, V)
+        return norm_linear(x, "ln_final") @ p["unembed.weight"].T
+
+    ones = torch.ones_like(c["hook_embed"][..., :1])                       # (B, T, 1)
+    # layer 0: each head's write, and the constant its value bias and the norm's shift add
+    v0_bias = p["blocks.0.ln1.bias"] @ p["blocks.0.attn.v.weight"].T + p["blocks.0.attn.v.bias"]        # (H*h,)
+    bias0 = v0_bias @ p["blocks.0.attn.o.weight"].T + p["blocks.0.attn.o.bias"]                          # (d,)
+    writes0 = per_head_writes(0, norm_linear(c["blocks.0.hook_resid_pre"], "blocks.0.ln1"))            # (B, H, T, d)
+    sources = {EMBED: c["hook_embed"] + c["hook_pos_embed"], BIAS: ones * bias0,
+               **{f"L0H{i}": writes0[:, i] for i in range(H)}}                                          # (B, T, d) each
+    # layer 1: each head moves each source through its value; its own constant likewise
+    v1_bias = p["blocks.1.ln1.bias"] @ p["blocks.1.attn.v.weight"].T + p["blocks.1.attn.v.bias"]
+    bias1 = v1_bias @ p["blocks.1.attn.o.weight"].T + p["blocks.1.attn.o.bias"]                          # (d,)
+    terms, kind = {}, {}
+    for source, x in sources.items():
+        terms[path_name(source)] = to_logits(x)
+        kind[path_name(source)] = "bias" if source == BIAS else "direct"
+        moved = per_head_writes(1, norm_linear(x, "blocks.1.ln1"))                                      # (B, H, T, d)
+        for j in range(H):
+            terms[path_name(source, j)] = to_logits(moved[:, j])
+            kind[path_name(source, j)] = {EMBED: "layer 1 from embed", BIAS: "bias"}.get(source, "virtual")
+    terms["layer-1 and final biases"] = to_logits(ones * bias1) + p["ln_final.bias"] @ p["unembed.weight"].T
+    kind["layer-1 and final biases"] = "bias"
+    return PathExpansion(terms, kind, c["hook_unembed"])
+
+
+def mean_ablated_logits(expansion: PathExpansion, names: list[str]) -> torch.Tensor:
+    """The logits with each named term replaced by its mean over the batch, position by position: what the
+    path carries about this input is removed, what it adds on average is kept. (B, T, V)"""
+    logits = expansion.logits.clone()
+    for name in names:
+        term = expansion.terms[name]
+        logits -= term - term.mean(0, keepdim=True)
+    return logits
+
+
+def target_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token loss (B, T-1): position t predicts token t+1."""
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+
+
+def centred_target_logit(term: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """How much a term pushes the correct next token above the average token: (B, T-1)."""
+    centred = term[:, :-1] - term[:, :-1].mean(-1, keepdim=True)                                        # (B, T-1, V)
+    return centred.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def ablation_costs(expansion: PathExpansion, tokens: torch.Tensor, mask: torch.Tensor,
+                   groups: dict[str, list[str]]) -> pd.DataFrame:
+    """For each group of paths, the mean loss over the masked targets (B, T-1) with the group mean-ablated, and
+    what that adds to the intact model's."""
+    intact = target_losses(expansion.logits, tokens)[mask].mean().item()
+    rows = []
+    for name, names in groups.items():
+        loss = target_losses(mean_ablated_logits(expansion, names), tokens)[mask].mean().item()
+        rows.append({"ablated": name, "paths": len(names), "loss": loss, "added loss": loss - intact})
+    return pd.DataFrame(rows).assign(intact=intact)

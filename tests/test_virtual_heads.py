@@ -1,0 +1,108 @@
+"""The path expansion against the model's own forward pass: removing a layer-0 head's write from the stream, with
+layer 1's patterns and the norms' scales held at the clean run's, must change the logits by exactly that head's
+direct term and its virtual terms."""
+
+import pytest
+import torch
+
+from labpy.interp.virtual_heads import (ablation_costs, centred_target_logit, expand_paths, mean_ablated_logits,
+                                        path_name, target_losses)
+from labpy.models.toy import ToyTransformer, ToyTransformerConfig
+
+CONFIG = ToyTransformerConfig(n_layers=2, d_model=16, n_heads=3, d_head=4, d_vocab=11, n_ctx=12)
+
+
+def random_model(zero_biases: bool = False) -> ToyTransformer:
+    """A random model whose norms have random gains and shifts (an untrained model's are 1 and 0)."""
+    torch.manual_seed(0)
+    model = ToyTransformer(CONFIG)
+    for name, param in model.named_parameters():
+        with torch.no_grad():
+            if zero_biases and name.endswith("bias"):
+                param.zero_()
+            elif name.endswith("ln1.weight") or name.endswith("ln_final.weight"):
+                param.uniform_(0.5, 1.5)
+            elif not param.any() or name.endswith(("ln1.bias", "ln_final.bias")):
+                param.normal_(0, 0.3)
+            else:
+                param.normal_(0, 0.5)
+    return model
+
+
+TOKENS = torch.randint(0, CONFIG.d_vocab, (5, CONFIG.n_ctx), generator=torch.Generator().manual_seed(1))
+
+
+def test_the_terms_sum_to_the_logits_and_every_path_is_named():
+    model = random_model()
+    expansion = expand_paths(model, TOKENS)
+    assert torch.allclose(sum(expansion.terms.values()), model(TOKENS).double(), atol=1e-4)
+    H = CONFIG.n_heads
+    assert len(expansion.names("virtual")) == H * H
+    assert len(expansion.names("layer 1 from embed")) == H
+    assert len(expansion.names("direct")) == 1 + H          # the embeddings and each layer-0 head
+    assert path_name("L0H2", 1) in expansion.names("virtual")
+
+
+def frozen_hooks(cache, extra=()):
+    """Hold layer 1's patterns and both later norms' scales at the clean run's."""
+    def keep(name):
+        return name, lambda value, hook: cache[name]
+    return [keep("blocks.1.attn.hook_pattern"), keep("blocks.1.ln1.hook_scale"), keep("ln_final.hook_scale"),
+            *extra]
+
+
+@pytest.mark.parametrize("source", [0, 2])
+def test_removing_a_layer0_head_changes_the_logits_by_its_direct_and_virtual_terms(source):
+    model = random_model(zero_biases=True)     # with no biases a head's write is exactly its path source
+    expansion = expand_paths(model, TOKENS)
+    logits, cache = model.run_with_cache(TOKENS)
+    w_o = model.blocks[0].attn.o.weight.view(CONFIG.d_model, CONFIG.n_heads, CONFIG.d_head)[:, source]   # (d, h)
+    write = cache["blocks.0.attn.hook_z"][:, :, source] @ w_o.T                                              # (B, T, d)
+    remove = ("blocks.0.hook_resid_post", lambda resid, hook: resid - write)
+    with torch.no_grad():
+        removed = model.run_with_hooks(TOKENS, fwd_hooks=frozen_hooks(cache, [remove]))
+    expected = expansion.terms[path_name(f"L0H{source}")] + sum(
+        expansion.terms[path_name(f"L0H{source}", j)] for j in range(CONFIG.n_heads))
+    assert torch.allclose((logits - removed).double(), expected, atol=1e-4)
+
+    # and with layer 1's other heads held at their clean outputs, only the virtual path into head 1 is left
+    def keep_other_heads(z, hook):
+        kept = cache["blocks.1.attn.hook_z"].clone()
+        kept[:, :, 1] = z[:, :, 1]
+        return kept
+    with torch.no_grad():
+        one = model.run_with_hooks(TOKENS, fwd_hooks=frozen_hooks(cache, [remove, ("blocks.1.attn.hook_z",
+                                                                                    keep_other_heads)]))
+    expected = expansion.terms[path_name(f"L0H{source}")] + expansion.terms[path_name(f"L0H{source}", 1)]
+    assert torch.allclose((logits - one).double(), expected, atol=1e-4)
+
+
+def test_mean_ablating_every_path_leaves_the_batch_mean_and_a_constant_path_changes_nothing():
+    expansion = expand_paths(random_model(), TOKENS)
+    everything = mean_ablated_logits(expansion, list(expansion.terms))
+    assert torch.allclose(everything, expansion.logits.mean(0, keepdim=True).expand_as(everything), atol=1e-9)
+    expansion.terms["constant"] = torch.ones_like(expansion.logits) * 3.0
+    assert torch.equal(mean_ablated_logits(expansion, ["constant"]), expansion.logits)
+
+
+def test_losses_and_pushes_against_a_hand_computation():
+    expansion = expand_paths(random_model(), TOKENS)
+    logits = expansion.logits
+    b, t = 2, 4                                   # position 4 predicts token 5 of sequence 2
+    target = TOKENS[b, t + 1]
+    by_hand = -(logits[b, t].log_softmax(-1)[target])
+    assert target_losses(logits, TOKENS)[b, t].item() == pytest.approx(by_hand.item(), rel=1e-9)
+    term = expansion.terms[path_name("embed")]
+    push = term[b, t, target] - term[b, t].mean()
+    assert centred_target_logit(term, TOKENS)[b, t].item() == pytest.approx(push.item(), rel=1e-9)
+    mask = torch.zeros(TOKENS.shape[0], TOKENS.shape[1] - 1, dtype=torch.bool)
+    mask[b, t] = True
+    costs = ablation_costs(expansion, TOKENS, mask, {"embed": [path_name("embed")]}).iloc[0]
+    ablated = mean_ablated_logits(expansion, [path_name("embed")])
+    assert costs["added loss"] == pytest.approx(-(ablated[b, t].log_softmax(-1)[target]).item() - by_hand.item())
+
+
+def test_a_model_the_expansion_does_not_cover_is_named():
+    model = ToyTransformer(ToyTransformerConfig(n_layers=3))
+    with pytest.raises(ValueError, match="n_layers=3"):
+        expand_paths(model, TOKENS)
