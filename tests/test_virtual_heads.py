@@ -5,8 +5,8 @@ direct term and its virtual terms."""
 import pytest
 import torch
 
-from labpy.interp.virtual_heads import (ablation_costs, centred_target_logit, expand_paths, mean_ablated_logits,
-                                        path_name, target_losses)
+from labpy.interp.virtual_heads import (ablation_costs, centred_target_logit, expand_paths, head_profiles,
+                                        mean_ablated_logits, path_name, path_table, target_losses, write_shares)
 from labpy.models.toy import ToyTransformer, ToyTransformerConfig
 
 CONFIG = ToyTransformerConfig(n_layers=2, d_model=16, n_heads=3, d_head=4, d_vocab=11, n_ctx=12)
@@ -100,9 +100,41 @@ def test_losses_and_pushes_against_a_hand_computation():
     costs = ablation_costs(expansion, TOKENS, mask, {"embed": [path_name("embed")]}).iloc[0]
     ablated = mean_ablated_logits(expansion, [path_name("embed")])
     assert costs["added loss"] == pytest.approx(-(ablated[b, t].log_softmax(-1)[target]).item() - by_hand.item())
+    table = path_table(expansion, TOKENS, mask).set_index("path")
+    assert len(table) == len(expansion.terms) - len(expansion.names("bias"))
+    assert table.loc[path_name("embed"), "added loss"] == pytest.approx(costs["added loss"])
+    assert table.loc[path_name("embed"), "push on the answer"] == pytest.approx(push.item())
+    assert table.loc[path_name("L0H1", 2), ["kind", "source", "layer-1 head"]].tolist() == ["virtual", "L0H1", "L1H2"]
 
 
 def test_a_model_the_expansion_does_not_cover_is_named():
     model = ToyTransformer(ToyTransformerConfig(n_layers=3))
     with pytest.raises(ValueError, match="n_layers=3"):
         expand_paths(model, TOKENS)
+
+
+def test_write_shares_against_a_hand_computation():
+    constant = torch.tensor([3.0, 0.0, 4.0])                              # |c|² = 25 at every (b, t)
+    positional = torch.tensor([[0.0, 1.0, 0.0], [0.0, -1.0, 0.0]])        # mean zero over t, |p_t|² = 1
+    varying = torch.tensor([[1.0, 0.0, 2.0], [-1.0, 0.0, -2.0]])          # mean zero over b, |v_b|² = 5
+    writes = constant + positional[None, :, :] + varying[:, None, :]      # (B=2, T=2, d=3)
+    assert write_shares(writes) == pytest.approx({"constant": 25 / 31, "positional": 1 / 31, "varying": 5 / 31})
+    assert write_shares(constant.expand(2, 7, 3))["varying"] == 0
+
+
+@pytest.mark.parametrize("where", ["own", "previous", "uniform"])
+def test_head_profiles_read_a_forced_pattern(where):
+    model = random_model()
+    T = CONFIG.n_ctx
+    forced = {"own": torch.eye(T), "previous": torch.eye(T).roll(-1, dims=1).tril(),
+              "uniform": torch.ones(T, T).tril() / torch.arange(1, T + 1)[:, None]}[where]
+    forced[0, 0] = 1.0                                                    # the first position can only see itself
+    with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: forced.expand_as(p).clone())]):
+        _, cache = model.run_with_cache(TOKENS)
+    row = head_profiles(model, cache).iloc[1]
+    expected = {"own": (1.0, 0.0, 0.0), "previous": (0.0, 1.0, 0.0),
+                "uniform": ((1 / torch.arange(2, T + 1)).mean().item(), (1 / torch.arange(2, T + 1)).mean().item(),
+                            1.0)}[where]
+    assert (row["own position"], row["previous position"], row["entropy / uniform"]) == pytest.approx(expected)
+    shares = row[["constant share", "positional share", "varying share"]]
+    assert shares.sum() == pytest.approx(1) and (shares > 0).all() and row["write / embeddings"] > 0

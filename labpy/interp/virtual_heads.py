@@ -124,3 +124,57 @@ def ablation_costs(expansion: PathExpansion, tokens: torch.Tensor, mask: torch.T
         loss = target_losses(mean_ablated_logits(expansion, names), tokens)[mask].mean().item()
         rows.append({"ablated": name, "paths": len(names), "loss": loss, "added loss": loss - intact})
     return pd.DataFrame(rows).assign(intact=intact)
+
+
+def path_table(expansion: PathExpansion, tokens: torch.Tensor, mask: torch.Tensor) -> pd.DataFrame:
+    """One row per path that is not a bias: its kind, where it starts and which layer-1 head carries it (none
+    for a direct path), the loss it adds over the masked targets when it alone is mean-ablated, and how far it
+    pushes the correct next token above the average token there (its mean centred logit)."""
+    rows = []
+    for name, kind in expansion.kind.items():
+        if kind == "bias":
+            continue
+        source, carrier = name.split(" → ")
+        cost = ablation_costs(expansion, tokens, mask, {name: [name]})["added loss"].iloc[0]
+        push = centred_target_logit(expansion.terms[name], tokens)[mask].mean().item()
+        rows.append({"path": name, "kind": kind, "source": source, "layer-1 head": None if carrier == "logits"
+                     else carrier, "added loss": cost, "push on the answer": push})
+    return pd.DataFrame(rows)
+
+
+def write_shares(writes: torch.Tensor) -> dict[str, float]:
+    """How a write's squared size (B, T, d) splits into three orthogonal parts that sum to 1: the vector it
+    writes everywhere ("constant"), what depends on the position alone ("positional": the batch mean at each
+    position, less the constant), and what differs between the sequences of the batch ("varying"). A head with
+    no varying part carries nothing about the input, however strongly another head composes with it."""
+    by_position = writes.mean(0)                                          # (T, d)
+    constant = by_position.mean(0)                                        # (d,)
+    total = writes.pow(2).sum()
+    B, T, _ = writes.shape
+    return {"constant": float(constant.pow(2).sum() * B * T / total),
+            "positional": float((by_position - constant).pow(2).sum() * B / total),
+            "varying": float((writes - by_position).pow(2).sum() / total)}
+
+
+@torch.no_grad()
+def head_profiles(model, cache, block: int = 0) -> pd.DataFrame:
+    """Where each head of `block` looks and what it writes, from a `run_with_cache` cache: its mean attention on
+    its own position and on the one before (every position but the first), its attention entropy over that of
+    uniform attention to the prefix, the mean size of its write over the embeddings', and how the write splits into
+    its constant, positional and varying shares (`write_shares`)."""
+    H, h = model.cfg.n_heads, model.cfg.d_head
+    pattern = cache[f"blocks.{block}.attn.hook_pattern"].double()[:, :, 1:]                # (B, H, T-1, T)
+    T = pattern.shape[-1]
+    own = pattern.diagonal(offset=1, dim1=-2, dim2=-1)                                    # (B, H, T-1)
+    previous = pattern.diagonal(offset=0, dim1=-2, dim2=-1)
+    entropy = -(pattern * pattern.clamp_min(1e-30).log()).sum(-1)                          # (B, H, T-1)
+    uniform = torch.arange(2, T + 1, dtype=torch.float64).log()                            # (T-1,) ln(t+1)
+    w_o = model.blocks[block].attn.o.weight.detach().double().view(-1, H, h)               # (d, H, h)
+    writes = torch.einsum("bthe,dhe->bhtd", cache[f"blocks.{block}.attn.hook_z"].double(), w_o)      # (B, H, T, d)
+    embed = (cache["hook_embed"] + cache["hook_pos_embed"]).double().norm(dim=-1).mean()
+    return pd.DataFrame([{"head": f"L{block}H{i}", "own position": own[:, i].mean().item(),
+                          "previous position": previous[:, i].mean().item(),
+                          "entropy / uniform": (entropy[:, i] / uniform).mean().item(),
+                          "write / embeddings": (writes[:, i].norm(dim=-1).mean() / embed).item(),
+                          **{f"{part} share": share for part, share in write_shares(writes[:, i]).items()}}
+                         for i in range(H)])
