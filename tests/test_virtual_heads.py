@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from labpy.interp.virtual_heads import (ablation_costs, centred_target_logit, expand_paths, head_profiles,
-                                        mean_ablated_logits, path_name, path_table, target_losses, write_shares)
+                                        mean_ablated_logits, path_name, path_table, target_losses,
+                                        where_layer1_looks_costs, write_shares)
 from labpy.models.toy import ToyTransformer, ToyTransformerConfig
 
 CONFIG = ToyTransformerConfig(n_layers=2, d_model=16, n_heads=3, d_head=4, d_vocab=11, n_ctx=12)
@@ -138,3 +139,31 @@ def test_head_profiles_read_a_forced_pattern(where):
     assert (row["own position"], row["previous position"], row["entropy / uniform"]) == pytest.approx(expected)
     shares = row[["constant share", "positional share", "varying share"]]
     assert shares.sum() == pytest.approx(1) and (shares > 0).all() and row["write / embeddings"] > 0
+
+
+@pytest.mark.parametrize("part,side", [("L0H1", "both"), ("L0H2", "queries"), ("embed", "keys")])
+def test_where_layer1_looks_against_the_models_own_forward(part, side):
+    """The same ablation done by hooks on the model itself: the part swapped for its mean in the stream layer 1
+    reads, layer 1's values (and, for one side, the other side) and the norms' scales pinned to the clean run's,
+    and the part restored in the stream the unembedding reads."""
+    model = random_model()
+    logits, cache = model.run_with_cache(TOKENS)
+    if part == "embed":
+        x = cache["hook_embed"] + cache["hook_pos_embed"]
+    else:
+        head = int(part[-1])
+        w_o = model.blocks[0].attn.o.weight.view(CONFIG.d_model, CONFIG.n_heads, CONFIG.d_head)[:, head]
+        x = cache["blocks.0.attn.hook_z"][:, :, head] @ w_o.T
+    shift = x.mean((0, 1)) - x                                                # (B, T, d)
+    pinned = ["blocks.1.ln1.hook_scale", "ln_final.hook_scale", "blocks.1.attn.hook_v"]
+    pinned += {"queries": ["blocks.1.attn.hook_k"], "keys": ["blocks.1.attn.hook_q"], "both": []}[side]
+    hooks = [(name, lambda value, hook: cache[hook.name]) for name in pinned]
+    hooks += [("blocks.0.hook_resid_post", lambda resid, hook: resid + shift),
+              ("blocks.1.hook_resid_post", lambda resid, hook: resid - shift)]
+    with torch.no_grad():
+        ablated = model.run_with_hooks(TOKENS, fwd_hooks=hooks)
+    mask = torch.ones(TOKENS.shape[0], TOKENS.shape[1] - 1, dtype=torch.bool)
+    costs = where_layer1_looks_costs(model, TOKENS, mask).set_index(["part", "side"])
+    by_hooks = target_losses(ablated.double(), TOKENS).mean() - target_losses(logits.double(), TOKENS).mean()
+    assert costs.loc[(part, side), "added loss"] == pytest.approx(by_hooks.item(), abs=1e-5)
+    assert costs.intact.iloc[0] == pytest.approx(target_losses(logits.double(), TOKENS).mean().item(), abs=1e-5)

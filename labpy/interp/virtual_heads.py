@@ -178,3 +178,55 @@ def head_profiles(model, cache, block: int = 0) -> pd.DataFrame:
                           "write / embeddings": (writes[:, i].norm(dim=-1).mean() / embed).item(),
                           **{f"{part} share": share for part, share in write_shares(writes[:, i]).items()}}
                          for i in range(H)])
+
+
+SIDES = ("queries", "keys", "both")
+
+
+@torch.no_grad()
+def where_layer1_looks_costs(model, tokens: torch.Tensor, mask: torch.Tensor) -> pd.DataFrame:
+    """What layer 1's QK circuits read: for the embeddings and each layer-0 head, and for each side of layer 1's
+    attention (`SIDES`), the loss over the masked targets (B, T-1) when that part of the stream is replaced, on
+    that side only, by its mean over every sequence and position, so that neither the input nor the position
+    reaches the side through it. Layer 1's values and both norms' scales stay at the clean run's: only where
+    layer 1 looks changes, not what it moves."""
+    _check(model)
+    cfg = model.cfg
+    H, h = cfg.n_heads, cfg.d_head
+    _, cache = model.run_with_cache(tokens)
+    c = {name: value.double() for name, value in cache.items()}
+    p = {name: value.detach().double() for name, value in model.named_parameters()}
+    a = "blocks.1.attn."
+    resid = c["blocks.1.hook_resid_pre"]                                                   # (B, T, d)
+    w_o0 = p["blocks.0.attn.o.weight"].view(-1, H, h)                                      # (d, H, h)
+    parts = {EMBED: c["hook_embed"] + c["hook_pos_embed"],
+             **{f"L0H{i}": c["blocks.0.attn.hook_z"][:, :, i] @ w_o0[:, i].T for i in range(H)}}   # (B, T, d)
+
+    def read(x: torch.Tensor, side: str) -> torch.Tensor:                  # (B, T, d) -> (B, H, T, h)
+        normed = (x - x.mean(-1, keepdim=True)) / c["blocks.1.ln1.hook_scale"]
+        m = side[0]                                                         # "q" or "k"
+        out = (normed * p["blocks.1.ln1.weight"] + p["blocks.1.ln1.bias"]) @ p[a + f"{m}.weight"].T + p[a + f"{m}.bias"]
+        return out.view(*x.shape[:2], H, h).transpose(1, 2)
+
+    def logits_when_looking(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:            # -> (B, T, V)
+        T = q.shape[2]
+        scores = (q @ k.transpose(-1, -2)) / h ** 0.5                                       # (B, H, T, T)
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        z = scores.softmax(-1) @ c[a + "hook_v"].transpose(1, 2)                            # (B, H, T, h)
+        out = z.transpose(1, 2).flatten(2) @ p[a + "o.weight"].T + p[a + "o.bias"]         # (B, T, d)
+        final = resid + out
+        normed = (final - final.mean(-1, keepdim=True)) / c["ln_final.hook_scale"]
+        return (normed * p["ln_final.weight"] + p["ln_final.bias"]) @ p["unembed.weight"].T
+
+    def loss(logits: torch.Tensor) -> float:
+        return target_losses(logits, tokens)[mask].mean().item()
+
+    q_clean, k_clean = read(resid, "q"), read(resid, "k")
+    intact = loss(logits_when_looking(q_clean, k_clean))
+    rows = []
+    for name, part in parts.items():
+        without = resid - part + part.mean((0, 1))                          # the part's code of input and position gone
+        q_off, k_off = read(without, "q"), read(without, "k")
+        for side, (q, k) in zip(SIDES, ((q_off, k_clean), (q_clean, k_off), (q_off, k_off))):
+            rows.append({"part": name, "side": side, "added loss": loss(logits_when_looking(q, k)) - intact})
+    return pd.DataFrame(rows).assign(intact=intact)
