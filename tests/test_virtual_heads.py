@@ -1,13 +1,14 @@
-"""The path expansion against the model's own forward pass: removing a layer-0 head's write from the stream, with
-layer 1's patterns and the norms' scales held at the clean run's, must change the logits by exactly that head's
-direct term and its virtual terms."""
+"""The path expansion and the ablations built on it, against the model's own forward pass: removing a layer-0 head's
+write from the stream, with layer 1's patterns and the norms' scales held at the clean run's, must change the logits
+by exactly that head's direct term and its virtual terms; the query/key and whole-head ablations must match the
+same edits made by hooks; the summaries must read hand-made patterns and writes as computed by hand."""
 
 import pytest
 import torch
 
-from labpy.interp.virtual_heads import (ablation_costs, centred_target_logit, expand_paths, head_profiles,
-                                        mean_ablated_logits, path_name, path_table, target_losses,
-                                        where_layer1_looks_costs, write_shares)
+from labpy.interp.virtual_heads import (ablation_costs, attention_by_offset, centred_target_logit, expand_paths,
+                                        head_profiles, head_removal_costs, mean_ablated_logits, path_name,
+                                        path_table, target_losses, where_layer1_looks_costs, write_shares)
 from labpy.models.toy import ToyTransformer, ToyTransformerConfig
 
 CONFIG = ToyTransformerConfig(n_layers=2, d_model=16, n_heads=3, d_head=4, d_vocab=11, n_ctx=12)
@@ -167,3 +168,34 @@ def test_where_layer1_looks_against_the_models_own_forward(part, side):
     by_hooks = target_losses(ablated.double(), TOKENS).mean() - target_losses(logits.double(), TOKENS).mean()
     assert costs.loc[(part, side), "added loss"] == pytest.approx(by_hooks.item(), abs=1e-5)
     assert costs.intact.iloc[0] == pytest.approx(target_losses(logits.double(), TOKENS).mean().item(), abs=1e-5)
+
+
+def test_attention_by_offset_reads_a_forced_pattern():
+    model = random_model()
+    T = CONFIG.n_ctx
+    two_back = torch.eye(T).roll(-2, dims=1).tril()
+    two_back[0, 0] = two_back[1, 1] = 1.0                                  # the first two positions cannot look back 2
+    with model.hooks(fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: two_back.expand_as(p).clone())]):
+        _, cache = model.run_with_cache(TOKENS)
+    row = attention_by_offset(cache, offsets=3).iloc[0]
+    assert row[["0 back", "1 back", "2 back", "3 back"]].tolist() == pytest.approx([0, 0, 1, 0])
+
+
+def test_head_removal_costs_against_removing_the_write_from_the_stream():
+    """Replacing a head's z by its mean is replacing its write by the write's mean (the write is linear in z); done
+    here the other way, on the stream, with the same pinning."""
+    model = random_model()
+    mask = torch.ones(TOKENS.shape[0], TOKENS.shape[1] - 1, dtype=torch.bool)
+    costs = head_removal_costs(model, TOKENS, mask).set_index(["head", "scales pinned"])["added loss"]
+    logits, cache = model.run_with_cache(TOKENS)
+    w_o = model.blocks[0].attn.o.weight.view(CONFIG.d_model, CONFIG.n_heads, CONFIG.d_head)[:, 2]
+    write = cache["blocks.0.attn.hook_z"][:, :, 2] @ w_o.T                 # (B, T, d)
+    shift = write.mean((0, 1)) - write
+    for pinned, names in (("nothing", []), ("both norms", ["blocks.1.ln1.hook_scale", "ln_final.hook_scale"])):
+        hooks = [("blocks.0.hook_resid_post", lambda r, hook: r + shift)]
+        hooks += [(n, lambda v, hook: cache[hook.name]) for n in names]
+        with torch.no_grad():
+            ablated = model.run_with_hooks(TOKENS, fwd_hooks=hooks)
+        by_stream = target_losses(ablated.double(), TOKENS).mean() - target_losses(logits.double(), TOKENS).mean()
+        assert costs[("L0H2", pinned)] == pytest.approx(by_stream.item(), abs=1e-5)
+    assert costs[("L0H2", "nothing")] != pytest.approx(costs[("L0H2", "both norms")], abs=1e-4)

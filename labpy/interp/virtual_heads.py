@@ -230,3 +230,41 @@ def where_layer1_looks_costs(model, tokens: torch.Tensor, mask: torch.Tensor) ->
         for side, (q, k) in zip(SIDES, ((q_off, k_clean), (q_clean, k_off), (q_off, k_off))):
             rows.append({"part": name, "side": side, "added loss": loss(logits_when_looking(q, k)) - intact})
     return pd.DataFrame(rows).assign(intact=intact)
+
+
+def attention_by_offset(cache, block: int = 0, offsets: int = 4) -> pd.DataFrame:
+    """Each head's mean attention `offsets` positions back or less (0: its own position), over the query positions
+    that can reach that far: a previous-token head shows at 1, a head two back at 2. One row per head."""
+    pattern = cache[f"blocks.{block}.attn.hook_pattern"].double()                         # (B, H, T, T)
+    rows = []
+    for i in range(pattern.shape[1]):
+        row = {"head": f"L{block}H{i}"}
+        for back in range(offsets + 1):
+            row[f"{back} back"] = pattern[:, i].diagonal(offset=-back, dim1=-2, dim2=-1)[:, offsets - back:].mean().item()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+PINNED = {"nothing": (), "layer 1's norm": ("blocks.1.ln1.hook_scale",),
+          "both norms": ("blocks.1.ln1.hook_scale", "ln_final.hook_scale")}
+
+
+@torch.no_grad()
+def head_removal_costs(model, tokens: torch.Tensor, mask: torch.Tensor, block: int = 0) -> pd.DataFrame:
+    """The loss each head of `block` adds over the masked targets (B, T-1) when its write is replaced by its mean
+    over every sequence and position, in the model's own forward pass, with the norms' scales free or pinned at the
+    clean run's (`PINNED`): what a head does through the norms' divisors is the difference."""
+    logits, cache = model.run_with_cache(tokens)
+    intact = target_losses(logits.double(), tokens)[mask].mean().item()
+    rows = []
+    for i in range(model.cfg.n_heads):
+        def to_mean(z: torch.Tensor, hook, i: int = i) -> torch.Tensor:     # (B, T, H, h): head i's z -> its mean
+            z = z.clone()
+            z[:, :, i] = z[:, :, i].mean((0, 1))
+            return z
+        for pinned, names in PINNED.items():
+            hooks = [(f"blocks.{block}.attn.hook_z", to_mean)] + [(n, lambda v, hook: cache[hook.name]) for n in names]
+            ablated = model.run_with_hooks(tokens, fwd_hooks=hooks)
+            rows.append({"head": f"L{block}H{i}", "scales pinned": pinned,
+                         "added loss": target_losses(ablated.double(), tokens)[mask].mean().item() - intact})
+    return pd.DataFrame(rows).assign(intact=intact)
