@@ -199,3 +199,4 @@ def test_head_removal_costs_against_removing_the_write_from_the_stream():
         by_stream = target_losses(ablated.double(), TOKENS).mean() - target_losses(logits.double(), TOKENS).mean()
         assert costs[("L0H2", pinned)] == pytest.approx(by_stream.item(), abs=1e-5)
     assert costs[("L0H2", "nothing")] != pytest.approx(costs[("L0H2", "both norms")], abs=1e-4)
+

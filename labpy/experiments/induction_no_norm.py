@@ -1,0 +1,55 @@
+"""The induction task's 2-layer attention-only model without LayerNorm, two seeds.
+
+Why: in the stored `induction` model a positional layer-0 head sets how sharp the predictions are at each
+position through the final LayerNorm's divisor, and that divisor tracks where the repeat is likely
+(papers/circuits-framework.qmd, "confidence by position"). Without any norm there is no divisor: does the model
+still hedge by position, and how? Same task, steps, optimiser and data as `induction`; only the norms go (the
+model's `normalization=None`: no LayerNorm before the attention layers or the unembedding). Checkpoints at the
+start and the end only, to keep the store small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..models.toy import NORMALIZATIONS, ToyTransformerConfig
+from ..store import RunResult
+from ..validation import require
+from .induction import SMOKE, InductionConfig, train_on_repeats
+from .registry import Experiment, RunContext, register
+
+
+@dataclass(frozen=True)
+class NoNormInductionConfig(InductionConfig):
+    normalization: str | None = None   # "LN" is the stored `induction` model; None drops every norm
+    checkpoint_every: int = 6000       # the start and the end
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self, self.normalization in NORMALIZATIONS, "normalization", f"is not one of {NORMALIZATIONS}")
+
+    def model_config(self) -> ToyTransformerConfig:
+        return replace(super().model_config(), normalization=self.normalization)
+
+
+def run(config: NoNormInductionConfig, ctx: RunContext) -> RunResult:
+    return train_on_repeats(config, ctx)
+
+
+SEEDS = (0, 1)
+
+register(Experiment(
+    name="induction_no_norm",
+    title="Induction heads without LayerNorm",
+    track="Attention & circuits",
+    page="papers/circuits-framework.qmd",
+    version=1,
+    config_type=NoNormInductionConfig,
+    scales={
+        "smoke": {f"no_norm-s{seed}": NoNormInductionConfig(seed=seed, **SMOKE) for seed in SEEDS},
+        "cpu": {f"no_norm-s{seed}": NoNormInductionConfig(seed=seed) for seed in SEEDS},
+    },
+    run=run,
+    description="The induction task's 2-layer attention-only model with no LayerNorm: does it still set its "
+                "confidence by position?",
+))
