@@ -3,7 +3,8 @@
 Why: in the stored `induction` model a positional layer-0 head sets how sharp the predictions are at each
 position through the final LayerNorm's divisor, and that divisor tracks where the repeat is likely
 (papers/circuits-framework.qmd, "confidence by position"). Without any norm there is no divisor: does the model
-still hedge by position, and how? Same task, steps, optimiser and data as `induction`; only the norms go (the
+still hedge by position, and how? Its training curves are on experiments/induction-heads.qmd, its analysis and
+predictions on the paper page. Same task, steps, optimiser and data as `induction`; only the norms go (the
 model's `normalization=None`: no LayerNorm before the attention layers or the unembedding). Checkpoints at the
 start and the end only, to keep the store small.
 """
@@ -42,7 +43,7 @@ register(Experiment(
     name="induction_no_norm",
     title="Induction heads without LayerNorm",
     track="Attention & circuits",
-    page="papers/circuits-framework.qmd",
+    page="experiments/induction-heads.qmd",
     version=1,
     config_type=NoNormInductionConfig,
     scales={

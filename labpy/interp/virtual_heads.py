@@ -7,6 +7,11 @@ norm's scale fixed at the clean run's, per position, and the attention patterns 
 circuits, not the QK circuits), each layer is linear in what it reads, so the terms sum to the logits exactly and
 one path can be removed by editing only its own term. The paper freezes LayerNorm the same way.
 
+Beside it, what the papers/circuits-framework.qmd page asks of the same model: what each path costs when
+mean-ablated (`ablation_costs`, `path_table`); where each layer-0 head looks and what it writes (`head_profiles`,
+`attention_by_offset`); what layer 1's queries and keys read (`where_layer1_looks_costs`); and what a whole head
+does through the norms' divisors (`head_removal_costs`, norms free or pinned).
+
 Shapes: B batch, T positions, d d_model, H heads, h d_head, V vocabulary.
 """
 
@@ -40,22 +45,23 @@ def path_name(source: str, head: int | None = None) -> str:
     return f"{source} → logits" if head is None else f"{source} → L1H{head}"
 
 
-def _check(model) -> None:
+def _clean_run(model, tokens: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The clean run's activations and the model's parameters, in float64, after checking the model is one the
+    expansion covers."""
     cfg = model.cfg
     if cfg.n_layers != 2 or not cfg.attn_only or cfg.normalization != "LN":
         raise ValueError(f"the path expansion here is for 2-layer attention-only LayerNorm models; got n_layers="
                          f"{cfg.n_layers}, attn_only={cfg.attn_only}, normalization={cfg.normalization!r}")
+    _, cache = model.run_with_cache(tokens)
+    return ({name: value.double() for name, value in cache.items()},
+            {name: value.detach().double() for name, value in model.named_parameters()})
 
 
 @torch.no_grad()
 def expand_paths(model, tokens: torch.Tensor) -> PathExpansion:
     """Every path's logit contribution on `tokens` (B, T), in float64."""
-    _check(model)
-    cfg = model.cfg
-    H, h = cfg.n_heads, cfg.d_head
-    _, cache = model.run_with_cache(tokens)
-    c = {name: value.double() for name, value in cache.items()}
-    p = {name: value.detach().double() for name, value in model.named_parameters()}
+    c, p = _clean_run(model, tokens)
+    H, h = model.cfg.n_heads, model.cfg.d_head
 
     def norm_linear(x: torch.Tensor, norm: str) -> torch.Tensor:          # (B, T, d) -> (B, T, d), bias left out
         return (x - x.mean(-1, keepdim=True)) / c[f"{norm}.hook_scale"] * p[f"{norm}.weight"]
@@ -190,12 +196,8 @@ def where_layer1_looks_costs(model, tokens: torch.Tensor, mask: torch.Tensor) ->
     that side only, by its mean over every sequence and position, so that neither the input nor the position
     reaches the side through it. Layer 1's values and both norms' scales stay at the clean run's: only where
     layer 1 looks changes, not what it moves."""
-    _check(model)
-    cfg = model.cfg
-    H, h = cfg.n_heads, cfg.d_head
-    _, cache = model.run_with_cache(tokens)
-    c = {name: value.double() for name, value in cache.items()}
-    p = {name: value.detach().double() for name, value in model.named_parameters()}
+    c, p = _clean_run(model, tokens)
+    H, h = model.cfg.n_heads, model.cfg.d_head
     a = "blocks.1.attn."
     resid = c["blocks.1.hook_resid_pre"]                                                   # (B, T, d)
     w_o0 = p["blocks.0.attn.o.weight"].view(-1, H, h)                                      # (d, H, h)
