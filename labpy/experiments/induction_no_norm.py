@@ -4,7 +4,8 @@ Why: in the stored `induction` model a positional layer-0 head sets how sharp th
 position through the final LayerNorm's divisor, and that divisor tracks where the repeat is likely
 (papers/circuits-framework.qmd, "confidence by position"). Without any norm there is no divisor: does the model
 still hedge by position, and how? Its training curves are on experiments/induction-heads.qmd, its analysis and
-predictions on the paper page. Same task, steps, optimiser and data as `induction`; only the norms go (the
+predictions on the paper page. Two follow-ups to their stall (seed 0): three times the steps, or three times the
+rate. Same task, steps, optimiser and data as `induction`; only the norms go (the
 model's `normalization=None`: no LayerNorm before the attention layers or the unembedding). Checkpoints at the
 start and the end only, to keep the store small.
 """
@@ -38,6 +39,18 @@ def run(config: NoNormInductionConfig, ctx: RunContext) -> RunResult:
 
 
 SEEDS = (0, 1)
+BASE = tuple(f"no_norm-s{seed}" for seed in SEEDS)    # the induction model's recipe, norms removed
+# the follow-up to their stall, seed 0: three times the steps at the same rate, or three times the rate
+LONG_STEPS, FAST_LR = 18_000, 3e-3
+
+
+def _scale(**common) -> dict[str, NoNormInductionConfig]:
+    configs = {key: NoNormInductionConfig(seed=seed, **common) for key, seed in zip(BASE, SEEDS)}
+    steps = common.get("steps", InductionConfig.steps) * LONG_STEPS // InductionConfig.steps
+    configs["no_norm-long-s0"] = replace(configs[BASE[0]], steps=steps, checkpoint_every=steps)
+    configs["no_norm-fast-s0"] = replace(configs[BASE[0]], lr=FAST_LR)
+    return configs
+
 
 register(Experiment(
     name="induction_no_norm",
@@ -47,8 +60,8 @@ register(Experiment(
     version=1,
     config_type=NoNormInductionConfig,
     scales={
-        "smoke": {f"no_norm-s{seed}": NoNormInductionConfig(seed=seed, **SMOKE) for seed in SEEDS},
-        "cpu": {f"no_norm-s{seed}": NoNormInductionConfig(seed=seed) for seed in SEEDS},
+        "smoke": _scale(**SMOKE),
+        "cpu": _scale(),
     },
     run=run,
     description="The induction task's 2-layer attention-only model with no LayerNorm: does it still set its "
