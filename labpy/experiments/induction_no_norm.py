@@ -42,6 +42,8 @@ SEEDS = (0, 1)
 BASE = tuple(f"no_norm-s{seed}" for seed in SEEDS)    # the induction model's recipe, norms removed
 # the follow-up to their stall, seed 0: three times the steps at the same rate, or three times the rate
 LONG_STEPS, FAST_LR = 18_000, 3e-3
+LABELS = {**{key: f"no norm, seed {seed}" for key, seed in zip(BASE, SEEDS)},
+          "no_norm-long-s0": f"no norm, {LONG_STEPS:,} steps", "no_norm-fast-s0": f"no norm, rate {FAST_LR:g}"}
 
 
 def _scale(**common) -> dict[str, NoNormInductionConfig]:
