@@ -1,13 +1,14 @@
-"""The induction task's 2-layer attention-only model without LayerNorm, two seeds.
+"""The induction task's 2-layer attention-only model without LayerNorm: two seeds of the `induction` recipe, and
+seed 0 again with three times the steps or three times the rate.
 
 Why: in the stored `induction` model a positional layer-0 head sets how sharp the predictions are at each
 position through the final LayerNorm's divisor, and that divisor tracks where the repeat is likely
 (papers/circuits-framework.qmd, "confidence by position"). Without any norm there is no divisor: does the model
-still hedge by position, and how? Its training curves are on experiments/induction-heads.qmd, its analysis and
-predictions on the paper page. Two follow-ups to their stall (seed 0): three times the steps, or three times the
-rate. Same task, steps, optimiser and data as `induction`; only the norms go (the
-model's `normalization=None`: no LayerNorm before the attention layers or the unembedding). Checkpoints at the
-start and the end only, to keep the store small.
+still hedge by position, and how? Same task, steps, optimiser and data as `induction`; only the norms go (the
+model's `normalization=None`: no LayerNorm before the attention layers or the unembedding). The recipe's runs
+stalled short of induction, hence the two follow-ups: is it a stall or only slowness? Checkpoints at the start and
+the end only, to keep the store small. The training curves are on experiments/induction-heads.qmd; the analysis
+and the predictions on the paper page.
 """
 
 from __future__ import annotations
