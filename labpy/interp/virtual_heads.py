@@ -57,14 +57,37 @@ def _clean_run(model, tokens: torch.Tensor) -> tuple[dict[str, torch.Tensor], di
             {name: value.detach().double() for name, value in model.named_parameters()})
 
 
+def _frozen_norm(c: dict[str, torch.Tensor], p: dict[str, torch.Tensor], x: torch.Tensor, norm: str) -> torch.Tensor:
+    """LayerNorm `norm` with its divisor frozen at the clean run's (`c`), its shift left out: linear in x. (B, T, d)"""
+    return (x - x.mean(-1, keepdim=True)) / c[f"{norm}.hook_scale"] * p[f"{norm}.weight"]
+
+
+def head_writes(model, cache, block: int = 0) -> torch.Tensor:
+    """What each head of `block` wrote into the stream, from a `run_with_cache` cache: its z through its slice of
+    W_O (the output bias left out), float64. (B, H, T, d)"""
+    H, h = model.cfg.n_heads, model.cfg.d_head
+    w_o = model.blocks[block].attn.o.weight.detach().double().view(-1, H, h)               # (d, H, h)
+    return torch.einsum("bthe,dhe->bhtd", cache[f"blocks.{block}.attn.hook_z"].double(), w_o)
+
+
+def mean_head_hook(head: int):
+    """A hook on `hook_z` (B, T, H, h) that replaces one head's z, so its write, by its mean over every sequence and
+    position."""
+    def to_mean(z: torch.Tensor, hook) -> torch.Tensor:
+        z = z.clone()
+        z[:, :, head] = z[:, :, head].mean((0, 1))
+        return z
+    return to_mean
+
+
 @torch.no_grad()
 def expand_paths(model, tokens: torch.Tensor) -> PathExpansion:
     """Every path's logit contribution on `tokens` (B, T), in float64."""
     c, p = _clean_run(model, tokens)
     H, h = model.cfg.n_heads, model.cfg.d_head
 
-    def norm_linear(x: torch.Tensor, norm: str) -> torch.Tensor:          # (B, T, d) -> (B, T, d), bias left out
-        return (x - x.mean(-1, keepdim=True)) / c[f"{norm}.hook_scale"] * p[f"{norm}.weight"]
+    def norm_linear(x: torch.Tensor, norm: str) -> torch.Tensor:          # (B, T, d) -> (B, T, d), shift left out
+        return _frozen_norm(c, p, x, norm)
 
     def per_head_writes(block: int, read: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, H, T, d)
         a = f"blocks.{block}.attn."
@@ -168,15 +191,14 @@ def head_profiles(model, cache, block: int = 0) -> pd.DataFrame:
     its own position and on the one before (every position but the first), its attention entropy over that of
     uniform attention to the prefix, the mean size of its write over the embeddings', and how the write splits into
     its constant, positional and varying shares (`write_shares`)."""
-    H, h = model.cfg.n_heads, model.cfg.d_head
+    H = model.cfg.n_heads
     pattern = cache[f"blocks.{block}.attn.hook_pattern"].double()[:, :, 1:]                # (B, H, T-1, T)
     T = pattern.shape[-1]
     own = pattern.diagonal(offset=1, dim1=-2, dim2=-1)                                    # (B, H, T-1)
     previous = pattern.diagonal(offset=0, dim1=-2, dim2=-1)
     entropy = -(pattern * pattern.clamp_min(1e-30).log()).sum(-1)                          # (B, H, T-1)
     uniform = torch.arange(2, T + 1, dtype=torch.float64).log()                            # (T-1,) ln(t+1)
-    w_o = model.blocks[block].attn.o.weight.detach().double().view(-1, H, h)               # (d, H, h)
-    writes = torch.einsum("bthe,dhe->bhtd", cache[f"blocks.{block}.attn.hook_z"].double(), w_o)      # (B, H, T, d)
+    writes = head_writes(model, cache, block)                                              # (B, H, T, d)
     embed = (cache["hook_embed"] + cache["hook_pos_embed"]).double().norm(dim=-1).mean()
     return pd.DataFrame([{"head": f"L{block}H{i}", "own position": own[:, i].mean().item(),
                           "previous position": previous[:, i].mean().item(),
@@ -200,14 +222,13 @@ def where_layer1_looks_costs(model, tokens: torch.Tensor, mask: torch.Tensor) ->
     H, h = model.cfg.n_heads, model.cfg.d_head
     a = "blocks.1.attn."
     resid = c["blocks.1.hook_resid_pre"]                                                   # (B, T, d)
-    w_o0 = p["blocks.0.attn.o.weight"].view(-1, H, h)                                      # (d, H, h)
-    parts = {EMBED: c["hook_embed"] + c["hook_pos_embed"],
-             **{f"L0H{i}": c["blocks.0.attn.hook_z"][:, :, i] @ w_o0[:, i].T for i in range(H)}}   # (B, T, d)
+    writes0 = head_writes(model, c, 0)                                                     # (B, H, T, d)
+    parts = {EMBED: c["hook_embed"] + c["hook_pos_embed"], **{f"L0H{i}": writes0[:, i] for i in range(H)}}
 
     def read(x: torch.Tensor, side: str) -> torch.Tensor:                  # (B, T, d) -> (B, H, T, h)
-        normed = (x - x.mean(-1, keepdim=True)) / c["blocks.1.ln1.hook_scale"]
         m = side[0]                                                         # "q" or "k"
-        out = (normed * p["blocks.1.ln1.weight"] + p["blocks.1.ln1.bias"]) @ p[a + f"{m}.weight"].T + p[a + f"{m}.bias"]
+        normed = _frozen_norm(c, p, x, "blocks.1.ln1") + p["blocks.1.ln1.bias"]
+        out = normed @ p[a + f"{m}.weight"].T + p[a + f"{m}.bias"]
         return out.view(*x.shape[:2], H, h).transpose(1, 2)
 
     def logits_when_looking(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:            # -> (B, T, V)
@@ -216,9 +237,7 @@ def where_layer1_looks_costs(model, tokens: torch.Tensor, mask: torch.Tensor) ->
         scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
         z = scores.softmax(-1) @ c[a + "hook_v"].transpose(1, 2)                            # (B, H, T, h)
         out = z.transpose(1, 2).flatten(2) @ p[a + "o.weight"].T + p[a + "o.bias"]         # (B, T, d)
-        final = resid + out
-        normed = (final - final.mean(-1, keepdim=True)) / c["ln_final.hook_scale"]
-        return (normed * p["ln_final.weight"] + p["ln_final.bias"]) @ p["unembed.weight"].T
+        return (_frozen_norm(c, p, resid + out, "ln_final") + p["ln_final.bias"]) @ p["unembed.weight"].T
 
     def loss(logits: torch.Tensor) -> float:
         return target_losses(logits, tokens)[mask].mean().item()
@@ -260,12 +279,9 @@ def head_removal_costs(model, tokens: torch.Tensor, mask: torch.Tensor, block: i
     intact = target_losses(logits.double(), tokens)[mask].mean().item()
     rows = []
     for i in range(model.cfg.n_heads):
-        def to_mean(z: torch.Tensor, hook, i: int = i) -> torch.Tensor:     # (B, T, H, h): head i's z -> its mean
-            z = z.clone()
-            z[:, :, i] = z[:, :, i].mean((0, 1))
-            return z
         for pinned, names in PINNED.items():
-            hooks = [(f"blocks.{block}.attn.hook_z", to_mean)] + [(n, lambda v, hook: cache[hook.name]) for n in names]
+            hooks = [(f"blocks.{block}.attn.hook_z", mean_head_hook(i))]
+            hooks += [(n, lambda v, hook: cache[hook.name]) for n in names]
             ablated = model.run_with_hooks(tokens, fwd_hooks=hooks)
             rows.append({"head": f"L{block}H{i}", "scales pinned": pinned,
                          "added loss": target_losses(ablated.double(), tokens)[mask].mean().item() - intact})
