@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections.abc import Sequence
 
-import altair as alt
-import pandas as pd
-import vl_convert as vlc
+# Altair imports jsonschema, which imports the optional rfc3987-syntax (installed with Jupyter) if it can; that
+# package compiles Earley parsers on import, ~2 s of every page's kernel, for the "iri" and "iri-reference"
+# format checks, which no Vega-Lite schema uses. A None entry makes that import fail, and jsonschema then skips
+# those two formats only.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
-from .paths import project_root, relative_to_cwd
+import altair as alt  # noqa: E402
+import pandas as pd  # noqa: E402
+import vl_convert as vlc  # noqa: E402
+
+from .paths import project_root, relative_to_cwd  # noqa: E402
 
 VEGA_FILES = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
 _counter = itertools.count()

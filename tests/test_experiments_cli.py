@@ -171,3 +171,26 @@ def test_corrupt_resume_state_is_named_and_force_starts_from_scratch(tmp_store, 
     assert err.count("\n") == 1 and "resume.pt is corrupt or unreadable" in err and "Traceback" not in err
     assert main([*args, "--force"]) == 0
     assert tmp_store.has("induction", experiment.key(config, "two_layer"))
+
+
+def test_an_experiment_is_found_by_its_own_module_or_by_loading_them_all(monkeypatch):
+    """Looking an experiment up imports the module of its name alone when there is one; an experiment registered
+    elsewhere (lr_embed_scale_single lives in lr_embed_scale) is still found, and a name no module registers is
+    named. Two modules registering one name is an error, not a silent overwrite."""
+    from labpy.errors import UnknownChoiceError
+    from labpy.experiments import registry
+
+    monkeypatch.setattr(registry, "_REGISTERED_BY", dict(registry._REGISTERED_BY))
+    assert get_experiment("lr_embed_scale_single").name == "lr_embed_scale_single"
+    assert registry._REGISTERED_BY["lr_embed_scale_single"] == "labpy.experiments.lr_embed_scale"
+    with pytest.raises(UnknownChoiceError, match="no_such_experiment"):
+        get_experiment("no_such_experiment")
+    induction = get_experiment("induction")
+    with pytest.raises(ValueError, match="by labpy.experiments.induction and again by test_experiments_cli"):
+        registry.register(induction)                      # from this test module
+    assert registry._REGISTERED_BY["induction"] == "labpy.experiments.induction"
+    for module in ("__main__", "labpy.experiments.induction"):   # `python -m` registers as __main__, then the
+        exec("register(experiment)",                               # module's own import registers it again
+             {"__name__": module, "register": registry.register, "experiment": induction})
+    assert registry._REGISTERED_BY["induction"] == "labpy.experiments.induction"
+    assert get_experiment("induction") is induction

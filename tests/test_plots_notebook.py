@@ -1,6 +1,7 @@
 import altair as alt
 import pandas as pd
 import pytest
+import torch
 
 from labpy import notebook, plots
 
@@ -104,3 +105,37 @@ def test_log_axis_refuses_non_positive_values_and_palettes_tell_series_apart(cur
     spec = plots.line_chart(lrs, "step", "loss", color="lr").to_dict()
     assert spec["encoding"]["color"]["type"] == "ordinal" and spec["encoding"]["color"]["scale"]["scheme"] == "viridis"
     assert spec["encoding"]["x"]["title"] == "step" and plots.human("final_val_loss") == "final val loss"
+
+
+def test_a_page_kernel_skips_the_slow_optional_imports_and_altair_still_validates():
+    """Every page starts with `import labpy` and reads experiments; three imports it does not need cost ~6 s per
+    page: rfc3987-syntax (pulled in by jsonschema for format checks Vega-Lite never asks for), transformers' Qwen2
+    model class (a page reading a lab-LM experiment's stored tables builds no model) and sklearn (imported by
+    other experiments' modules, which looking one experiment up no longer imports). None may come back unnoticed."""
+    import subprocess
+    import sys
+
+    slow = ("rfc3987_syntax", "transformers.models.qwen2.modeling_qwen2", "sklearn")
+    code = ("import sys, labpy, altair as alt, pandas as pd\n"
+            "from labpy.experiments import get_experiment, lr_sweep_analysis\n"
+            "get_experiment('lr_sweep')\n"
+            f"print([m for m in {slow!r} if sys.modules.get(m) is not None])\n"
+            "try:\n"
+            "    alt.Chart(pd.DataFrame({'a': [1]})).mark_point().encode(x=alt.X('a:Q', bin='yes')).to_dict()\n"
+            "except Exception as error:\n"
+            "    print(type(error).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]"
+    assert out[1] == "SchemaValidationError"   # jsonschema still checks every chart against Vega-Lite's schema
+
+
+def test_building_a_lab_lm_imports_the_model_class_where_needed():
+    from labpy.models import lab_lm
+
+    model = lab_lm.build_lab_lm(lab_lm.lab_lm_config(vocab_size=32, hidden_size=16, intermediate_size=32,
+                                                     num_hidden_layers=1, num_attention_heads=2,
+                                                     num_key_value_heads=1), seed=0)
+    copy = lab_lm.model_from_state(model.config, lab_lm.storable_state(model))
+    assert type(model).__name__ == type(copy).__name__ == "Qwen2ForCausalLM"
+    tokens = torch.randint(0, 32, (2, 5))
+    assert torch.equal(model(input_ids=tokens).logits, copy(input_ids=tokens).logits)

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class Experiment:
 
 
 _REGISTRY: dict[str, Experiment] = {}
+_REGISTERED_BY: dict[str, str] = {}   # experiment name -> the module that registered it
 
 # Page-side modules beside an experiment's training code (`induction_analysis.py` beside `induction.py`): they
 # import the training module, never the reverse, and register nothing, so the registry does not load them.
@@ -92,6 +94,12 @@ def register(experiment: Experiment) -> Experiment:
     unknown = set(experiment.scales) - set(SCALES)
     if unknown:
         raise ValueError(f"experiment {experiment.name!r} declares unknown scales {sorted(unknown)}; use {SCALES}")
+    module = sys._getframe(1).f_globals.get("__name__", "?")          # the module whose import registers it
+    known = _REGISTERED_BY.get(experiment.name, module)
+    if known != module and "__main__" not in (known, module):         # a module run with -m is itself again
+        raise ValueError(f"experiment {experiment.name!r} is registered by {known} and again by {module}; "
+                         "give one of them another name")
+    _REGISTERED_BY[experiment.name] = module
     _REGISTRY[experiment.name] = experiment
     return experiment
 
@@ -102,10 +110,25 @@ def all_experiments() -> list[Experiment]:
 
 
 def get_experiment(name: str) -> Experiment:
-    _load_builtin()
+    if name not in _REGISTRY:
+        _load_module_named(name)
+    if name not in _REGISTRY:
+        _load_builtin()
     if name not in _REGISTRY:
         raise UnknownChoiceError("experiment", name, _REGISTRY)
     return _REGISTRY[name]
+
+
+def _load_module_named(name: str) -> None:
+    """Import `labpy.experiments.<name>` alone, where that module exists: most experiments live in a module of
+    their own name, and a page that reads one of them should not import every training module (with sklearn,
+    scipy and peft behind them, ~1.7 s of each page's kernel). Any other name falls back to `_load_builtin`."""
+    import importlib
+    import importlib.util
+
+    module = f"{__package__}.{name}"
+    if name.isidentifier() and not name.endswith(ANALYSIS_SUFFIXES) and importlib.util.find_spec(module):
+        importlib.import_module(module)
 
 
 def _load_builtin() -> None:
@@ -175,8 +198,10 @@ def run_config(experiment: Experiment, scale: str, label: str, config: Any, stor
 
 def _typed_config(experiment: str, stored: Mapping[str, Any]) -> Any:
     """What `RunEntry.config` returns: the experiment's dataclass, or the stored dict for an unregistered name."""
-    _load_builtin()
-    return _REGISTRY[experiment].config_from(stored) if experiment in _REGISTRY else dict(stored)
+    try:
+        return get_experiment(experiment).config_from(stored)
+    except UnknownChoiceError:
+        return dict(stored)
 
 
 set_config_reader(_typed_config)

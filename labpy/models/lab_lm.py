@@ -17,11 +17,16 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast, Qwen2Config
+
+if TYPE_CHECKING:
+    # Imported where a model is built instead: the class takes ~2.5 s to import, which a page that only reads a
+    # lab-LM experiment's stored tables should not pay.
+    from transformers import Qwen2ForCausalLM
 
 from ..store import RunEntry
 from ..tasks.corpus import EOS, tokenizer_from_json
@@ -56,6 +61,8 @@ def lab_lm_config(vocab_size: int, **overrides: Any) -> Qwen2Config:
 
 def build_lab_lm(config: Qwen2Config, seed: int) -> Qwen2ForCausalLM:
     """A freshly initialised model; the seed alone fixes the weights."""
+    from transformers import Qwen2ForCausalLM
+
     torch.manual_seed(seed)
     return Qwen2ForCausalLM(config)
 
@@ -88,6 +95,8 @@ def storable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def model_from_state(config: Qwen2Config, state: dict[str, torch.Tensor]) -> Qwen2ForCausalLM:
+    from transformers import Qwen2ForCausalLM
+
     model = Qwen2ForCausalLM(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     allowed = {"lm_head.weight"} if config.tie_word_embeddings else set()
