@@ -6,8 +6,9 @@ position through the final LayerNorm's divisor, and that divisor tracks where th
 (papers/circuits-framework.qmd, "confidence by position"). Without any norm there is no divisor: does the model
 still hedge by position, and how? Same task, steps, optimiser and data as `induction`; only the norms go (the
 model's `normalization=None`: no LayerNorm before the attention layers or the unembedding). The recipe's runs
-stalled short of induction, hence the two follow-ups: is it a stall or only slowness? Checkpoints at the start and
-the end only, to keep the store small. The training curves are on experiments/induction-heads.qmd; the analysis
+stalled short of induction, hence the two follow-ups: is it a stall or only slowness? They still stalled, hence a
+third: RMSNorm in place of every LayerNorm, which keeps the divisor and drops the centring and the bias.
+Checkpoints at the start and the end only, to keep the store small. The training curves are on experiments/induction-heads.qmd; the analysis
 and the predictions on the paper page.
 """
 
@@ -43,8 +44,12 @@ SEEDS = (0, 1)
 BASE = tuple(f"no_norm-s{seed}" for seed in SEEDS)    # the induction model's recipe, norms removed
 # the follow-up to their stall, seed 0: three times the steps at the same rate, or three times the rate
 LONG_STEPS, FAST_LR = 18_000, 3e-3
+# the follow-up to both (added after S1 and S2 had been read), seed 0: RMSNorm in every norm's place, which keeps the
+# divisor and drops the centring and the bias: is the divisor what the model needs?
+RMS = "rms-s0"
 LABELS = {**{key: f"no norm, seed {seed}" for key, seed in zip(BASE, SEEDS)},
-          "no_norm-long-s0": f"no norm, {LONG_STEPS:,} steps", "no_norm-fast-s0": f"no norm, rate {FAST_LR:g}"}
+          "no_norm-long-s0": f"no norm, {LONG_STEPS:,} steps", "no_norm-fast-s0": f"no norm, rate {FAST_LR:g}",
+          RMS: "RMSNorm, seed 0"}
 
 
 def _scale(**common) -> dict[str, NoNormInductionConfig]:
@@ -52,6 +57,7 @@ def _scale(**common) -> dict[str, NoNormInductionConfig]:
     steps = common.get("steps", InductionConfig.steps) * LONG_STEPS // InductionConfig.steps
     configs["no_norm-long-s0"] = replace(configs[BASE[0]], steps=steps, checkpoint_every=steps)
     configs["no_norm-fast-s0"] = replace(configs[BASE[0]], lr=FAST_LR)
+    configs[RMS] = replace(configs[BASE[0]], normalization="RMS")
     return configs
 
 
