@@ -8,8 +8,8 @@ still hedge by position, and how? Same task, steps, optimiser and data as `induc
 model's `normalization=None`: no LayerNorm before the attention layers or the unembedding). The recipe's runs
 stalled short of induction, hence the two follow-ups: is it a stall or only slowness? They still stalled, hence a
 third: RMSNorm in place of every LayerNorm, which keeps the divisor and drops the centring and the bias.
-Checkpoints at the start and the end only, to keep the store small. The training curves are on experiments/induction-heads.qmd; the analysis
-and the predictions on the paper page.
+Checkpoints at the start and the end only, to keep the store small. The training curves are on
+experiments/induction-heads.qmd; the analysis and the predictions on the paper page.
 """
 
 from __future__ import annotations
