@@ -108,14 +108,15 @@ def test_log_axis_refuses_non_positive_values_and_palettes_tell_series_apart(cur
 
 
 def test_a_page_kernel_skips_the_slow_optional_imports_and_altair_still_validates():
-    """Every page starts with `import labpy` and reads experiments; three imports it does not need cost about 5 s
-    per page: rfc3987-syntax (pulled in by jsonschema for format checks Vega-Lite never asks for), transformers' Qwen2
-    model class (a page reading a lab-LM experiment's stored tables builds no model) and sklearn (imported by
-    other experiments' modules, which looking one experiment up no longer imports). None may come back unnoticed."""
+    """Every page starts with `import labpy` and reads experiments; imports it does not need cost about 7 s per
+    page: rfc3987-syntax (pulled in by jsonschema for format checks Vega-Lite never asks for), transformers and its
+    Qwen2 classes (a page reading a lab-LM experiment's stored tables builds no model or tokenizer), TransformerLens
+    (the toy model's hook points) and sklearn (imported by other experiments' modules, which looking one experiment
+    up no longer imports). None may come back unnoticed."""
     import subprocess
     import sys
 
-    slow = ("rfc3987_syntax", "transformers.models.qwen2.modeling_qwen2", "sklearn")
+    slow = ("rfc3987_syntax", "transformers", "transformer_lens", "sklearn")
     code = ("import sys, labpy, altair as alt, pandas as pd\n"
             "from labpy.experiments import get_experiment, lr_sweep_analysis\n"
             "get_experiment('lr_sweep')\n"

@@ -1,13 +1,14 @@
 """Models the lab trains and inspects: toy transformers (TransformerLens 4 bridges), the wind-tunnel MLP, and
 causal language models loaded through `load_lm` (the lab LM, local checkpoints, hub ids; 4/8-bit) with LoRA."""
 
-from .toy import ToyTransformerConfig, build_toy_transformer, load_toy_transformer
-
-_LAZY = {"load_lm": "lm", "add_lora": "lora", "trainable_parameters": "lora"}
+# Every name is imported on first use: the toy model pulls in TransformerLens (~1.9 s with transformers), the LM
+# helpers peft and bitsandbytes, and a page that reads only stored tables needs none of them.
+_LAZY = {"ToyTransformerConfig": "toy", "build_toy_transformer": "toy", "load_toy_transformer": "toy",
+         "load_lm": "lm", "add_lora": "lora", "trainable_parameters": "lora"}
 
 
 def __getattr__(name: str):
-    """`labpy.models.load_lm` and the LoRA helpers, imported on first use (they pull in peft and bitsandbytes)."""
+    """`labpy.models.<name>` for the names in `_LAZY`, imported from its module on first use."""
     if name in _LAZY:
         import importlib
 
@@ -15,4 +16,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ToyTransformerConfig", "build_toy_transformer", "load_toy_transformer", *_LAZY]
+__all__ = list(_LAZY)

@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedTokenizerFast, Qwen2Config
 
 if TYPE_CHECKING:
-    # Imported where a model is built instead: the class takes ~2.5 s to import, which a page that only reads a
-    # lab-LM experiment's stored tables should not pay.
-    from transformers import Qwen2ForCausalLM
+    # Imported where a model or config is built instead: transformers and its Qwen2 classes take ~4 s to import,
+    # which a page that only reads a lab-LM experiment's stored tables should not pay.
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from ..store import RunEntry
 from ..tasks.corpus import EOS, tokenizer_from_json
@@ -56,6 +55,8 @@ def lab_lm_config(vocab_size: int, **overrides: Any) -> Qwen2Config:
     if fields["num_attention_heads"] % fields["num_key_value_heads"]:
         raise ValueError(f"num_attention_heads={fields['num_attention_heads']} must be a multiple of "
                          f"num_key_value_heads={fields['num_key_value_heads']} (grouped-query attention)")
+    from transformers import Qwen2Config
+
     return Qwen2Config(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0, **fields)
 
 
@@ -108,6 +109,8 @@ def model_from_state(config: Qwen2Config, state: dict[str, torch.Tensor]) -> Qwe
 
 def load_lab_lm(entry) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
     """Model (fp32, eval mode) and tokenizer from a stored `lab_lm` entry, without touching the disk cache."""
+    from transformers import Qwen2Config
+
     config = Qwen2Config(**entry.summary["hf_config"])
     model = model_from_state(config, entry.checkpoint(CHECKPOINT))
     return model, tokenizer_from_json(entry.file(TOKENIZER_FILE).read_bytes())

@@ -18,12 +18,17 @@ from collections import Counter
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from ..train import step_generator
+
+if TYPE_CHECKING:
+    # Imported where a tokenizer is wrapped instead: transformers takes ~1 s to import, which a page that only reads
+    # stored tables should not pay.
+    from transformers import PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"      # the only special token: separates documents, pads batches (as in Qwen2)
 VAL_FRACTION = 0.1         # the lab LM's held-out share of each text; A3's "original domain" uses the same split
@@ -88,6 +93,8 @@ def train_tokenizer(text: str, vocab_size: int) -> PreTrainedTokenizerFast:
 
 def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
     """The HF wrapper the rest of the stack expects (pad = eos = `EOS`, exact decoding)."""
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
                                    clean_up_tokenization_spaces=False)
 
