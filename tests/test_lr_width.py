@@ -48,3 +48,51 @@ def test_smoke_run_fills_the_tables(tmp_store):
     for entry in runs.entries.values():
         seeds = entry.table("seeds")
         assert list(seeds.seed) == list(entry.config.seeds) and seeds.final_val_loss.notna().all()
+
+
+class _Entry:
+    """A stored run as the analysis reads it: a config, a summary and a per-seed table."""
+
+    def __init__(self, width: int, lr: float, warmup_steps: int = 10, steps: int = 200, offset: float = 0.0):
+        self.config = type("Config", (), dict(hidden_size=width, lr=lr, warmup_steps=warmup_steps, steps=steps))()
+        self.summary = {"n_params": 10 * width}
+        # optimum at 0.32 / width; the three seeds sit 0, 0.1 and 0.3 nats above the curve
+        loss = (math.log(lr) - math.log(0.32 / width)) ** 2 + offset
+        self.seeds = pd.DataFrame({"seed": [0, 1, 2], "final_val_loss": [loss, loss + 0.1, loss + 0.3],
+                                   "nonfinite_at_step": [None, None, None]})
+
+    def table(self, name: str) -> pd.DataFrame:
+        assert name == "seeds"
+        return self.seeds
+
+
+class _Runs:
+    def __init__(self, entries):
+        self.entries = {f"run{i}": e for i, e in enumerate(entries)}
+
+
+def test_width_sweep_takes_the_stored_sweep_as_width_64_and_fits_each_width():
+    from labpy.experiments import lr_sweep_analysis as analysis
+
+    sweep = _Runs([_Entry(64, lr) for lr in WIDTH_LRS]
+                  + [_Entry(64, 2e-2, warmup_steps=0, offset=-5.0), _Entry(64, 1e-1, offset=-5.0)])   # not in the column
+    widths = _Runs([_Entry(w, lr) for w in (32, 128) for lr in WIDTH_LRS])
+    seeds, fit, mean = analysis.width_sweep(sweep, widths)
+    assert len(seeds) == 3 * 3 * len(WIDTH_LRS) and sorted(seeds.width.unique()) == [32, 64, 128]
+    assert fit.best_lr.tolist() == pytest.approx([0.32 / 32, 0.32 / 64, 0.32 / 128], rel=1e-6)
+    by = fit.set_index("width")
+    assert by.best_grid_lr[32] == 1e-2 and by.n_params[128] == 1280
+    assert by.spread_at_best.tolist() == pytest.approx([0.3] * 3)                   # the seeds' max minus min
+    curve = {(w, lr): (math.log(lr) - math.log(0.32 / w)) ** 2 + 0.4 / 3 for w in (32, 64, 128) for lr in WIDTH_LRS}
+    assert by.high_cost[128] == pytest.approx(curve[(128, 5e-2)] - curve[(128, by.best_grid_lr[128])])
+    assert analysis.carried_cost(mean, fit, "width", source=32, target=128) == pytest.approx(
+        curve[(128, by.best_grid_lr[32])] - curve[(128, by.best_grid_lr[128])])
+
+
+def test_least_closed_frozen_seed_is_the_smallest_of_each_seeds_worst_layer():
+    from labpy.experiments.lr_sweep_analysis import least_closed_frozen_seed
+
+    diagnosis = pd.DataFrame({"seed": [0, 0, 1, 1, 1, 0], "state": ["frozen"] * 5 + ["initialisation"],
+                              "measure": ["gates never open"] * 4 + ["weight RMS", "gates never open"],
+                              "value": [0.2, 0.5, 0.3, 0.1, 9.0, 0.9]})
+    assert least_closed_frozen_seed(diagnosis) == pytest.approx(0.3)     # seed 0's worst 0.5, seed 1's 0.3

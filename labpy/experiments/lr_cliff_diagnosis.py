@@ -80,7 +80,7 @@ register(Experiment(
     name="lr_cliff_diagnosis",
     title="Why does a faster tied embedding keep the hidden matrices off their cliff?",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=UntiedConfig,
     scales={"smoke": _scale(hidden_size=16, **SMOKE_WIDTHLESS), "cpu": _scale()},

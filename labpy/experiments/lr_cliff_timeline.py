@@ -93,7 +93,7 @@ register(Experiment(
     name="lr_cliff_timeline",
     title="Does the stream's imbalance come before the cliff, and does resizing the embedding move it?",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=EmbedScaleConfig,
     scales={"smoke": _scale(hidden_size=16, **SMOKE_WIDTHLESS), "cpu": _scale()},

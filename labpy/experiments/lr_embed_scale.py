@@ -42,7 +42,7 @@ for _single, _name, _title, _description in (
         (True, "lr_embed_scale_single", "Does a larger embedding in the stream let the tied model's single rate go "
          "higher?", "The width-64 tied model at single rates 5e-3 to 5e-2 with the embedded tokens × 1, 4 or 8.")):
     register(Experiment(
-        name=_name, title=_title, track="Training dynamics", page="experiments/learning-rate.qmd", version=1,
+        name=_name, title=_title, track="Training dynamics", page="experiments/learning-rate-width.qmd", version=1,
         config_type=EmbedScaleConfig, run=sweep_run, description=_description,
         scales={"smoke": _scale(_single, hidden_size=16, **SMOKE_WIDTHLESS), "cpu": _scale(_single)},
     ))

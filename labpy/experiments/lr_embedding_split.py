@@ -69,7 +69,7 @@ register(Experiment(
     name="lr_embedding_split",
     title="Does the lab LM want its embedding at a higher rate than its hidden layers?",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=SplitRateConfig,
     scales={"smoke": _scale({8: (0.5,), 32: (0.5,)}, **SMOKE_WIDTHLESS),

@@ -60,7 +60,7 @@ register(Experiment(
     name="lr_mup",
     title="Does μP hold the best learning rate across widths? The width sweep, μP-parametrised",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=MupConfig,
     scales={"smoke": {k: v for k, v in _scale(widths=(8, 32), base_width=16, **SMOKE_WIDTHLESS).items()

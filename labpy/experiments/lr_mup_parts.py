@@ -69,7 +69,7 @@ register(Experiment(
     name="lr_mup_parts",
     title="What does μP cost at width 128? Each of its four changes undone alone, and three more seeds",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=MupPartsConfig,
     scales={"smoke": {k: v for k, v in _scale(width=32, lrs=(1e-2, 2e-2), base_width=16, **SMOKE_WIDTHLESS).items()

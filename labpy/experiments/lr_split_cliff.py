@@ -58,7 +58,7 @@ register(Experiment(
     name="lr_split_cliff",
     title="What softens the hidden matrices' cliff: the embedding's rate, or the norms' and biases'?",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=PeakPartsConfig,
     scales={"smoke": _scale((16,), **SMOKE_WIDTHLESS), "cpu": _scale()},

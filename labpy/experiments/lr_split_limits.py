@@ -34,7 +34,7 @@ register(Experiment(
     name="lr_split_limits",
     title="How far does the rate split go, and does it last? Past the grid's edge, and 800 steps",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=SplitRateConfig,
     scales={"smoke": {k: v for k, v in _scale(width=16, **SMOKE_WIDTHLESS).items() if label(2e-2) in k},

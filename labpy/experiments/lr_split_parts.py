@@ -52,7 +52,7 @@ register(Experiment(
     name="lr_split_parts",
     title="Where is the rate split's optimum, and do attention and MLP want different rates?",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=PartSplitConfig,
     scales={"smoke": _scale(hidden_size=16, **SMOKE_WIDTHLESS), "cpu": _scale()},

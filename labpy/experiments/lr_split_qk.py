@@ -52,7 +52,7 @@ register(Experiment(
     name="lr_split_qk",
     title="Which attention weights want the low rate, and where does the embedding's rate stop helping?",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=QKSplitConfig,
     scales={"smoke": _scale(hidden_size=16, **SMOKE_WIDTHLESS), "cpu": _scale()},

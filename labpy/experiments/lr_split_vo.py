@@ -62,7 +62,7 @@ register(Experiment(
     name="lr_split_vo",
     title="Why do the values and outputs want the low rate? Each apart, and the readout untied",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=ValueSplitConfig,
     scales={"smoke": _scale(hidden_size=16, **SMOKE_WIDTHLESS), "cpu": _scale()},

@@ -28,7 +28,7 @@ register(Experiment(
     name="lr_split_width",
     title="Does the rate split's optimum move with width?",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=SplitRateConfig,
     scales={"smoke": {k: v for k, v in _scale((8, 16), **SMOKE_WIDTHLESS).items() if "hidden-x0.125" in k},

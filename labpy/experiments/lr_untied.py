@@ -55,7 +55,7 @@ register(Experiment(
     name="lr_untied",
     title="Does a readout of its own change the rate story?",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=UntiedConfig,
     scales={"smoke": _scale(hidden_size=16, **SMOKE_WIDTHLESS), "cpu": _scale()},

@@ -39,7 +39,7 @@ register(Experiment(
     name="lr_untied_width",
     title="Does the untied readout's gain hold at other widths and over 800 steps?",
     track="Training dynamics",
-    page="experiments/learning-rate.qmd",
+    page="experiments/learning-rate-width.qmd",
     version=1,
     config_type=UntiedConfig,
     scales={"smoke": {k: v for k, v in _scale((8, 16), long_width=16, **SMOKE_WIDTHLESS).items()
