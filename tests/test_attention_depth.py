@@ -78,3 +78,40 @@ def test_composition_against_initial_pairs_each_score_with_the_initial_models():
     assert table.initial.tolist() == composition_table(initial).score.tolist()
     assert (table.over_initial == table.score / table.initial).all()
     assert (composition_against_initial(trained, trained).over_initial == 1.0).all()
+
+
+def _hand_batch():
+    """One sequence: prefix 7 3, then the segment 3 1 3 2 (L = 4) twice. Positions: 0:7 1:3 2:3 3:1 4:3 5:2
+    6:3 7:1 8:3 9:2."""
+    from labpy.tasks.repeated_tokens import RepeatedBatch
+
+    return RepeatedBatch(torch.tensor([[7, 3, 3, 1, 3, 2, 3, 1, 3, 2]]), torch.tensor([2]), torch.tensor([4]))
+
+
+def test_occurrence_candidates_by_hand():
+    batch = _hand_batch()
+    masks = ada.region_masks(batch)
+    # repeat targets at positions 7, 8, 9 (queries 6, 7, 8); query 6 (token 3) and 8 (token 3) are ambiguous
+    assert masks["repeat, ambiguous"].nonzero()[:, 1].tolist() == [6, 8]
+    b, t, candidates, right = ada.occurrence_candidates(batch, masks["repeat, ambiguous"])
+    assert t.tolist() == [6, 8]
+    # keys right after a 3 seen before the query: after 1, 2, 4 for query 6; after 1, 2, 4, 6 for query 8
+    assert candidates[0].nonzero().flatten().tolist() == [2, 3, 5]
+    assert candidates[1].nonzero().flatten().tolist() == [2, 3, 5, 7]
+    assert right.tolist() == [3, 5]                       # t - L + 1: after the first copy's 3 at 2 and at 4
+    with pytest.raises(ValueError, match="repeat targets"):
+        ada.occurrence_candidates(batch, masks["first copy"])
+
+
+def test_occurrence_shares_by_hand(monkeypatch):
+    batch = _hand_batch()
+    pattern = torch.zeros(1, 1, 2, 10, 10)               # (n_layers, B, H, T, T)
+    pattern[0, 0, 0, 6, [2, 3, 5]] = torch.tensor([0.2, 0.6, 0.2])       # head 0: 0.6 of 1.0 on the right key 3
+    pattern[0, 0, 0, 8, [5, 7, 0]] = torch.tensor([0.3, 0.1, 0.6])       # 0.3 of 0.4 on candidates on key 5
+    pattern[0, 0, 1, 6, 0] = pattern[0, 0, 1, 8, 0] = 1.0                # head 1 never looks at a candidate
+    monkeypatch.setattr(ada, "attention_patterns", lambda model, tokens: pattern)
+    table = ada.occurrence_shares(None, batch, ada.region_masks(batch)["repeat, ambiguous"]).set_index("label")
+    assert table.loc["L0H0", "on candidates"] == pytest.approx((1.0 + 0.4) / 2)
+    assert table.loc["L0H0", "right share"] == pytest.approx((0.6 + 0.75) / 2)
+    assert table.loc["L0H0", "chance"] == pytest.approx((1 / 3 + 1 / 4) / 2) and table.loc["L0H0", "targets"] == 2
+    assert table.loc["L0H1", "on candidates"] == 0.0

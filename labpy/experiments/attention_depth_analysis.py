@@ -6,7 +6,9 @@
 - composition scores (`labpy.interp.composition`), against the same model at initialisation;
 - per-head effects on the loss: total (the head's output zeroed, everything downstream recomputed) and direct
   (only the head's own write to the final residual stream removed, everything else as in the clean run). Their
-  difference is what the rest of the network makes up for: self-repair, the work of backup heads.
+  difference is what the rest of the network makes up for: self-repair, the work of backup heads;
+- where each head looks on ambiguous targets: of its attention on the tokens that followed an earlier occurrence of
+  the current token, the share on the one the token before the current one picks out (one token or two matched).
 All of it is forward passes of stored models on one fixed batch (seconds).
 """
 
@@ -18,6 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ..interp.capture import attention_patterns
 from ..interp.heads import ablate_head_hook, capture_hook, head_scores_table
 from ..store import RunEntry
 from ..tasks.repeated_tokens import sample
@@ -168,3 +171,45 @@ def induction_scores(model, entry: RunEntry) -> pd.DataFrame:
     """Previous-token and induction score of every head on the [r, r] probe of the induction page."""
     config = entry.config
     return head_scores_table(model, score_tokens(config), config.score_half)
+
+
+def occurrence_candidates(batch, target_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                      torch.Tensor]:
+    """The query positions of the masked repeat targets and, for each, where an induction head could copy from.
+
+    Returns (b, t, candidates, right): the sequence and query position of each target (N,), a (N, T) mask of the
+    candidate keys (every key right after an earlier occurrence of the query's token: what a head matching one token
+    attends to) and the right candidate (N,), the key after the first copy's occurrence, t - L + 1, which the token
+    before the query picks out among them (what a head matching two tokens attends to)."""
+    b, t = target_mask.nonzero(as_tuple=True)                       # the target at t + 1 is predicted at query t
+    tokens = batch.tokens                                           # (B, T)
+    before_key = torch.cat([torch.full_like(tokens[:, :1], -1), tokens[:, :-1]], 1)   # (B, T): the token before each key
+    keys = torch.arange(tokens.shape[1])
+    candidates = (before_key[b] == tokens[b, t].unsqueeze(1)) & (keys.unsqueeze(0) <= t.unsqueeze(1))   # (N, T)
+    right = t - batch.segment_len[b] + 1
+    if not candidates[torch.arange(len(t)), right].all():
+        raise ValueError("a masked target's right candidate is not among its candidates: the mask must cover only "
+                         "repeat targets (region_masks' 'repeat, …')")
+    return b, t, candidates, right
+
+
+@torch.no_grad()
+def occurrence_shares(model, batch, target_mask: torch.Tensor) -> pd.DataFrame:
+    """Per head, over the masked repeat targets (meant for the ambiguous ones): `on candidates`, its mean attention on
+    the candidate keys (`occurrence_candidates`), and `right share`, the mean share of that attention on the right
+    one. A head matching the current token alone splits its attention evenly over the candidates (`chance`, the mean
+    of 1 / candidates); one that also matches the token before puts all of it on the right one."""
+    b, t, candidates, right = occurrence_candidates(batch, target_mask)
+    patterns = attention_patterns(model, batch.tokens)              # (n_layers, B, H, T, T)
+    n = torch.arange(len(t))
+    chance = float((1 / candidates.sum(1)).mean())
+    rows = []
+    for layer in range(patterns.shape[0]):
+        for head in range(patterns.shape[2]):
+            rows_attention = patterns[layer, b, head, t]            # (N, T): each target's query row
+            on_candidates = (rows_attention * candidates).sum(1)    # (N,)
+            rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}",
+                         "on candidates": float(on_candidates.mean()),
+                         "right share": float((rows_attention[n, right] / on_candidates).mean()),
+                         "chance": chance, "targets": len(t)})
+    return pd.DataFrame(rows)
