@@ -114,4 +114,9 @@ def test_occurrence_shares_by_hand(monkeypatch):
     assert table.loc["L0H0", "on candidates"] == pytest.approx((1.0 + 0.4) / 2)
     assert table.loc["L0H0", "right share"] == pytest.approx((0.6 + 0.75) / 2)
     assert table.loc["L0H0", "chance"] == pytest.approx((1 / 3 + 1 / 4) / 2) and table.loc["L0H0", "targets"] == 2
+    assert table.loc["L0H0", "uniform"] == pytest.approx((3 / 7 + 4 / 9) / 2)   # candidates over keys 0..t
     assert table.loc["L0H1", "on candidates"] == 0.0
+    assert table.loc["L0H0", "peak"] == pytest.approx((0.6 + 0.6) / 2) and table.loc["L0H1", "peak"] == 1.0
+    # head 0's largest weights: key 3 for query 6 (3 back, right + 0), key 0 for query 8 (8 back, right - 5);
+    # torch's median of two values is the lower one
+    assert (table.loc["L0H0", "peak back"], table.loc["L0H0", "peak past right"]) == (3.0, -5.0)

@@ -198,11 +198,16 @@ def occurrence_shares(model, batch, target_mask: torch.Tensor) -> pd.DataFrame:
     """Per head, over the masked repeat targets (meant for the ambiguous ones): `on candidates`, its mean attention on
     the candidate keys (`occurrence_candidates`), and `right share`, the mean share of that attention on the right
     one. A head matching the current token alone splits its attention evenly over the candidates (`chance`, the mean
-    of 1 / candidates); one that also matches the token before puts all of it on the right one."""
+    of 1 / candidates); one that also matches the token before puts all of it on the right one. `uniform` is what a
+    head spreading its attention evenly over every key up to the query would put on the candidates. `peak` is the
+    mean of the row's largest weight: near 1 for a head that looks at one key, small for one spread thinly; where
+    that largest weight lies, as medians over the targets: `peak back` keys before the query, `peak past right` keys
+    after the right candidate."""
     b, t, candidates, right = occurrence_candidates(batch, target_mask)
     patterns = attention_patterns(model, batch.tokens)              # (n_layers, B, H, T, T)
     n = torch.arange(len(t))
     chance = float((1 / candidates.sum(1)).mean())
+    uniform = float((candidates.sum(1) / (t + 1)).mean())
     rows = []
     for layer in range(patterns.shape[0]):
         for head in range(patterns.shape[2]):
@@ -211,5 +216,8 @@ def occurrence_shares(model, batch, target_mask: torch.Tensor) -> pd.DataFrame:
             rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}",
                          "on candidates": float(on_candidates.mean()),
                          "right share": float((rows_attention[n, right] / on_candidates).mean()),
-                         "chance": chance, "targets": len(t)})
+                         "peak": float(rows_attention.max(1).values.mean()),
+                         "peak back": float((t - rows_attention.argmax(1)).float().median()),
+                         "peak past right": float((rows_attention.argmax(1) - right).float().median()),
+                         "chance": chance, "uniform": uniform, "targets": len(t)})
     return pd.DataFrame(rows)
