@@ -61,7 +61,12 @@ def depth_models(depth: StoredRuns, induction: StoredRuns, longer: bool = False)
 
 def analysis_batch(entry: RunEntry, n: int = 256):
     """One fixed batch for every model (the evaluation stream of seed 0): the same data under every comparison."""
-    return sample(entry.config.task(), n, step_generator(EVAL_SEED, 0))
+    return task_batch(entry.config, n)
+
+
+def task_batch(config, n: int = 256):
+    """`analysis_batch` from a config (its task), for a model being trained rather than stored."""
+    return sample(config.task(), n, step_generator(EVAL_SEED, 0))
 
 
 def earlier_matches(tokens: torch.Tensor) -> torch.Tensor:

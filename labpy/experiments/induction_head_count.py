@@ -54,7 +54,7 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
                      summary={**result.summary, "n_heads": config.n_heads}, seed=config.seed)
 
 
-def _configs(**common) -> dict[str, InductionConfig]:
+def head_count_configs(**common) -> dict[str, InductionConfig]:
     configs = {f"heads-{n}-s{seed}": InductionConfig(n_heads=n, seed=seed, **common)
                for n in HEAD_COUNTS for seed in (0, 1)}
     configs["heads-4-s1"] = InductionConfig(seed=1, **common)   # seed 0 with four heads is `induction`'s two_layer
@@ -68,8 +68,8 @@ register(Experiment(
     page="experiments/induction-heads.qmd",
     version=1,
     config_type=InductionConfig,
-    scales={"smoke": {k: v for k, v in _configs(**SMOKE).items() if k in ("heads-1-s0", "heads-8-s0")},
-            "cpu": _configs()},
+    scales={"smoke": {k: v for k, v in head_count_configs(**SMOKE).items() if k in ("heads-1-s0", "heads-8-s0")},
+            "cpu": head_count_configs()},
     run=run,
     description="The 2-layer induction model with 1, 2 and 8 heads a layer (two seeds each) and 4 heads with a "
                 "second seed: every head's scores at each checkpoint, the repeat loss over training, and each "
