@@ -114,10 +114,12 @@ def _losses(model, tokens: torch.Tensor, hooks: list) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
 
 
-def _remove_direct(contribution: torch.Tensor):
-    def hook(resid: torch.Tensor, hook=None) -> torch.Tensor:
-        return resid - contribution
-    return hook
+@torch.no_grad()
+def _losses_from_final(model, tokens: torch.Tensor, final_resid: torch.Tensor) -> torch.Tensor:
+    """The loss (B, T-1) with the final residual stream (B, T, d_model) replaced: what a hook there gives, without
+    running the layers again (nothing after the last block but the final norm and the unembedding)."""
+    logits = model.hook_unembed(model.unembed(model.ln_final(final_resid)))
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
 
 
 @torch.no_grad()
@@ -131,8 +133,9 @@ def head_effects(model, tokens: torch.Tensor, masks: dict[str, torch.Tensor],
     keep = lambda layer: capture_hook(cache, layer)
 
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    # the ablation hook runs before the caching one, so the cache holds what the ablated model computes
-    clean = _losses(model, tokens, base_hooks + [(f"blocks.{l}.attn.hook_z", keep(l)) for l in range(n_layers)])
+    # the ablation hook runs before the caching ones, so the cache holds what the ablated model computes
+    clean = _losses(model, tokens, base_hooks + [(f"blocks.{l}.attn.hook_z", keep(l)) for l in range(n_layers)]
+                    + [(f"blocks.{n_layers - 1}.hook_resid_post", keep("final"))])
     base = region_losses(clean, masks)
     rows = []
     for layer in range(n_layers):
@@ -142,8 +145,7 @@ def head_effects(model, tokens: torch.Tensor, masks: dict[str, torch.Tensor],
             total = region_losses(_losses(model, tokens, base_hooks + [(f"blocks.{layer}.attn.hook_z",
                                                                         ablate_head_hook(head))]), masks)
             contribution = head_contribution(model, cache[layer], layer, head)
-            direct = region_losses(_losses(model, tokens, base_hooks + [(f"blocks.{n_layers - 1}.hook_resid_post",
-                                                                         _remove_direct(contribution))]), masks)
+            direct = region_losses(_losses_from_final(model, tokens, cache["final"] - contribution), masks)
             for region in masks:
                 rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}", "region": region,
                              "total": total[region] - base[region], "direct": direct[region] - base[region]})
