@@ -75,7 +75,7 @@ def test_width_sweep_takes_the_stored_sweep_as_width_64_and_fits_each_width():
     from labpy.experiments import lr_sweep_analysis as analysis
 
     sweep = _Runs([_Entry(64, lr) for lr in WIDTH_LRS]
-                  + [_Entry(64, 2e-2, warmup_steps=0, offset=-5.0), _Entry(64, 1e-1, offset=-5.0)])   # not in the column
+                  + [_Entry(64, 2e-2, warmup_steps=0, offset=-5.0), _Entry(64, 1e-1, offset=-5.0)])   # not in column
     widths = _Runs([_Entry(w, lr) for w in (32, 128) for lr in WIDTH_LRS])
     seeds, fit, mean = analysis.width_sweep(sweep, widths)
     assert len(seeds) == 3 * 3 * len(WIDTH_LRS) and sorted(seeds.width.unique()) == [32, 64, 128]

@@ -8,7 +8,8 @@ from labpy.experiments.registry import get_experiment
 
 
 def test_cpu_configs_are_induction_head_counts():
-    ours, theirs = get_experiment("route_ambiguity").configs("cpu"), get_experiment("induction_head_count").configs("cpu")
+    ours = get_experiment("route_ambiguity").configs("cpu")
+    theirs = get_experiment("induction_head_count").configs("cpu")
     assert list(ours) == list(theirs)
     for label, config in ours.items():
         assert dataclasses.replace(config, checkpoint_every=theirs[label].checkpoint_every) == theirs[label]

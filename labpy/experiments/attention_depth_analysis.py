@@ -190,7 +190,7 @@ def occurrence_candidates(batch, target_mask: torch.Tensor) -> tuple[torch.Tenso
     before the query picks out among them (what a head matching two tokens attends to)."""
     b, t = target_mask.nonzero(as_tuple=True)                       # the target at t + 1 is predicted at query t
     tokens = batch.tokens                                           # (B, T)
-    before_key = torch.cat([torch.full_like(tokens[:, :1], -1), tokens[:, :-1]], 1)   # (B, T): the token before each key
+    before_key = torch.cat([torch.full_like(tokens[:, :1], -1), tokens[:, :-1]], 1)   # (B, T): the token before
     keys = torch.arange(tokens.shape[1])
     candidates = (before_key[b] == tokens[b, t].unsqueeze(1)) & (keys.unsqueeze(0) <= t.unsqueeze(1))   # (N, T)
     right = t - batch.segment_len[b] + 1

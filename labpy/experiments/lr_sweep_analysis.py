@@ -96,7 +96,8 @@ def seeds_by(entries, by: str, value: Callable) -> pd.DataFrame:
 
 def fits_by_seed(seeds: pd.DataFrame, by: str) -> dict:
     """Each seed's own fitted best rate per `by`: its runs share an initialisation and data order across rates."""
-    return {seed: batch_lr_analysis.fitted_best_lr(group, "final_val_loss", by=by) for seed, group in seeds.groupby("seed")}
+    return {seed: batch_lr_analysis.fitted_best_lr(group, "final_val_loss", by=by)
+            for seed, group in seeds.groupby("seed")}
 
 
 def best_rate_chart(seeds: pd.DataFrame, mean: pd.DataFrame, fit: pd.DataFrame, by: str, color: alt.Color):
@@ -109,7 +110,8 @@ def best_rate_chart(seeds: pd.DataFrame, mean: pd.DataFrame, fit: pd.DataFrame, 
                               alt.Tooltip("final_val_loss:Q", title="final loss", format=".3f")])
     line = alt.Chart(mean).mark_line().encode(x=x, y="final_val_loss:Q", color=color)
     marks = alt.Chart(fit.rename(columns={"best_lr": "lr"})).mark_point(shape="diamond", size=160, filled=True).encode(
-        x=x, y="final_val_loss:Q", color=color, tooltip=[by, alt.Tooltip("lr:Q", title="fitted best rate", format=".2g")])
+        x=x, y="final_val_loss:Q", color=color,
+        tooltip=[by, alt.Tooltip("lr:Q", title="fitted best rate", format=".2g")])
     return (points + line + marks).properties(width=520, height=300)
 
 
