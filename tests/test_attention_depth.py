@@ -8,6 +8,7 @@ import torch
 from labpy.errors import ConfigError
 from labpy.experiments import attention_depth as depth
 from labpy.experiments import attention_depth_analysis as ada
+from labpy.interp import ambiguity
 from labpy.interp.composition import composition_score, composition_table
 from labpy.models.toy import ToyTransformerConfig, build_toy_transformer
 from labpy.tasks.repeated_tokens import RepeatedSegmentTask, sample
@@ -109,7 +110,7 @@ def test_occurrence_shares_by_hand(monkeypatch):
     pattern[0, 0, 0, 6, [2, 3, 5]] = torch.tensor([0.2, 0.6, 0.2])       # head 0: 0.6 of 1.0 on the right key 3
     pattern[0, 0, 0, 8, [5, 7, 0]] = torch.tensor([0.3, 0.1, 0.6])       # 0.3 of 0.4 on candidates on key 5
     pattern[0, 0, 1, 6, 0] = pattern[0, 0, 1, 8, 0] = 1.0                # head 1 never looks at a candidate
-    monkeypatch.setattr(ada, "attention_patterns", lambda model, tokens: pattern)
+    monkeypatch.setattr(ambiguity, "attention_patterns", lambda model, tokens: pattern)
     table = ada.occurrence_shares(None, batch, ada.region_masks(batch)["repeat, ambiguous"]).set_index("label")
     assert table.loc["L0H0", "on candidates"] == pytest.approx((1.0 + 0.4) / 2)
     assert table.loc["L0H0", "right share"] == pytest.approx((0.6 + 0.75) / 2)

@@ -4,6 +4,7 @@ training does not read), measured on the attention-depth page's batch; a smoke r
 import dataclasses
 
 from labpy.experiments import attention_depth_analysis as ada
+from labpy.experiments.induction import fixed_eval_batch
 from labpy.experiments.registry import get_experiment
 
 
@@ -20,7 +21,7 @@ def test_smoke_run_stores_regions_and_heads(tmp_store):
 
     run = results("route_ambiguity", "smoke")["heads-4-s1"]
     regions, heads = run.table("regions").set_index("region"), run.table("heads")
-    masks = ada.region_masks(ada.task_batch(run.config))
+    masks = ada.region_masks(fixed_eval_batch(run.config))
     assert list(regions.index) == list(ada.REGIONS)
     assert regions.targets.to_dict() == {r: int(m.sum()) for r, m in masks.items()}
     assert len(heads) == run.config.n_layers * run.config.n_heads

@@ -8,7 +8,8 @@
   (only the head's own write to the final residual stream removed, everything else as in the clean run). Their
   difference is what the rest of the network makes up for: self-repair, the work of backup heads;
 - where each head looks on ambiguous targets: of its attention on the tokens that followed an earlier occurrence of
-  the current token, the share on the one the token before the current one picks out (one token or two matched).
+  the current token, the share on the one the token before the current one picks out (one token or two matched);
+  this and the losses by ambiguity live in `labpy.interp.ambiguity`, which `route_ambiguity`'s training runs use too.
 All of it is forward passes of stored models on one fixed batch (seconds).
 """
 
@@ -20,16 +21,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..interp.capture import attention_patterns
+from ..interp.ambiguity import (REGIONS, earlier_matches, occurrence_candidates,  # noqa: F401  (the page reads
+                                occurrence_shares, region_losses, region_masks)   # them as ada.X)
 from ..interp.heads import ablate_head_hook, capture_hook, head_scores_table
 from ..store import RunEntry
-from ..tasks.repeated_tokens import sample
-from ..train import step_generator
-from .induction import EVAL_SEED, next_token_losses, score_tokens
+from .induction import fixed_eval_batch, next_token_losses, score_tokens
 from .induction_analysis import load_model
 from .registry import StoredRuns
 
-REGIONS = ("first copy", "repeat, unambiguous", "repeat, ambiguous")
 
 
 @dataclass(frozen=True)
@@ -61,32 +60,7 @@ def depth_models(depth: StoredRuns, induction: StoredRuns, longer: bool = False)
 
 def analysis_batch(entry: RunEntry, n: int = 256):
     """One fixed batch for every model (the evaluation stream of seed 0): the same data under every comparison."""
-    return task_batch(entry.config, n)
-
-
-def task_batch(config, n: int = 256):
-    """`analysis_batch` from a config (its task), for a model being trained rather than stored."""
-    return sample(config.task(), n, step_generator(EVAL_SEED, 0))
-
-
-def earlier_matches(tokens: torch.Tensor) -> torch.Tensor:
-    """(B, T) -> (B, T-1): for the target at t+1, how often the current token (at t) occurred before t."""
-    current = tokens[:, :-1]                                                   # (B, T-1)
-    same = current.unsqueeze(2) == current.unsqueeze(1)                        # (B, T-1, T-1): [t, s] token t == s
-    before = torch.ones(same.shape[1:], dtype=torch.bool).tril(-1)             # s < t
-    return (same & before).sum(-1)
-
-
-def region_masks(batch) -> dict[str, torch.Tensor]:
-    """Boolean (B, T-1) masks over targets: the first copy, and the repeat split by one-token ambiguity."""
-    first, repeat = batch.target_masks()
-    matches = earlier_matches(batch.tokens)
-    return {"first copy": first, "repeat, unambiguous": repeat & (matches == 1),
-            "repeat, ambiguous": repeat & (matches >= 2)}
-
-
-def region_losses(losses: torch.Tensor, masks: dict[str, torch.Tensor]) -> dict[str, float]:
-    return {region: float(losses[mask].mean()) for region, mask in masks.items()}
+    return fixed_eval_batch(entry.config, n)
 
 
 @torch.no_grad()
@@ -178,53 +152,3 @@ def induction_scores(model, entry: RunEntry) -> pd.DataFrame:
     """Previous-token and induction score of every head on the [r, r] probe of the induction page."""
     config = entry.config
     return head_scores_table(model, score_tokens(config), config.score_half)
-
-
-def occurrence_candidates(batch, target_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                      torch.Tensor]:
-    """The query positions of the masked repeat targets and, for each, where an induction head could copy from.
-
-    Returns (b, t, candidates, right): the sequence and query position of each target (N,), a (N, T) mask of the
-    candidate keys (every key right after an earlier occurrence of the query's token: what a head matching one token
-    attends to) and the right candidate (N,), the key after the first copy's occurrence, t - L + 1, which the token
-    before the query picks out among them (what a head matching two tokens attends to)."""
-    b, t = target_mask.nonzero(as_tuple=True)                       # the target at t + 1 is predicted at query t
-    tokens = batch.tokens                                           # (B, T)
-    before_key = torch.cat([torch.full_like(tokens[:, :1], -1), tokens[:, :-1]], 1)   # (B, T): the token before
-    keys = torch.arange(tokens.shape[1])
-    candidates = (before_key[b] == tokens[b, t].unsqueeze(1)) & (keys.unsqueeze(0) <= t.unsqueeze(1))   # (N, T)
-    right = t - batch.segment_len[b] + 1
-    if not candidates[torch.arange(len(t)), right].all():
-        raise ValueError("a masked target's right candidate is not among its candidates: the mask must cover only "
-                         "repeat targets (region_masks' 'repeat, …')")
-    return b, t, candidates, right
-
-
-@torch.no_grad()
-def occurrence_shares(model, batch, target_mask: torch.Tensor) -> pd.DataFrame:
-    """Per head, over the masked repeat targets (meant for the ambiguous ones): `on candidates`, its mean attention on
-    the candidate keys (`occurrence_candidates`), and `right share`, the mean share of that attention on the right
-    one. A head matching the current token alone splits its attention evenly over the candidates (`chance`, the mean
-    of 1 / candidates); one that also matches the token before puts all of it on the right one. `uniform` is what a
-    head spreading its attention evenly over every key up to the query would put on the candidates. `peak` is the
-    mean of the row's largest weight: near 1 for a head that looks at one key, small for one spread thinly; where
-    that largest weight lies, as medians over the targets: `peak back` keys before the query, `peak past right` keys
-    after the right candidate."""
-    b, t, candidates, right = occurrence_candidates(batch, target_mask)
-    patterns = attention_patterns(model, batch.tokens)              # (n_layers, B, H, T, T)
-    n = torch.arange(len(t))
-    chance = float((1 / candidates.sum(1)).mean())
-    uniform = float((candidates.sum(1) / (t + 1)).mean())
-    rows = []
-    for layer in range(patterns.shape[0]):
-        for head in range(patterns.shape[2]):
-            rows_attention = patterns[layer, b, head, t]            # (N, T): each target's query row
-            on_candidates = (rows_attention * candidates).sum(1)    # (N,)
-            rows.append({"layer": layer, "head": head, "label": f"L{layer}H{head}",
-                         "on candidates": float(on_candidates.mean()),
-                         "right share": float((rows_attention[n, right] / on_candidates).mean()),
-                         "peak": float(rows_attention.max(1).values.mean()),
-                         "peak back": float((t - rows_attention.argmax(1)).float().median()),
-                         "peak past right": float((rows_attention.argmax(1) - right).float().median()),
-                         "chance": chance, "uniform": uniform, "targets": len(t)})
-    return pd.DataFrame(rows)

@@ -95,6 +95,12 @@ def next_token_losses(model, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
 
 
+def fixed_eval_batch(config: InductionConfig, n: int = 256):
+    """One fixed batch of the task (the evaluation stream of seed 0, whatever the model's seed): the attention-depth
+    page measures every model on it, stored or being trained."""
+    return sample(config.task(), n, step_generator(EVAL_SEED, 0))
+
+
 def copy_losses(model, config: InductionConfig):
     """A function from forward hooks to `model`'s mean loss on the repeat and on the first copy of the task's
     evaluation sequences (nats)."""

@@ -9,7 +9,7 @@ its shared batch:
 
 - the loss on the first copy and on unambiguous and ambiguous repeat targets;
 - for every head, its previous-token and induction scores and where it looks on ambiguous targets
-  (`attention_depth_analysis.occurrence_shares`: its attention on the keys after an earlier occurrence of the
+  (`labpy.interp.ambiguity.occurrence_shares`: its attention on the keys after an earlier occurrence of the
   current token, and the share of that on the right one).
 """
 
@@ -21,8 +21,8 @@ import torch
 from ..interp.heads import head_scores_table
 from ..models.toy import load_toy_transformer
 from ..store import RunResult
-from .attention_depth_analysis import occurrence_shares, region_losses, region_masks, task_batch
-from .induction import SMOKE, InductionConfig, next_token_losses, score_tokens, train_on_repeats
+from ..interp.ambiguity import occurrence_shares, region_losses, region_masks
+from .induction import SMOKE, InductionConfig, fixed_eval_batch, next_token_losses, score_tokens, train_on_repeats
 from .induction_head_count import head_count_configs
 from .registry import Experiment, RunContext, register
 
@@ -32,7 +32,7 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
     state = result.checkpoints[max(result.checkpoints)]                       # the final step's weights
     # measured as the store would keep the weights (half precision), like the stored models on the page
     model = load_toy_transformer(config.model_config(), {k: v.half().float() for k, v in state.items()})
-    batch = task_batch(config)
+    batch = fixed_eval_batch(config)
     masks = region_masks(batch)
     with torch.no_grad():
         regions = region_losses(next_token_losses(model, batch.tokens), masks)
