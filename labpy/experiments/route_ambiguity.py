@@ -18,10 +18,10 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from ..interp.ambiguity import occurrence_shares, region_losses, region_masks
 from ..interp.heads import head_scores_table
 from ..models.toy import load_toy_transformer
 from ..store import RunResult
-from ..interp.ambiguity import occurrence_shares, region_losses, region_masks
 from .induction import SMOKE, InductionConfig, fixed_eval_batch, next_token_losses, score_tokens, train_on_repeats
 from .induction_head_count import head_count_configs
 from .registry import Experiment, RunContext, register
