@@ -9,7 +9,7 @@ checkpoints, the phase change in the repeat loss, and the ablation of the previo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,12 +122,16 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
 
 def train_on_repeats(config: InductionConfig, ctx: RunContext,
                      batch_fn: Callable[[int], Any] | None = None,
-                     loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None) -> RunResult:
+                     loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+                     initial_state: Mapping[str, torch.Tensor] | None = None) -> RunResult:
     """Train an attention-only model on the repeated-segment task and store its curves and checkpoints; other
-    experiments on the same data pass their own batches (`batch_fn(step)`) and loss (`loss_fn(model, batch)`)."""
+    experiments on the same data pass their own batches (`batch_fn(step)`) and loss (`loss_fn(model, batch)`),
+    or start from a stored model's weights (`initial_state`) instead of the seed's initialisation."""
     task = config.task()
     device = lab_device()
     model = build_toy_transformer(config.model_config(), seed=config.seed)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
     eval_batch = sample(task, config.eval_batch, step_generator(EVAL_SEED, config.seed))
     first_mask, repeat_mask = to_device(eval_batch.target_masks(), device)  # (B, T-1) each
     eval_tokens = eval_batch.tokens.to(device)                              # (B, T)

@@ -32,6 +32,14 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
     state = result.checkpoints[max(result.checkpoints)]                       # the final step's weights
     # measured as the store would keep the weights (half precision), like the stored models on the page
     model = load_toy_transformer(config.model_config(), {k: v.half().float() for k, v in state.items()})
+    return RunResult(tables=ambiguity_tables(config, model), summary={**result.summary, "n_heads": config.n_heads},
+                     seed=config.seed)
+
+
+def ambiguity_tables(config: InductionConfig, model) -> dict[str, pd.DataFrame]:
+    """The attention-depth page's measures of a trained model on its shared batch: `regions`, the loss by region
+    (first copy, unambiguous and ambiguous repeat targets); `heads`, each head's previous-token and induction scores
+    and where it looks on ambiguous targets."""
     batch = fixed_eval_batch(config)
     masks = region_masks(batch)
     with torch.no_grad():
@@ -39,10 +47,9 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
     heads = occurrence_shares(model, batch, masks["repeat, ambiguous"]).merge(
         head_scores_table(model, score_tokens(config), config.score_half)[["label", "previous_token", "induction"]],
         on="label")
-    return RunResult(tables={"regions": pd.DataFrame([{"region": r, "loss": v, "targets": int(masks[r].sum())}
-                                                      for r, v in regions.items()]),
-                             "heads": heads},
-                     summary={**result.summary, "n_heads": config.n_heads}, seed=config.seed)
+    return {"regions": pd.DataFrame([{"region": r, "loss": v, "targets": int(masks[r].sum())}
+                                     for r, v in regions.items()]),
+            "heads": heads}
 
 
 register(Experiment(

@@ -1,0 +1,141 @@
+"""What in dropout keeps the 3-layer models from growing induction heads: which of its two places, and is it what
+dropout rewards or only the path training takes?
+
+On the attention-depth page, 3-layer attention-only models trained with dropout of 0.1 (on the attention
+probabilities and on each attention layer's output, as GPT-2 does) grew neither a previous-token head nor an
+induction head, and copied late, by another route. This trains `attention_depth`'s 3-layer model (seed 0) three ways:
+
+- `pattern-s0`: dropout on the attention probabilities only, from initialisation;
+- `output-s0`: dropout on the attention layers' outputs only, from initialisation;
+- `plain-then-dropout-s0`: `attention_depth`'s `three_layer-s0` (trained without dropout, with induction heads),
+  trained further with dropout at both places, its data and mask streams continuing where its training stopped.
+  The store keeps no optimiser state, so AdamW starts afresh (with the usual warm-up).
+
+Stored for each: the training curves, every head's previous-token and induction scores at every checkpoint
+(`scores`), and at the end the loss by region and where each head looks on ambiguous targets (`regions`, `heads`,
+as `route_ambiguity` measures them). The checkpoints themselves are not stored.
+
+`losses_under_dropout` is the page's other measurement: a stored model's loss with dropout switched on, as in
+training, averaged over mask draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import torch
+
+from ..interp.ambiguity import region_losses
+from ..interp.heads import head_scores_table
+from ..models.toy import load_toy_transformer
+from ..store import RunResult, checkpoint_name
+from ..tasks.repeated_tokens import sample
+from ..train import step_generator
+from ..validation import check_ranges, one_of, require
+from .attention_depth import DROPOUT_SEED, DROPOUT_SITES, DepthConfig, DropoutBatch, dropout_hooks
+from .induction import next_token_losses, score_tokens, train_on_repeats
+from .registry import SCALES, Experiment, RunContext, register, results
+from .route_ambiguity import ambiguity_tables
+
+SITE_CHOICES = {"pattern": ("pattern",), "output": ("output",), "both": tuple(DROPOUT_SITES)}
+
+
+@dataclass(frozen=True)
+class DropoutRouteConfig(DepthConfig):
+    dropout: float = 0.1         # GPT-2's, as on the attention-depth page
+    dropout_at: str = "both"     # "pattern" (attention probabilities), "output" (attention-layer outputs) or "both"
+    start_from: str = ""         # an `attention_depth` label whose final weights start the run; "" = initialisation
+    start_scale: str = "cpu"     # the scale of that stored run
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, rules={"dropout_at": one_of(*SITE_CHOICES), "start_scale": one_of(*SCALES)})
+        require(self, self.dropout > 0, "dropout", "is out of range; this experiment trains with dropout, so it must "
+                "be > 0 (attention_depth trains without)")
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return SITE_CHOICES[self.dropout_at]
+
+
+def starting_point(config: DropoutRouteConfig) -> tuple[dict[str, torch.Tensor] | None, int]:
+    """The stored model's final weights and how many steps it was trained (None, 0 for a fresh start); `lab run`
+    trains that run first if the store lacks it."""
+    if not config.start_from:
+        return None, 0
+    entry = results("attention_depth", config.start_scale)[config.start_from]
+    require(config, entry.config.model_config() == config.model_config(), "start_from",
+            f"names a model of another shape ({entry.config.model_config()}); it must match this config's")
+    step = max(entry.checkpoint_steps())
+    return entry.checkpoint(checkpoint_name(step)), step
+
+
+def run(config: DropoutRouteConfig, ctx: RunContext) -> RunResult:
+    initial, offset = starting_point(config)
+    task = config.task()
+
+    def batch_fn(step: int) -> DropoutBatch:   # the stream continues where a stored model's training stopped
+        return DropoutBatch(sample(task, config.batch_size, step_generator(config.seed, offset + step)).tokens,
+                            offset + step)
+
+    def loss_fn(model, batch: DropoutBatch) -> torch.Tensor:
+        generator = step_generator(DROPOUT_SEED + config.seed, batch.step)
+        with model.hooks(fwd_hooks=dropout_hooks(model, config.dropout, generator, config.sites)):
+            return next_token_losses(model, batch.tokens).mean()
+
+    result = train_on_repeats(config, ctx, batch_fn=batch_fn, loss_fn=loss_fn, initial_state=initial)
+    probes = score_tokens(config)
+    scores = []
+    for step in config.checkpoint_steps():    # measured as the store would keep the weights (half precision)
+        model = _half_precision_model(config, result.checkpoints[checkpoint_name(step)])
+        scores.append(head_scores_table(model, probes, config.score_half).assign(step=offset + step))
+    final = result.checkpoints[checkpoint_name(config.steps)]
+    tables = {"steps": result.tables["steps"].assign(step=lambda d: d.step + offset),
+              "evals": result.tables["evals"].assign(step=lambda d: d.step + offset),
+              "scores": pd.concat(scores, ignore_index=True),
+              **ambiguity_tables(config, _half_precision_model(config, final))}
+    return RunResult(tables=tables, summary={**result.summary, "start_step": offset}, seed=config.seed)
+
+
+def _half_precision_model(config: DropoutRouteConfig, state: dict[str, torch.Tensor]):
+    return load_toy_transformer(config.model_config(), {k: v.half().float() for k, v in state.items()})
+
+
+@torch.no_grad()
+def losses_under_dropout(model, batch, masks: dict[str, torch.Tensor], p: float, sites: tuple[str, ...],
+                         draws: int, seed: int = 0) -> dict[str, float]:
+    """`model`'s mean loss per region of `batch` with dropout at `sites` switched on, as in training: the mean over
+    `draws` independent masks of each region's mean loss (nats). With p = 0 every draw is the clean loss."""
+    generator = step_generator(DROPOUT_SEED + 1_000 + seed, 0)    # masks drawn in no training run
+    totals: dict[str, float] = {}
+    for _ in range(draws):
+        with model.hooks(fwd_hooks=dropout_hooks(model, p, generator, sites) if p else []):
+            losses = region_losses(next_token_losses(model, batch.tokens), masks)   # (B, T-1) -> region: loss
+        for region, loss in losses.items():
+            totals[region] = totals.get(region, 0.0) + loss / draws
+    return totals
+
+
+def _configs(steps: int, continued_steps: int, start_scale: str, **common) -> dict[str, DropoutRouteConfig]:
+    fresh = DropoutRouteConfig(steps=steps, start_scale=start_scale, **common)
+    return {"pattern-s0": replace(fresh, dropout_at="pattern"),
+            "output-s0": replace(fresh, dropout_at="output"),
+            "plain-then-dropout-s0": replace(fresh, steps=continued_steps, start_from="three_layer-s0")}
+
+
+register(Experiment(
+    name="dropout_route",
+    title="Which dropout keeps induction heads away: its place, and the objective or the path",
+    track="Attention & circuits",
+    page="experiments/attention-depth.qmd",
+    version=1,
+    config_type=DropoutRouteConfig,
+    scales={"smoke": _configs(steps=40, continued_steps=40, start_scale="smoke", eval_every=20, eval_batch=32,
+                              score_batch=8, checkpoint_every=20),
+            "cpu": _configs(steps=4000, continued_steps=3000, start_scale="cpu", checkpoint_every=500)},
+    run=run,
+    description="attention_depth's 3-layer model (seed 0) trained with dropout on the attention probabilities only, "
+                "on the attention outputs only, and (from the stored model without dropout) on both: head scores "
+                "over training, and at the end the loss by region and where each head looks on ambiguous targets.",
+))
