@@ -1,5 +1,5 @@
-"""dropout_route: dropout at one place only, a stored model trained on with dropout where its stream stopped, and the
-loss of a stored model with dropout switched on."""
+"""dropout_route: dropout at one place only, and a stored model trained on with dropout where its stream stopped;
+dropout_switched_on: the loss of a stored model with dropout switched on, as in training."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch
 from labpy.errors import ConfigError
 from labpy.experiments import attention_depth as depth
 from labpy.experiments import dropout_route as route
+from labpy.experiments import dropout_switched_on as switched
 from labpy.experiments.induction import fixed_eval_batch, next_token_losses
 from labpy.interp.ambiguity import region_losses, region_masks
-from labpy.models.toy import ToyTransformerConfig, build_toy_transformer
+from labpy.models.toy import ToyTransformerConfig, build_toy_transformer, load_toy_transformer
 from labpy.tasks.repeated_tokens import RepeatedSegmentTask, sample
 from labpy.train import step_generator
 
@@ -54,14 +55,15 @@ def test_without_dropout_the_loss_under_dropout_is_the_clean_loss():
     batch, masks = _toy_batch()
     with torch.no_grad():
         clean = region_losses(next_token_losses(model, batch.tokens), masks)
-    assert route.losses_under_dropout(model, batch, masks, 0.0, ("pattern",), draws=3) == pytest.approx(clean)
+    assert switched.losses_under_dropout(model, batch, masks, 0.0, ("pattern",), draws=3) == pytest.approx(clean)
+    assert switched.losses_under_dropout(model, batch, masks, 0.1, (), draws=3) == pytest.approx(clean)
 
 
 def test_the_loss_under_dropout_is_the_mean_over_draws_and_repeats_for_a_seed():
     model = build_toy_transformer(ToyTransformerConfig(n_layers=2, d_vocab=12, n_ctx=24), seed=0).eval()
     batch, masks = _toy_batch()
-    one = route.losses_under_dropout(model, batch, masks, 0.3, ("pattern", "output"), draws=4, seed=2)
-    assert one == route.losses_under_dropout(model, batch, masks, 0.3, ("pattern", "output"), draws=4, seed=2)
+    one = switched.losses_under_dropout(model, batch, masks, 0.3, ("pattern", "output"), draws=4, seed=2)
+    assert one == switched.losses_under_dropout(model, batch, masks, 0.3, ("pattern", "output"), draws=4, seed=2)
     generator = step_generator(depth.DROPOUT_SEED + 1_000 + 2, 0)                      # the same masks, by hand
     by_hand = []
     with torch.no_grad():
@@ -104,5 +106,25 @@ def test_smoke_runs_continue_the_stored_model_and_score_every_checkpoint(tmp_sto
     assert sorted(scores.step.unique()) == [offset + s for s in continued.config.checkpoint_steps()]
     assert (scores.groupby("step").size() == continued.config.n_layers * continued.config.n_heads).all()
     regions = continued.table("regions").set_index("region")
-    assert regions.targets.to_dict() == {r: int(m.sum()) for r, m in region_masks(fixed_eval_batch(continued.config)).items()}
+    masks = region_masks(fixed_eval_batch(continued.config))
+    assert regions.targets.to_dict() == {r: int(m.sum()) for r, m in masks.items()}
     assert not continued.checkpoint_names() and not fresh.checkpoint_names()
+
+
+def test_switched_on_smoke_run_stores_every_model_setting_and_region(tmp_store):
+    from labpy import results
+
+    run = results("dropout_switched_on", "smoke")["models"]
+    config, depth = run.config, results("attention_depth", "smoke")
+    losses = run.table("losses").set_index(["model", "dropout on", "region"]).loss.sort_index()
+    assert len(losses) == len(config.models) * len(switched.SETTINGS) * 3
+    entry = depth[config.models[0]]
+    model = load_toy_transformer(entry.config.model_config(), entry.step_checkpoint(max(entry.checkpoint_steps())))
+    batch = fixed_eval_batch(entry.config, config.batch)
+    masks = region_masks(batch)
+    with torch.no_grad():
+        clean = region_losses(next_token_losses(model, batch.tokens), masks)       # the stored weights, by hand
+    assert losses[config.models[0], "none"].to_dict() == pytest.approx(clean, abs=1e-5)
+    both = switched.losses_under_dropout(model, batch, masks, config.dropout, switched.SETTINGS["both"], config.draws)
+    assert losses[config.models[0], "both"].to_dict() == pytest.approx(both, abs=1e-5)
+    assert (losses.xs("both", level="dropout on") != losses.xs("none", level="dropout on")).all()

@@ -13,10 +13,8 @@ induction head, and copied late, by another route. This trains `attention_depth`
 
 Stored for each: the training curves, every head's previous-token and induction scores at every checkpoint
 (`scores`), and at the end the loss by region and where each head looks on ambiguous targets (`regions`, `heads`,
-as `route_ambiguity` measures them). The checkpoints themselves are not stored.
-
-`losses_under_dropout` is the page's other measurement: a stored model's loss with dropout switched on, as in
-training, averaged over mask draws.
+as `route_ambiguity` measures them). The checkpoints themselves are not stored. The page's other measurement, the
+stored models with dropout switched on, is `dropout_switched_on`.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
-from ..interp.ambiguity import region_losses
 from ..interp.heads import head_scores_table
 from ..models.toy import load_toy_transformer
 from ..store import RunResult, checkpoint_name
@@ -100,21 +97,6 @@ def run(config: DropoutRouteConfig, ctx: RunContext) -> RunResult:
 
 def _half_precision_model(config: DropoutRouteConfig, state: dict[str, torch.Tensor]):
     return load_toy_transformer(config.model_config(), {k: v.half().float() for k, v in state.items()})
-
-
-@torch.no_grad()
-def losses_under_dropout(model, batch, masks: dict[str, torch.Tensor], p: float, sites: tuple[str, ...],
-                         draws: int, seed: int = 0) -> dict[str, float]:
-    """`model`'s mean loss per region of `batch` with dropout at `sites` switched on, as in training: the mean over
-    `draws` independent masks of each region's mean loss (nats). With p = 0 every draw is the clean loss."""
-    generator = step_generator(DROPOUT_SEED + 1_000 + seed, 0)    # masks drawn in no training run
-    totals: dict[str, float] = {}
-    for _ in range(draws):
-        with model.hooks(fwd_hooks=dropout_hooks(model, p, generator, sites) if p else []):
-            losses = region_losses(next_token_losses(model, batch.tokens), masks)   # (B, T-1) -> region: loss
-        for region, loss in losses.items():
-            totals[region] = totals.get(region, 0.0) + loss / draws
-    return totals
 
 
 def _configs(steps: int, continued_steps: int, start_scale: str, **common) -> dict[str, DropoutRouteConfig]:
