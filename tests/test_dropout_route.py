@@ -128,3 +128,34 @@ def test_switched_on_smoke_run_stores_every_model_setting_and_region(tmp_store):
     both = switched.losses_under_dropout(model, batch, masks, config.dropout, switched.SETTINGS["both"], config.draws)
     assert losses[config.models[0], "both"].to_dict() == pytest.approx(both, abs=1e-5)
     assert (losses.xs("both", level="dropout on") != losses.xs("none", level="dropout on")).all()
+
+
+def test_a_layer_config_drops_only_its_layers_outputs():
+    from labpy.experiments.dropout_layers import DropoutLayersConfig
+
+    model = build_toy_transformer(ToyTransformerConfig(n_layers=3), seed=0)
+    names = lambda config: [name for name, _ in config.dropout_hooks(model, step_generator(0, 0))]
+    assert names(DropoutLayersConfig()) == ["blocks.0.hook_attn_out"]
+    assert names(DropoutLayersConfig(dropout_layers=(1, 2))) == ["blocks.1.hook_attn_out", "blocks.2.hook_attn_out"]
+    assert names(route.DropoutRouteConfig(dropout_at="output")) == [f"blocks.{i}.hook_attn_out" for i in range(3)]
+
+
+@pytest.mark.parametrize("layers", [(), (3,), (0, 0), (-1,)])
+def test_bad_dropout_layers_are_one_clear_line(layers):
+    from labpy.experiments.dropout_layers import DropoutLayersConfig
+
+    with pytest.raises(ConfigError, match=r"DropoutLayersConfig\.dropout_layers = .* must name distinct layers from 0 "
+                                          r"to 2"):
+        DropoutLayersConfig(dropout_layers=layers)
+
+
+def test_layer_smoke_runs_store_curves_scores_and_regions(tmp_store):
+    from labpy import results
+
+    runs = results("dropout_layers", "smoke")
+    for entry in runs.entries.values():
+        assert entry.summary["start_step"] == 0
+        assert sorted(entry.table("scores").step.unique()) == list(entry.config.checkpoint_steps())
+        assert set(entry.table("regions").region) == {"first copy", "repeat, unambiguous", "repeat, ambiguous"}
+    first, other = (runs[label].table("steps").loss.iloc[0] for label in ("output-layer0-s0", "output-layers12-s0"))
+    assert first != other              # the same data and initialisation: only where dropout acts differs

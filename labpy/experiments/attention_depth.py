@@ -46,17 +46,17 @@ DROPOUT_SITES = {"pattern": "attn.hook_pattern",   # each attention probability,
                  "output": "hook_attn_out"}       # each unit of an attention layer's output, (B, T, d_model)
 
 
-def dropout_hooks(model, p: float, generator: torch.Generator,
-                  sites: tuple[str, ...] = tuple(DROPOUT_SITES)) -> list[tuple[str, object]]:
+def dropout_hooks(model, p: float, generator: torch.Generator, sites: tuple[str, ...] = tuple(DROPOUT_SITES),
+                  layers: tuple[int, ...] | None = None) -> list[tuple[str, object]]:
     """Forward hooks that drop each attention probability and each attention output unit (or only the `sites`
-    named) with probability p, scaling the rest by 1/(1-p) — `F.dropout`, with masks from `generator` instead of
-    the global RNG."""
+    named, in only the `layers` named) with probability p, scaling the rest by 1/(1-p) — `F.dropout`, with masks
+    from `generator` instead of the global RNG."""
     def drop(x: torch.Tensor, hook=None) -> torch.Tensor:
         keep = torch.rand(x.shape, generator=generator, device="cpu").to(x.device) >= p
         return x * keep / (1 - p)
 
-    names = [f"blocks.{layer}.{DROPOUT_SITES[site]}" for site in sites for layer in range(model.cfg.n_layers)]
-    return [(name, drop) for name in names]
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    return [(f"blocks.{layer}.{DROPOUT_SITES[site]}", drop) for site in sites for layer in layers]
 
 
 def run(config: DepthConfig, ctx: RunContext) -> RunResult:

@@ -55,6 +55,10 @@ class DropoutRouteConfig(DepthConfig):
     def sites(self) -> tuple[str, ...]:
         return SITE_CHOICES[self.dropout_at]
 
+    def dropout_hooks(self, model, generator: torch.Generator) -> list[tuple[str, object]]:
+        """The training-time dropout of this config; variants drop elsewhere by overriding it."""
+        return dropout_hooks(model, self.dropout, generator, self.sites)
+
 
 def starting_point(config: DropoutRouteConfig) -> tuple[dict[str, torch.Tensor] | None, int]:
     """The stored model's final weights and how many steps it was trained (None, 0 for a fresh start); `lab run`
@@ -78,7 +82,7 @@ def run(config: DropoutRouteConfig, ctx: RunContext) -> RunResult:
 
     def loss_fn(model, batch: DropoutBatch) -> torch.Tensor:
         generator = step_generator(DROPOUT_SEED + config.seed, batch.step)
-        with model.hooks(fwd_hooks=dropout_hooks(model, config.dropout, generator, config.sites)):
+        with model.hooks(fwd_hooks=config.dropout_hooks(model, generator)):
             return next_token_losses(model, batch.tokens).mean()
 
     result = train_on_repeats(config, ctx, batch_fn=batch_fn, loss_fn=loss_fn, initial_state=initial)

@@ -1,0 +1,60 @@
+"""Which layer's output dropout keeps the 3-layer model's induction circuit from forming?
+
+`dropout_route` found that dropout on the attention outputs (p = 0.1), not on the attention probabilities, keeps
+`attention_depth`'s 3-layer model from growing a previous-token head and an induction head. This trains the same model
+(seed 0, same data and mask streams) with that dropout on only some layers' outputs:
+
+- `output-layer0-s0`: layer 0's output only, where a previous-token head writes what a later induction head's keys
+  read (K-composition);
+- `output-layers12-s0`: layers 1 and 2's outputs only, where the induction head writes what the unembedding reads.
+
+Stored as `dropout_route` stores its runs: training curves, head scores at every checkpoint, and at the end the loss
+by region and where each head looks on ambiguous targets; no checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..validation import require
+from .attention_depth import dropout_hooks
+from .dropout_route import DropoutRouteConfig, run
+from .registry import Experiment, register
+
+
+@dataclass(frozen=True)
+class DropoutLayersConfig(DropoutRouteConfig):
+    dropout_at: str = "output"
+    dropout_layers: tuple[int, ...] = (0,)   # the layers whose dropout is on; the others train without
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        layers = self.dropout_layers
+        require(self, len(layers) > 0 and all(isinstance(v, int) and 0 <= v < self.n_layers for v in layers)
+                and len(set(layers)) == len(layers), "dropout_layers",
+                f"is out of range; it must name distinct layers from 0 to {self.n_layers - 1}, e.g. (0,) or (1, 2)")
+
+    def dropout_hooks(self, model, generator: torch.Generator) -> list[tuple[str, object]]:
+        return dropout_hooks(model, self.dropout, generator, self.sites, self.dropout_layers)
+
+
+def _configs(**common) -> dict[str, DropoutLayersConfig]:
+    first = DropoutLayersConfig(**common)
+    return {"output-layer0-s0": first, "output-layers12-s0": replace(first, dropout_layers=(1, 2))}
+
+
+register(Experiment(
+    name="dropout_layers",
+    title="Which layer's output dropout keeps the induction circuit from forming",
+    track="Attention & circuits",
+    page="experiments/attention-depth.qmd",
+    version=1,
+    config_type=DropoutLayersConfig,
+    scales={"smoke": _configs(steps=40, eval_every=20, eval_batch=32, score_batch=8, checkpoint_every=20),
+            "cpu": _configs(steps=4000, checkpoint_every=500)},
+    run=run,
+    description="attention_depth's 3-layer model (seed 0) trained 4000 steps with dropout on layer 0's attention "
+                "output only, and on layers 1 and 2's only: head scores over training, and the loss by region.",
+))
