@@ -6,7 +6,8 @@
 
 - `output-layer0-s0`: layer 0's output only, where a previous-token head writes what a later induction head's keys
   read (K-composition);
-- `output-layers12-s0`: layers 1 and 2's outputs only, where the induction head writes what the unembedding reads.
+- `output-layers12-s0`: layers 1 and 2's outputs only, where the induction head writes what the unembedding reads;
+- `output-layer1-s0`, `output-layer2-s0`: layer 1's only (the induction head's layer), layer 2's only (the last).
 
 Stored as `dropout_route` stores its runs: training curves, head scores at every checkpoint, and at the end the loss
 by region and where each head looks on ambiguous targets; no checkpoints.
@@ -42,7 +43,9 @@ class DropoutLayersConfig(DropoutRouteConfig):
 
 def _configs(**common) -> dict[str, DropoutLayersConfig]:
     first = DropoutLayersConfig(**common)
-    return {"output-layer0-s0": first, "output-layers12-s0": replace(first, dropout_layers=(1, 2))}
+    return {"output-layer0-s0": first, "output-layers12-s0": replace(first, dropout_layers=(1, 2)),
+            "output-layer1-s0": replace(first, dropout_layers=(1,)),
+            "output-layer2-s0": replace(first, dropout_layers=(2,))}
 
 
 register(Experiment(
@@ -56,5 +59,6 @@ register(Experiment(
             "cpu": _configs(steps=4000, checkpoint_every=500)},
     run=run,
     description="attention_depth's 3-layer model (seed 0) trained 4000 steps with dropout on layer 0's attention "
-                "output only, and on layers 1 and 2's only: head scores over training, and the loss by region.",
+                "output only, on layers 1 and 2's, on layer 1's and on layer 2's: head scores over training, and the "
+                "loss by region.",
 ))
