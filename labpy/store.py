@@ -96,6 +96,12 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def as_stored(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict as the store would keep it (floats rounded to fp16), back in fp32 to compute with: a run that
+    measures its own final weights measures what a page reading its checkpoint would."""
+    return {name: t.float() if t.is_floating_point() else t for name, t in _storable(state, half=True).items()}
+
+
 def csv_rows(path: Path) -> int | None:
     """Data rows of a stored table, or None when it no longer parses (a truncated or garbled file)."""
     try:

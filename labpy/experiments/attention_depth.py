@@ -44,6 +44,8 @@ class DropoutBatch:
 
 DROPOUT_SITES = {"pattern": "attn.hook_pattern",   # each attention probability, (B, H, T, T)
                  "output": "hook_attn_out"}       # each unit of an attention layer's output, (B, T, d_model)
+# where an experiment's config may put its dropout: one site or both
+DROPOUT_PLACES = {"pattern": ("pattern",), "output": ("output",), "both": tuple(DROPOUT_SITES)}
 
 
 def dropout_hooks(model, p: float, generator: torch.Generator, sites: tuple[str, ...] = tuple(DROPOUT_SITES),

@@ -26,16 +26,14 @@ import torch
 
 from ..interp.heads import head_scores_table
 from ..models.toy import load_toy_transformer
-from ..store import RunResult, checkpoint_name
+from ..store import RunResult, as_stored, checkpoint_name
 from ..tasks.repeated_tokens import sample
 from ..train import step_generator
 from ..validation import check_ranges, one_of, require
-from .attention_depth import DROPOUT_SEED, DROPOUT_SITES, DepthConfig, DropoutBatch, dropout_hooks
+from .attention_depth import DROPOUT_PLACES, DROPOUT_SEED, DepthConfig, DropoutBatch, dropout_hooks
 from .induction import next_token_losses, score_tokens, train_on_repeats
 from .registry import SCALES, Experiment, RunContext, register, results
 from .route_ambiguity import ambiguity_tables
-
-SITE_CHOICES = {"pattern": ("pattern",), "output": ("output",), "both": tuple(DROPOUT_SITES)}
 
 
 @dataclass(frozen=True)
@@ -47,13 +45,13 @@ class DropoutRouteConfig(DepthConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_ranges(self, rules={"dropout_at": one_of(*SITE_CHOICES), "start_scale": one_of(*SCALES)})
+        check_ranges(self, rules={"dropout_at": one_of(*DROPOUT_PLACES), "start_scale": one_of(*SCALES)})
         require(self, self.dropout > 0, "dropout", "is out of range; this experiment trains with dropout, so it must "
                 "be > 0 (attention_depth trains without)")
 
     @property
     def sites(self) -> tuple[str, ...]:
-        return SITE_CHOICES[self.dropout_at]
+        return DROPOUT_PLACES[self.dropout_at]
 
     def dropout_hooks(self, model, generator: torch.Generator) -> list[tuple[str, object]]:
         """The training-time dropout of this config; variants drop elsewhere by overriding it."""
@@ -69,7 +67,7 @@ def starting_point(config: DropoutRouteConfig) -> tuple[dict[str, torch.Tensor] 
     require(config, entry.config.model_config() == config.model_config(), "start_from",
             f"names a model of another shape ({entry.config.model_config()}); it must match this config's")
     step = max(entry.checkpoint_steps())
-    return entry.checkpoint(checkpoint_name(step)), step
+    return entry.step_checkpoint(step), step
 
 
 def run(config: DropoutRouteConfig, ctx: RunContext) -> RunResult:
@@ -89,18 +87,14 @@ def run(config: DropoutRouteConfig, ctx: RunContext) -> RunResult:
     probes = score_tokens(config)
     scores = []
     for step in config.checkpoint_steps():    # measured as the store would keep the weights (half precision)
-        model = _half_precision_model(config, result.checkpoints[checkpoint_name(step)])
+        model = load_toy_transformer(config.model_config(), as_stored(result.checkpoints[checkpoint_name(step)]))
         scores.append(head_scores_table(model, probes, config.score_half).assign(step=offset + step))
     final = result.checkpoints[checkpoint_name(config.steps)]
     tables = {"steps": result.tables["steps"].assign(step=lambda d: d.step + offset),
               "evals": result.tables["evals"].assign(step=lambda d: d.step + offset),
               "scores": pd.concat(scores, ignore_index=True),
-              **ambiguity_tables(config, _half_precision_model(config, final))}
+              **ambiguity_tables(config, load_toy_transformer(config.model_config(), as_stored(final)))}
     return RunResult(tables=tables, summary={**result.summary, "start_step": offset}, seed=config.seed)
-
-
-def _half_precision_model(config: DropoutRouteConfig, state: dict[str, torch.Tensor]):
-    return load_toy_transformer(config.model_config(), {k: v.half().float() for k, v in state.items()})
 
 
 def _configs(steps: int, continued_steps: int, start_scale: str, **common) -> dict[str, DropoutRouteConfig]:

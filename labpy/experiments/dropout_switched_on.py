@@ -20,12 +20,13 @@ from ..models.toy import load_toy_transformer
 from ..store import RunResult
 from ..train import step_generator
 from ..validation import check_ranges, number_between, one_of
-from .attention_depth import DROPOUT_SEED, DROPOUT_SITES, dropout_hooks
+from .attention_depth import DROPOUT_PLACES, DROPOUT_SEED, dropout_hooks
 from .induction import fixed_eval_batch, next_token_losses
 from .registry import SCALES, Experiment, RunContext, register, results
 
 # where dropout is switched on: the attention probabilities, the attention layers' outputs, both, or neither
-SETTINGS = {"none": (), "probabilities": ("pattern",), "outputs": ("output",), "both": tuple(DROPOUT_SITES)}
+SETTINGS = {"none": (), "probabilities": DROPOUT_PLACES["pattern"], "outputs": DROPOUT_PLACES["output"],
+            "both": DROPOUT_PLACES["both"]}
 
 
 @dataclass(frozen=True)

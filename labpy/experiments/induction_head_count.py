@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..interp.heads import head_scores_table, zero_heads_hook
 from ..models.toy import load_toy_transformer
-from ..store import STEP_CHECKPOINT, RunResult
+from ..store import STEP_CHECKPOINT, RunResult, as_stored
 from .induction import SMOKE, InductionConfig, copy_losses, score_tokens, train_on_repeats
 from .registry import Experiment, RunContext, register
 
@@ -45,7 +45,7 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
     for name, state in sorted(result.checkpoints.items()):
         step = int(STEP_CHECKPOINT.fullmatch(name).group(1))
         # scored as the store would keep the weights (half precision), like the stored `induction` runs
-        model = load_toy_transformer(config.model_config(), {k: v.half().float() for k, v in state.items()})
+        model = load_toy_transformer(config.model_config(), as_stored(state))
         scores.append(head_scores_table(model, tokens, config.score_half).assign(step=step))
         final = model
     ablations = last_layer_ablations(final, config)

@@ -21,7 +21,7 @@ import torch
 from ..interp.ambiguity import occurrence_shares, region_losses, region_masks
 from ..interp.heads import head_scores_table
 from ..models.toy import load_toy_transformer
-from ..store import RunResult
+from ..store import RunResult, as_stored
 from .induction import SMOKE, InductionConfig, fixed_eval_batch, next_token_losses, score_tokens, train_on_repeats
 from .induction_head_count import head_count_configs
 from .registry import Experiment, RunContext, register
@@ -31,7 +31,7 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
     result = train_on_repeats(config, ctx)
     state = result.checkpoints[max(result.checkpoints)]                       # the final step's weights
     # measured as the store would keep the weights (half precision), like the stored models on the page
-    model = load_toy_transformer(config.model_config(), {k: v.half().float() for k, v in state.items()})
+    model = load_toy_transformer(config.model_config(), as_stored(state))
     return RunResult(tables=ambiguity_tables(config, model), summary={**result.summary, "n_heads": config.n_heads},
                      seed=config.seed)
 
