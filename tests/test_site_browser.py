@@ -28,16 +28,22 @@ PAGES = sorted(p.relative_to(SITE).as_posix() for p in SITE.rglob("*.html")
                if "site_libs" not in p.parts) if SITE.is_dir() else []
 
 # Marks Vega draws inside a chart's SVG: a chart whose every mark group is empty drew nothing.
-CHART_STATE = """() => Array.from(document.querySelectorAll('.lab-chart')).map(div => ({
+MARKS = ("svg .role-mark > path, svg .role-mark > rect, svg .role-mark > circle, svg .role-mark > line, "
+         "svg .role-mark > text, svg .role-mark > g > path")
+CHART_STATE = f"""() => Array.from(document.querySelectorAll('.lab-chart')).map(div => ({{
   id: div.id,
-  marks: div.querySelectorAll('svg .role-mark > path, svg .role-mark > rect, svg .role-mark > circle, '
-                              + 'svg .role-mark > line, svg .role-mark > text, svg .role-mark > g > path').length,
+  marks: div.querySelectorAll('{MARKS}').length,
   error: div.innerText.includes('chart error'),
-}))"""
-# vegaEmbed draws asynchronously, after `networkidle`: a page with many charts (thousands of SVG marks) can take
-# seconds on a loaded machine, so wait until every chart has drawn or failed, up to CHART_WAIT_MS.
-ALL_CHARTS_SETTLED = """() => Array.from(document.querySelectorAll('.lab-chart')).every(div =>
-  div.querySelector('svg .role-mark') !== null || div.innerText.includes('chart error'))"""
+}}))"""
+# A page's charts are inline scripts, parsed one by one, and vegaEmbed draws each asynchronously and fills its mark
+# groups one by one: a page with many charts (thousands of SVG marks) can take seconds on a loaded machine, and
+# `networkidle` can come before the parser reaches the last chart. So wait, up to CHART_WAIT_MS, until the document
+# is parsed and loaded and every chart shows what the assertion counts (a mark, or an error). Waiting only for each
+# chart's first mark group once saw 19 of the superposition page's 20 charts, the last of them still empty (CI on
+# 07db8b4).
+ALL_CHARTS_SETTLED = f"""() => document.readyState === 'complete' &&
+  Array.from(document.querySelectorAll('.lab-chart')).every(div =>
+    div.querySelectorAll('{MARKS}').length > 0 || div.innerText.includes('chart error'))"""
 CHART_WAIT_MS = 20_000
 RAW_TABLE = re.compile(r"^\s*\|.*\|\s*$")
 RAW_TEX = re.compile(r"\$\$|\\(frac|sum|mathrm|text|log|hat|le|ge)\b|\$[^$\s][^$]*\\[a-z]+[^$]*\$")
@@ -144,7 +150,6 @@ def test_page_in_a_browser(page_path, server, browser):
         page.wait_for_function(ALL_CHARTS_SETTLED, timeout=CHART_WAIT_MS)
     except PlaywrightTimeout:   # the assertion below names the charts still blank
         pass
-    page.wait_for_timeout(300)  # a chart's marks fill in after its first mark group appears
     charts = page.evaluate(CHART_STATE)
     explorers = _exercise_explorers(page)
     text = page.evaluate("() => document.querySelector('main') ? document.querySelector('main').innerText : ''")
