@@ -140,6 +140,22 @@ def test_a_layer_config_drops_only_its_layers_outputs():
     assert names(route.DropoutRouteConfig(dropout_at="output")) == [f"blocks.{i}.hook_attn_out" for i in range(3)]
 
 
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_a_layer_config_at_a_higher_rate_drops_that_share_and_adds_noise_of_variance_p_over_1_minus_p(p):
+    """The dose runs' premise: dropout of p on a unit of value 1 keeps it with probability 1 - p at 1/(1 - p), so
+    its mean stays 1 and its variance is p/(1 - p) (0.11 at 0.1, 0.43 at 0.3)."""
+    from labpy.experiments.dropout_layers import DropoutLayersConfig
+
+    model = build_toy_transformer(ToyTransformerConfig(n_layers=3), seed=0)
+    (name, drop), = DropoutLayersConfig(dropout_layers=(1,), dropout=p).dropout_hooks(model, step_generator(0, 0))
+    out = drop(torch.ones(64, 64, 64))
+    assert name == "blocks.1.hook_attn_out"
+    assert (out == 0).float().mean().item() == pytest.approx(p, abs=0.005)
+    assert out.unique().tolist() == pytest.approx([0.0, 1 / (1 - p)])
+    assert out.mean().item() == pytest.approx(1, abs=0.01)
+    assert out.var().item() == pytest.approx(p / (1 - p), rel=0.03)
+
+
 @pytest.mark.parametrize("layers", [(), (3,), (0, 0), (-1,)])
 def test_bad_dropout_layers_are_one_clear_line(layers):
     from labpy.experiments.dropout_layers import DropoutLayersConfig
@@ -159,3 +175,7 @@ def test_layer_smoke_runs_store_curves_scores_and_regions(tmp_store):
         assert set(entry.table("regions").region) == {"first copy", "repeat, unambiguous", "repeat, ambiguous"}
     first, other = (runs[label].table("steps").loss.iloc[0] for label in ("output-layer0-s0", "output-layers12-s0"))
     assert first != other              # the same data and initialisation: only where dropout acts differs
+    steps = {label: entry.table("steps").loss for label, entry in runs.entries.items()}
+    assert steps["output-layer1-p02-s0"].iloc[0] != steps["output-layer1-s0"].iloc[0]    # only the rate differs
+    assert runs["output-layers12-s1"].config.seed == 1
+    assert steps["output-layers12-s1"].iloc[0] != steps["output-layers12-s0"].iloc[0]

@@ -7,7 +7,12 @@
 - `output-layer0-s0`: layer 0's output only, where a previous-token head writes what a later induction head's keys
   read (K-composition);
 - `output-layers12-s0`: layers 1 and 2's outputs only, where the induction head writes what the unembedding reads;
-- `output-layer1-s0`, `output-layer2-s0`: layer 1's only (the induction head's layer), layer 2's only (the last).
+- `output-layer1-s0`, `output-layer2-s0`: layer 1's only (the induction head's layer), layer 2's only (the last);
+- `output-layer1-p02-s0`, `output-layer2-p02-s0`, `output-layer1-p03-s0`: one layer's only, at a higher rate. Dropout
+  of p scales the kept units by 1/(1 - p), so it adds noise of variance p/(1 - p) times each unit's square: 0.25 at
+  p = 0.2 and 0.43 at 0.3, against 0.11 at 0.1 on each of two layers (0.22 together). Is it the total noise that keeps
+  the circuit from forming, or does it need one of the two writes clean?
+- `output-layers12-s1`: layers 1 and 2's, seed 1 (its own initialisation, data and masks).
 
 Stored as `dropout_route` stores its runs: training curves, head scores at every checkpoint, and at the end the loss
 by region and where each head looks on ambiguous targets; no checkpoints.
@@ -45,7 +50,11 @@ def _configs(**common) -> dict[str, DropoutLayersConfig]:
     first = DropoutLayersConfig(**common)
     return {"output-layer0-s0": first, "output-layers12-s0": replace(first, dropout_layers=(1, 2)),
             "output-layer1-s0": replace(first, dropout_layers=(1,)),
-            "output-layer2-s0": replace(first, dropout_layers=(2,))}
+            "output-layer2-s0": replace(first, dropout_layers=(2,)),
+            "output-layer1-p02-s0": replace(first, dropout_layers=(1,), dropout=0.2),
+            "output-layer2-p02-s0": replace(first, dropout_layers=(2,), dropout=0.2),
+            "output-layer1-p03-s0": replace(first, dropout_layers=(1,), dropout=0.3),
+            "output-layers12-s1": replace(first, dropout_layers=(1, 2), seed=1)}
 
 
 register(Experiment(
@@ -59,6 +68,6 @@ register(Experiment(
             "cpu": _configs(steps=4000, checkpoint_every=500)},
     run=run,
     description="attention_depth's 3-layer model (seed 0) trained 4000 steps with dropout on layer 0's attention "
-                "output only, on layers 1 and 2's, on layer 1's and on layer 2's: head scores over training, and the "
-                "loss by region.",
+                "output only, on layers 1 and 2's, on layer 1's and on layer 2's (p = 0.1, then 0.2 and 0.3 on one "
+                "layer), and on layers 1 and 2's for seed 1: head scores over training, and the loss by region.",
 ))
