@@ -12,7 +12,9 @@
   of p scales the kept units by 1/(1 - p), so it adds noise of variance p/(1 - p) times each unit's square: 0.25 at
   p = 0.2 and 0.43 at 0.3, against 0.11 at 0.1 on each of two layers (0.22 together). Is it the total noise that keeps
   the circuit from forming, or does it need one of the two writes clean?
-- `output-layers12-s1`: layers 1 and 2's, seed 1 (its own initialisation, data and masks).
+- `output-layers12-s1`: layers 1 and 2's, seed 1 (its own initialisation, data and masks);
+- `output-layers12-p005-s0`, `-s1`, `output-layers12-p0075-s0`: layers 1 and 2's at lower rates, 0.05 (noise 0.105
+  over the two, below one layer's at 0.1) and 0.075: does a lower rate on both let the circuit form?
 
 Stored as `dropout_route` stores its runs: training curves, head scores at every checkpoint, and at the end the loss
 by region and where each head looks on ambiguous targets; no checkpoints.
@@ -54,7 +56,10 @@ def _configs(**common) -> dict[str, DropoutLayersConfig]:
             "output-layer1-p02-s0": replace(first, dropout_layers=(1,), dropout=0.2),
             "output-layer2-p02-s0": replace(first, dropout_layers=(2,), dropout=0.2),
             "output-layer1-p03-s0": replace(first, dropout_layers=(1,), dropout=0.3),
-            "output-layers12-s1": replace(first, dropout_layers=(1, 2), seed=1)}
+            "output-layers12-s1": replace(first, dropout_layers=(1, 2), seed=1),
+            "output-layers12-p005-s0": replace(first, dropout_layers=(1, 2), dropout=0.05),
+            "output-layers12-p005-s1": replace(first, dropout_layers=(1, 2), dropout=0.05, seed=1),
+            "output-layers12-p0075-s0": replace(first, dropout_layers=(1, 2), dropout=0.075)}
 
 
 register(Experiment(
@@ -69,5 +74,6 @@ register(Experiment(
     run=run,
     description="attention_depth's 3-layer model (seed 0) trained 4000 steps with dropout on layer 0's attention "
                 "output only, on layers 1 and 2's, on layer 1's and on layer 2's (p = 0.1, then 0.2 and 0.3 on one "
-                "layer), and on layers 1 and 2's for seed 1: head scores over training, and the loss by region.",
+                "layer), and on layers 1 and 2's at 0.05 and 0.075 and for seed 1: head scores over training, and the "
+                "loss by region.",
 ))
