@@ -15,6 +15,8 @@
 - `output-layers12-s1`: layers 1 and 2's, seed 1 (its own initialisation, data and masks);
 - `output-layers12-p005-s0`, `-s1`, `output-layers12-p0075-s0`: layers 1 and 2's at lower rates, 0.05 (noise 0.105
   over the two, below one layer's at 0.1) and 0.075: does a lower rate on both let the circuit form?
+- `output-layers12-p001-s0`, `output-layers12-p002-s0`: lower still, 0.01 and 0.02; `output-layers12-p005-long-s0`:
+  0.05 for 8000 steps (a block, or a longer delay?).
 
 Stored as `dropout_route` stores its runs: training curves, head scores at every checkpoint, and at the end the loss
 by region and where each head looks on ambiguous targets; no checkpoints.
@@ -59,7 +61,11 @@ def _configs(**common) -> dict[str, DropoutLayersConfig]:
             "output-layers12-s1": replace(first, dropout_layers=(1, 2), seed=1),
             "output-layers12-p005-s0": replace(first, dropout_layers=(1, 2), dropout=0.05),
             "output-layers12-p005-s1": replace(first, dropout_layers=(1, 2), dropout=0.05, seed=1),
-            "output-layers12-p0075-s0": replace(first, dropout_layers=(1, 2), dropout=0.075)}
+            "output-layers12-p0075-s0": replace(first, dropout_layers=(1, 2), dropout=0.075),
+            "output-layers12-p001-s0": replace(first, dropout_layers=(1, 2), dropout=0.01),
+            "output-layers12-p002-s0": replace(first, dropout_layers=(1, 2), dropout=0.02),
+            "output-layers12-p005-long-s0": replace(first, dropout_layers=(1, 2), dropout=0.05,
+                                                    steps=2 * first.steps)}
 
 
 register(Experiment(
@@ -74,6 +80,6 @@ register(Experiment(
     run=run,
     description="attention_depth's 3-layer model (seed 0) trained 4000 steps with dropout on layer 0's attention "
                 "output only, on layers 1 and 2's, on layer 1's and on layer 2's (p = 0.1, then 0.2 and 0.3 on one "
-                "layer), and on layers 1 and 2's at 0.05 and 0.075 and for seed 1: head scores over training, and the "
-                "loss by region.",
+                "layer), and on layers 1 and 2's at 0.01 to 0.075 (0.05 also for 8000 steps) and for seed 1: head "
+                "scores over training, and the loss by region.",
 ))
