@@ -57,6 +57,10 @@ class DropoutRouteConfig(DepthConfig):
         """The training-time dropout of this config; variants drop elsewhere by overriding it."""
         return dropout_hooks(model, self.dropout, generator, self.sites)
 
+    def dropout_on(self, step: int) -> bool:
+        """Whether training step `step` (counted from the stored model's start) drops; variants lift it."""
+        return True
+
 
 def starting_point(config: DropoutRouteConfig) -> tuple[dict[str, torch.Tensor] | None, int]:
     """The stored model's final weights and how many steps it was trained (None, 0 for a fresh start); `lab run`
@@ -70,7 +74,8 @@ def starting_point(config: DropoutRouteConfig) -> tuple[dict[str, torch.Tensor] 
     return entry.step_checkpoint(step), step
 
 
-def run(config: DropoutRouteConfig, ctx: RunContext) -> RunResult:
+def train_with_dropout(config: DropoutRouteConfig, ctx: RunContext) -> tuple[RunResult, int]:
+    """The config's training run (its checkpoints kept in memory) and the step it started from."""
     initial, offset = starting_point(config)
     task = config.task()
 
@@ -80,21 +85,35 @@ def run(config: DropoutRouteConfig, ctx: RunContext) -> RunResult:
 
     def loss_fn(model, batch: DropoutBatch) -> torch.Tensor:
         generator = step_generator(DROPOUT_SEED + config.seed, batch.step)
-        with model.hooks(fwd_hooks=config.dropout_hooks(model, generator)):
+        hooks = config.dropout_hooks(model, generator) if config.dropout_on(batch.step) else []
+        with model.hooks(fwd_hooks=hooks):
             return next_token_losses(model, batch.tokens).mean()
 
-    result = train_on_repeats(config, ctx, batch_fn=batch_fn, loss_fn=loss_fn, initial_state=initial)
+    return train_on_repeats(config, ctx, batch_fn=batch_fn, loss_fn=loss_fn, initial_state=initial), offset
+
+
+def checkpoint_models(config: DropoutRouteConfig, result: RunResult):
+    """(step, model) for every checkpoint, the model as the store would keep its weights (half precision)."""
+    for step in config.checkpoint_steps():
+        yield step, load_toy_transformer(config.model_config(), as_stored(result.checkpoints[checkpoint_name(step)]))
+
+
+def scored_tables(config: DropoutRouteConfig, result: RunResult, offset: int) -> dict[str, pd.DataFrame]:
+    """The training curves, every head's scores at every checkpoint, and the final model's ambiguity tables."""
     probes = score_tokens(config)
-    scores = []
-    for step in config.checkpoint_steps():    # measured as the store would keep the weights (half precision)
-        model = load_toy_transformer(config.model_config(), as_stored(result.checkpoints[checkpoint_name(step)]))
-        scores.append(head_scores_table(model, probes, config.score_half).assign(step=offset + step))
+    scores = [head_scores_table(model, probes, config.score_half).assign(step=offset + step)
+              for step, model in checkpoint_models(config, result)]
     final = result.checkpoints[checkpoint_name(config.steps)]
-    tables = {"steps": result.tables["steps"].assign(step=lambda d: d.step + offset),
-              "evals": result.tables["evals"].assign(step=lambda d: d.step + offset),
-              "scores": pd.concat(scores, ignore_index=True),
-              **ambiguity_tables(config, load_toy_transformer(config.model_config(), as_stored(final)))}
-    return RunResult(tables=tables, summary={**result.summary, "start_step": offset}, seed=config.seed)
+    return {"steps": result.tables["steps"].assign(step=lambda d: d.step + offset),
+            "evals": result.tables["evals"].assign(step=lambda d: d.step + offset),
+            "scores": pd.concat(scores, ignore_index=True),
+            **ambiguity_tables(config, load_toy_transformer(config.model_config(), as_stored(final)))}
+
+
+def run(config: DropoutRouteConfig, ctx: RunContext) -> RunResult:
+    result, offset = train_with_dropout(config, ctx)
+    return RunResult(tables=scored_tables(config, result, offset), summary={**result.summary, "start_step": offset},
+                     seed=config.seed)
 
 
 def _configs(steps: int, continued_steps: int, start_scale: str, **common) -> dict[str, DropoutRouteConfig]:
