@@ -8,7 +8,9 @@ without dropout for `AFTER` more:
 
 - `lifted-1000-s0`: before the circuit forms without dropout (its repeat loss falls below 2 nats near step 1600);
 - `lifted-2000-s0`, `lifted-4000-s0`: after it would have formed, while the dropout run still barely copies;
-- `lifted-6000-s0`: after the dropout run has learned to copy by the other route (below 2 nats near step 5150).
+- `lifted-6000-s0`: after the dropout run has learned to copy by the other route (below 2 nats near step 5150);
+- `lifted-200-s0` … `lifted-800-s0`: earlier, every 200 steps up to where the model without dropout starts to copy,
+  after lifting at 1000 had not let the circuit form.
 
 If the noise blocks the circuit only while it is on, the circuit forms about as soon after each lift; if the route
 the model has taken shuts it out, it forms later the later the lift, or not at all. Until its lift each run is
@@ -75,7 +77,8 @@ def _configs(lifts: dict[str, int], after: int, **common) -> dict[str, DropoutLi
     return {label: replace(first, lifted_at=lift, steps=lift + after) for label, lift in lifts.items()}
 
 
-LIFTS = {"lifted-1000-s0": 1000, "lifted-2000-s0": 2000, "lifted-4000-s0": 4000, "lifted-6000-s0": 6000}
+LIFTS = {"lifted-1000-s0": 1000, "lifted-2000-s0": 2000, "lifted-4000-s0": 4000, "lifted-6000-s0": 6000,
+         "lifted-200-s0": 200, "lifted-400-s0": 400, "lifted-600-s0": 600, "lifted-800-s0": 800}
 
 register(Experiment(
     name="dropout_lifted",
@@ -89,6 +92,6 @@ register(Experiment(
             "cpu": _configs(LIFTS, after=AFTER, checkpoint_every=100)},
     run=run,
     description="attention_depth's 3-layer model (seed 0) trained with dropout of 0.05 on layers 1 and 2's attention "
-                "outputs for its first 1000, 2000, 4000 or 6000 steps, then 3000 more without: head scores and the "
-                "loss by region at every checkpoint.",
+                "outputs for its first 200 to 1000 (every 200), 2000, 4000 or 6000 steps, then 3000 more without: "
+                "head scores and the loss by region at every checkpoint.",
 ))
