@@ -10,7 +10,8 @@ without dropout for `AFTER` more:
 - `lifted-2000-s0`, `lifted-4000-s0`: after it would have formed, while the dropout run still barely copies;
 - `lifted-6000-s0`: after the dropout run has learned to copy by the other route (below 2 nats near step 5150);
 - `lifted-200-s0` … `lifted-800-s0`: earlier, every 200 steps up to where the model without dropout starts to copy,
-  after lifting at 1000 had not let the circuit form.
+  after lifting at 1000 had not let the circuit form;
+- `lifted-200-s1`, `lifted-1000-s1`: seed 1 (its own initialisation, data and masks), lifted at 200 and at 1000.
 
 If the noise blocks the circuit only while it is on, the circuit forms about as soon after each lift; if the route
 the model has taken shuts it out, it forms later the later the lift, or not at all. Until its lift each run is
@@ -72,13 +73,16 @@ def run(config: DropoutLiftedConfig, ctx: RunContext) -> RunResult:
                      seed=config.seed)
 
 
-def _configs(lifts: dict[str, int], after: int, **common) -> dict[str, DropoutLiftedConfig]:
+def _configs(lifts: dict[str, tuple[int, int]], scale_down: int, after: int,
+             **common) -> dict[str, DropoutLiftedConfig]:
     first = DropoutLiftedConfig(dropout=0.05, dropout_layers=(1, 2), steps=2 * after, lifted_at=after, **common)
-    return {label: replace(first, lifted_at=lift, steps=lift + after) for label, lift in lifts.items()}
+    return {label: replace(first, lifted_at=lift // scale_down, steps=lift // scale_down + after, seed=seed)
+            for label, (lift, seed) in lifts.items()}
 
 
-LIFTS = {"lifted-1000-s0": 1000, "lifted-2000-s0": 2000, "lifted-4000-s0": 4000, "lifted-6000-s0": 6000,
-         "lifted-200-s0": 200, "lifted-400-s0": 400, "lifted-600-s0": 600, "lifted-800-s0": 800}
+LIFTS = {"lifted-1000-s0": (1000, 0), "lifted-2000-s0": (2000, 0), "lifted-4000-s0": (4000, 0),
+         "lifted-6000-s0": (6000, 0), "lifted-200-s0": (200, 0), "lifted-400-s0": (400, 0), "lifted-600-s0": (600, 0),
+         "lifted-800-s0": (800, 0), "lifted-200-s1": (200, 1), "lifted-1000-s1": (1000, 1)}   # label: (lift, seed)
 
 register(Experiment(
     name="dropout_lifted",
@@ -87,11 +91,11 @@ register(Experiment(
     page="experiments/attention-depth.qmd",
     version=1,
     config_type=DropoutLiftedConfig,
-    scales={"smoke": _configs({label: lift // 100 for label, lift in LIFTS.items()}, after=30, eval_every=10,
-                              eval_batch=32, score_batch=8, checkpoint_every=10),
-            "cpu": _configs(LIFTS, after=AFTER, checkpoint_every=100)},
+    scales={"smoke": _configs(LIFTS, scale_down=100, after=30, eval_every=10, eval_batch=32, score_batch=8,
+                              checkpoint_every=10),
+            "cpu": _configs(LIFTS, scale_down=1, after=AFTER, checkpoint_every=100)},
     run=run,
     description="attention_depth's 3-layer model (seed 0) trained with dropout of 0.05 on layers 1 and 2's attention "
-                "outputs for its first 200 to 1000 (every 200), 2000, 4000 or 6000 steps, then 3000 more without: "
-                "head scores and the loss by region at every checkpoint.",
+                "outputs for its first 200 to 1000 (every 200), 2000, 4000 or 6000 steps (seed 1: 200 and 1000), then "
+                "3000 more without: head scores and the loss by region at every checkpoint.",
 ))
