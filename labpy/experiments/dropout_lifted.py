@@ -3,8 +3,8 @@ sends the model down shut the circuit out for good?
 
 In `dropout_layers`, dropout of 0.05 on the 3-layer model's layer-1 and layer-2 attention outputs kept the circuit
 from forming in 8000 steps; the model learned to copy late, by the route without an induction head. Here the same
-run (seed 0, same data and mask streams) has its dropout lifted after the first `lifted_at` steps and trains on
-without dropout for `AFTER` more:
+run (same seed, data and mask streams) has its dropout lifted after the first `lifted_at` steps and trains on
+without dropout for `AFTER` more (seed 0 unless named):
 
 - `lifted-1000-s0`: before the circuit forms without dropout (its repeat loss falls below 2 nats near step 1600);
 - `lifted-2000-s0`, `lifted-4000-s0`: after it would have formed, while the dropout run still barely copies;
@@ -15,7 +15,8 @@ without dropout for `AFTER` more:
 
 If the noise blocks the circuit only while it is on, the circuit forms about as soon after each lift; if the route
 the model has taken shuts it out, it forms later the later the lift, or not at all. Until its lift each run is
-`dropout_layers`' `output-layers12-p005-long-s0`, step for step.
+`dropout_layers`' run of its seed at 0.05 on layers 1 and 2 (`output-layers12-p005-long-s0`, `-p005-s1`), step for
+step.
 
 Stored as `dropout_layers` stores its runs (training curves, head scores at every checkpoint, the final model's
 loss by region and where its heads look), plus the loss by region at every checkpoint (`checkpoint_regions`): the
@@ -95,7 +96,7 @@ register(Experiment(
                               checkpoint_every=10),
             "cpu": _configs(LIFTS, scale_down=1, after=AFTER, checkpoint_every=100)},
     run=run,
-    description="attention_depth's 3-layer model (seed 0) trained with dropout of 0.05 on layers 1 and 2's attention "
-                "outputs for its first 200 to 1000 (every 200), 2000, 4000 or 6000 steps (seed 1: 200 and 1000), then "
-                "3000 more without: head scores and the loss by region at every checkpoint.",
+    description="attention_depth's 3-layer model (seeds 0 and 1) trained with dropout of 0.05 on layers 1 and 2's "
+                "attention outputs for its first 200 to 1000 (every 200), 2000, 4000 or 6000 steps (seed 1: 200 and "
+                "1000), then 3000 more without: head scores and the loss by region at every checkpoint.",
 ))
