@@ -11,6 +11,7 @@ the batches an uninterrupted one would have seen, and reaches bit-identical weig
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -129,6 +130,7 @@ class TrainLog:
     checkpoints: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     param_stats: pd.DataFrame = field(default_factory=pd.DataFrame)   # per measured step and parameter tensor
     custom_stats: pd.DataFrame = field(default_factory=pd.DataFrame)  # rows returned by `stats_fn`
+    optimizer_state: dict[str, Any] = field(default_factory=dict)    # the optimizer's state_dict at the end (CPU)
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,7 @@ def train(
     stats_fn: Callable[[StatsContext], list[dict[str, Any]]] | None = None,
     device: torch.device | str | None = None,
     stop_fn: Callable[[list[dict[str, float]]], bool] | None = None,
+    initial_optimizer_state: dict[str, Any] | None = None,
 ) -> TrainLog:
     """Train `model` in place for `spec.steps` steps with AdamW (or SGD: `spec.optimizer`); resume from `work_dir` if
     a run was cut off.
@@ -238,6 +241,8 @@ def train(
     `stop_fn(eval_rows)`, asked after each evaluation, ends training early when it returns True (grokking runs
     stop once the test accuracy has held); it must depend on the evaluations alone, so a resumed run stops at
     the same step, and the log then holds fewer than `spec.steps` steps.
+    `initial_optimizer_state` (an earlier log's `optimizer_state`) starts the optimizer from another run's moments
+    instead of zero, so a run handed on at some step continues as one run would; a resume state overrides it.
 
     Errors a user can act on: a non-finite loss raises `TrainingDivergedError` (a FloatingPointError) naming
     the step and the learning rate; an unreadable `resume.pt` raises `ResumeStateError` naming the file; Ctrl-C
@@ -249,7 +254,7 @@ def train(
     torch.set_num_threads(spec.threads)
     try:
         return _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, parameters,
-                      param_stats, stats_fn, device, stop_fn)
+                      param_stats, stats_fn, device, stop_fn, initial_optimizer_state)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -286,7 +291,7 @@ def _on_device(model: torch.nn.Module, device: torch.device) -> bool:
 
 
 def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, parameters, param_stats,
-           stats_fn, device, stop_fn=None) -> TrainLog:
+           stats_fn, device, stop_fn=None, initial_optimizer_state=None) -> TrainLog:
     if not _on_device(model, device):
         model.to(device)   # in place: Parameter objects keep their identity, so `parameters` stays valid
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
@@ -299,6 +304,11 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
                  if spec.optimizer == "adamw" else
                  torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum,
                                  weight_decay=spec.weight_decay if spec.optimizer == "sgd" else 0.0))
+    if initial_optimizer_state is not None:   # the moments only: this run's spec keeps its own settings
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        optimizer.load_state_dict(copy.deepcopy(initial_optimizer_state))   # a copy: torch would alias its tensors
+        for group, own in zip(optimizer.param_groups, settings):
+            group.update(own)
     decoupled_decay = spec.weight_decay if spec.optimizer == "sgdw" else 0.0
     step_rows: list[dict[str, float]] = []
     eval_rows: list[dict[str, float]] = []
@@ -410,7 +420,18 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
         guard.restore()
         bar.close()
     return TrainLog(pd.DataFrame(step_rows), pd.DataFrame(eval_rows), checkpoints, pd.DataFrame(param_rows),
-                    pd.DataFrame(custom_rows))
+                    pd.DataFrame(custom_rows), _cpu_copy(optimizer.state_dict()))
+
+
+def _cpu_copy(state: Any) -> Any:
+    """A state_dict with every tensor copied to the CPU, so later training cannot change it."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _cpu_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cpu_copy(v) for v in state)
+    return state
 
 
 def _progress_disabled(progress: bool | None) -> bool | None:

@@ -93,6 +93,27 @@ def test_deterministic_on_cpu():
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
+def test_a_run_handed_on_with_its_weights_and_moments_is_the_run_in_one_go():
+    """Training 20 steps, then 10 more from the log's optimizer_state and the weights, is the 30-step run bit for
+    bit; starting the 10 with zero moments instead is not (the moments are what is handed on besides the weights)."""
+    model, batch_fn, loss_fn = _problem()
+    train(model, batch_fn, loss_fn, TrainSpec(steps=30, lr=1e-2))
+    whole = model.state_dict()
+
+    first, batch_fn, loss_fn = _problem()
+    log = train(first, batch_fn, loss_fn, TrainSpec(steps=20, lr=1e-2))
+    ends = []
+    for moments in (log.optimizer_state, None):
+        second, _, _ = _problem()
+        second.load_state_dict(first.state_dict())
+        train(second, lambda step: batch_fn(20 + step), loss_fn, TrainSpec(steps=10, lr=1e-2),
+              initial_optimizer_state=moments)
+        ends.append(second.state_dict())
+    assert all(torch.equal(whole[k], ends[0][k]) for k in whole)
+    assert not all(torch.equal(whole[k], ends[1][k]) for k in whole)
+    assert log.optimizer_state["state"][0]["exp_avg"].device.type == "cpu"
+
+
 def test_measuring_along_the_way_leaves_the_training_bit_identical():
     """Evaluations, parameter statistics and a stats_fn at extra steps read the model; they must not change it."""
     runs, measured = [], []

@@ -27,6 +27,7 @@ from ..interp.heads import ablate_head_hook, capture_hook, head_scores_table
 from ..store import RunEntry
 from .induction import fixed_eval_batch, next_token_losses, score_tokens
 from .induction_analysis import load_model
+from .lab_lm_analysis import first_step_below
 from .registry import StoredRuns
 
 
@@ -152,3 +153,27 @@ def induction_scores(model, entry: RunEntry) -> pd.DataFrame:
     """Previous-token and induction score of every head on the [r, r] probe of the induction page."""
     config = entry.config
     return head_scores_table(model, score_tokens(config), config.score_half)
+
+
+# Runs over training (the dropout experiments, which store head scores at every checkpoint)
+
+def repeat_curve(entry: RunEntry, **labels) -> pd.DataFrame:
+    """A stored run's repeat loss at every evaluation, with `labels` as constant columns (to chart runs together)."""
+    return entry.table("evals")[["step", "loss_repeat"]].assign(**labels)
+
+
+def step_below_or_never(entry: RunEntry, level: float = 2.0) -> float:
+    """The first evaluation at which the repeat loss is below `level`; infinity if it never is."""
+    step = first_step_below(entry.table("evals"), "loss_repeat", level)
+    return float("inf") if pd.isna(step) else float(step)
+
+
+def best_by_step(entry: RunEntry) -> pd.DataFrame:
+    """A stored run's best previous-token and induction scores of any head, one row per checkpoint."""
+    return entry.table("scores").groupby("step")[["previous_token", "induction"]].max()
+
+
+def first_formed(best: pd.DataFrame, level: float = 0.5) -> float:
+    """The first checkpoint (the index) at which every best score (column) is `level` or more; NaN if none is: where
+    a run forms the induction circuit (a previous-token head and an induction head)."""
+    return best[(best >= level).all(axis=1)].index.min()

@@ -54,16 +54,16 @@ class DropoutLiftedConfig(DropoutLayersConfig):
         return step < self.lifted_at
 
 
-def checkpoint_regions(config: DropoutLiftedConfig, result: RunResult) -> pd.DataFrame:
+def checkpoint_regions(config: DropoutLayersConfig, result: RunResult, offset: int = 0) -> pd.DataFrame:
     """The loss by region (first copy, unambiguous and ambiguous repeat targets) on the attention-depth page's shared
-    batch at every checkpoint: one row per (step, region)."""
+    batch at every checkpoint: one row per (step, region), steps counted from `offset` (where training started)."""
     batch = fixed_eval_batch(config)
     masks = region_masks(batch)
     rows = []
     for step, model in checkpoint_models(config, result):
         with torch.no_grad():
             losses = region_losses(next_token_losses(model, batch.tokens), masks)
-        rows += [{"step": step, "region": region, "loss": loss} for region, loss in losses.items()]
+        rows += [{"step": offset + step, "region": region, "loss": loss} for region, loss in losses.items()]
     return pd.DataFrame(rows)
 
 

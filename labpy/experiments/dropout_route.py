@@ -19,6 +19,7 @@ stored models with dropout switched on, is `dropout_switched_on`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pandas as pd
@@ -74,10 +75,11 @@ def starting_point(config: DropoutRouteConfig) -> tuple[dict[str, torch.Tensor] 
     return entry.step_checkpoint(step), step
 
 
-def train_with_dropout(config: DropoutRouteConfig, ctx: RunContext) -> tuple[RunResult, int]:
-    """The config's training run (its checkpoints kept in memory) and the step it started from."""
-    initial, offset = starting_point(config)
-    task = config.task()
+def training_fns(config: DropoutRouteConfig, offset: int = 0, dropout_on: Callable[[int], bool] | None = None):
+    """`train`'s batch_fn and loss_fn for the config: the seed's batch stream from step `offset` on, and the loss with
+    the config's dropout on the steps (counted from initialisation) that `dropout_on` (default the config's) names.
+    The masks depend only on the seed and the step, so runs that share steps share them."""
+    task, dropout_on = config.task(), dropout_on or config.dropout_on
 
     def batch_fn(step: int) -> DropoutBatch:   # the stream continues where a stored model's training stopped
         return DropoutBatch(sample(task, config.batch_size, step_generator(config.seed, offset + step)).tokens,
@@ -85,10 +87,17 @@ def train_with_dropout(config: DropoutRouteConfig, ctx: RunContext) -> tuple[Run
 
     def loss_fn(model, batch: DropoutBatch) -> torch.Tensor:
         generator = step_generator(DROPOUT_SEED + config.seed, batch.step)
-        hooks = config.dropout_hooks(model, generator) if config.dropout_on(batch.step) else []
+        hooks = config.dropout_hooks(model, generator) if dropout_on(batch.step) else []
         with model.hooks(fwd_hooks=hooks):
             return next_token_losses(model, batch.tokens).mean()
 
+    return batch_fn, loss_fn
+
+
+def train_with_dropout(config: DropoutRouteConfig, ctx: RunContext) -> tuple[RunResult, int]:
+    """The config's training run (its checkpoints kept in memory) and the step it started from."""
+    initial, offset = starting_point(config)
+    batch_fn, loss_fn = training_fns(config, offset)
     return train_on_repeats(config, ctx, batch_fn=batch_fn, loss_fn=loss_fn, initial_state=initial), offset
 
 

@@ -123,10 +123,12 @@ def run(config: InductionConfig, ctx: RunContext) -> RunResult:
 def train_on_repeats(config: InductionConfig, ctx: RunContext,
                      batch_fn: Callable[[int], Any] | None = None,
                      loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
-                     initial_state: Mapping[str, torch.Tensor] | None = None) -> RunResult:
+                     initial_state: Mapping[str, torch.Tensor] | None = None,
+                     initial_optimizer_state: dict | None = None) -> RunResult:
     """Train an attention-only model on the repeated-segment task and store its curves and checkpoints; other
     experiments on the same data pass their own batches (`batch_fn(step)`) and loss (`loss_fn(model, batch)`),
-    or start from a stored model's weights (`initial_state`) instead of the seed's initialisation."""
+    or start from a stored model's weights (`initial_state`) instead of the seed's initialisation, and from another
+    run's AdamW moments (`initial_optimizer_state`) instead of zero."""
     task = config.task()
     device = lab_device()
     model = build_toy_transformer(config.model_config(), seed=config.seed)
@@ -152,7 +154,8 @@ def train_on_repeats(config: InductionConfig, ctx: RunContext,
                 "acc_repeat": correct[repeat_mask].float().mean().item()}
 
     log = train(model, batch_fn, loss_fn, config.train_spec(), eval_fn=eval_fn, work_dir=ctx.work_dir,
-                progress=ctx.progress, desc=f"repeated segments {ctx.label}", device=device)
+                progress=ctx.progress, desc=f"repeated segments {ctx.label}", device=device,
+                initial_optimizer_state=initial_optimizer_state)
     final = log.evals.iloc[-1]
     summary = {"n_params": sum(p.numel() for p in model.parameters()), "final_train_loss": float(log.steps.loss.iloc[-1]),
                **{f"final_{k}": float(final[k]) for k in ("loss_all", "loss_first_copy", "loss_repeat", "acc_repeat")},
