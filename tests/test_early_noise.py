@@ -15,7 +15,7 @@ from labpy.errors import ConfigError
 from labpy.experiments.attention_depth import DepthConfig
 from labpy.experiments.dropout_lifted import DropoutLiftedConfig
 from labpy.experiments.early_noise import (EarlyNoiseConfig, LiftState, mixed_moments, mixed_weights,
-                                           parameter_names, state_at_lift)
+                                           parameter_names, phase_key, state_at_lift)
 from labpy.experiments.registry import get_experiment, run_config
 
 SMOKE = get_experiment("early_noise").scales["smoke"]
@@ -84,7 +84,7 @@ def test_a_mixture_takes_each_tensor_from_the_side_its_name_says():
 
 def test_the_cached_runs_at_the_lift_are_not_changed_by_training_on_from_them(tmp_store):
     config = replace(SMOKE["clean-moments"], steps=10)        # the noisy run's weights, the clean run's moments
-    key = replace(config, steps=EarlyNoiseConfig.steps, clean_moments=())
+    key = phase_key(config)
     noisy, clean = state_at_lift(key, True), state_at_lift(key, False)
     moments = {i: s["exp_avg"].clone() for i, s in clean.optimizer["state"].items()}
     weights = {k: v.clone() for k, v in noisy.weights.items()}

@@ -27,7 +27,7 @@ weights and the moments are apart (`lift_state`), and each head's scores and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 import pandas as pd
@@ -103,9 +103,12 @@ def state_at_lift(config: EarlyNoiseConfig, noisy: bool) -> LiftState:
     return LiftState({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}, log.optimizer_state)
 
 
-def _phase_key(config: EarlyNoiseConfig) -> EarlyNoiseConfig:
-    """The config with every field that acts only after the lift reset, so configs share their two runs."""
-    return replace(config, steps=EarlyNoiseConfig.steps, clean_weights=(), clean_moments=(), fresh_optimizer=False)
+def phase_key(config: EarlyNoiseConfig) -> EarlyNoiseConfig:
+    """The config (or a variant's) as a plain EarlyNoiseConfig with every field that acts only after the lift reset,
+    so configs share their two runs."""
+    before = {f.name: getattr(config, f.name) for f in fields(EarlyNoiseConfig)}
+    return EarlyNoiseConfig(**{**before, "steps": EarlyNoiseConfig.steps, "clean_weights": (), "clean_moments": (),
+                               "fresh_optimizer": False})
 
 
 def _takes(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -167,7 +170,7 @@ def lift_tables(config: EarlyNoiseConfig, noisy: LiftState, clean: LiftState) ->
 
 
 def run(config: EarlyNoiseConfig, ctx: RunContext) -> RunResult:
-    noisy, clean = state_at_lift(_phase_key(config), True), state_at_lift(_phase_key(config), False)
+    noisy, clean = state_at_lift(phase_key(config), True), state_at_lift(phase_key(config), False)
     names = parameter_names(config)
     moments = None if config.fresh_optimizer else mixed_moments(noisy, clean, config.clean_moments, names)
     batch_fn, loss_fn = training_fns(config, offset=config.lifted_at)
