@@ -169,19 +169,27 @@ def lift_tables(config: EarlyNoiseConfig, noisy: LiftState, clean: LiftState) ->
     return {"lift_scores": pd.concat(scores, ignore_index=True), "lift_regions": pd.DataFrame(regions)}
 
 
+def train_on_from(config: EarlyNoiseConfig, ctx: RunContext, weights: dict[str, torch.Tensor], moments: dict | None,
+                  batch_fn=None) -> RunResult:
+    """Train the `steps` after the lift without dropout from `weights` and AdamW's state_dict `moments` (None: a fresh
+    AdamW), on the seed's batches (or `batch_fn`'s) from the lift on: the curves, head scores and losses by region at
+    every checkpoint, steps counted from initialisation."""
+    own_batches, loss_fn = training_fns(config, offset=config.lifted_at)
+    result = train_on_repeats(config, ctx, batch_fn=batch_fn or own_batches, loss_fn=loss_fn, initial_state=weights,
+                              initial_optimizer_state=moments)
+    tables = {**scored_tables(config, result, config.lifted_at),
+              "checkpoint_regions": checkpoint_regions(config, result, config.lifted_at)}
+    return RunResult(tables=tables, summary={**result.summary, "start_step": config.lifted_at,
+                                             "lifted_at": config.lifted_at}, seed=config.seed)
+
+
 def run(config: EarlyNoiseConfig, ctx: RunContext) -> RunResult:
     noisy, clean = state_at_lift(phase_key(config), True), state_at_lift(phase_key(config), False)
     names = parameter_names(config)
     moments = None if config.fresh_optimizer else mixed_moments(noisy, clean, config.clean_moments, names)
-    batch_fn, loss_fn = training_fns(config, offset=config.lifted_at)
-    result = train_on_repeats(config, ctx, batch_fn=batch_fn, loss_fn=loss_fn,
-                              initial_state=mixed_weights(noisy, clean, config.clean_weights),
-                              initial_optimizer_state=moments)
-    tables = {**scored_tables(config, result, config.lifted_at),
-              "checkpoint_regions": checkpoint_regions(config, result, config.lifted_at),
-              "lift_state": lift_state(noisy, clean, names), **lift_tables(config, noisy, clean)}
-    return RunResult(tables=tables, summary={**result.summary, "start_step": config.lifted_at,
-                                             "lifted_at": config.lifted_at}, seed=config.seed)
+    result = train_on_from(config, ctx, mixed_weights(noisy, clean, config.clean_weights), moments)
+    result.tables.update({"lift_state": lift_state(noisy, clean, names), **lift_tables(config, noisy, clean)})
+    return result
 
 
 def _configs(lifted_at: int, steps: int, long_steps: int, **common) -> dict[str, EarlyNoiseConfig]:

@@ -2,8 +2,8 @@
 batches after its lift?
 
 `early_noise` found that the model of seed 0, with dropout of 0.05 on layers 1 and 2 lifted after 800 steps, forms the
-circuit when it is handed the clean run's AdamW moments at the lift, though those moments differ from its own by a
-few percent in √v; and that it does not with its own. If a change that small tips the outcome, so may any other: the
+circuit when it is handed the clean run's AdamW moments at the lift, though those moments differ from its own by
+under a tenth in mean √v; and that it does not with its own. If a change that small tips the outcome, so may any other: the
 state at 800 may set the route, or only weigh the odds. This trains the noisy run (as `early_noise` does) to its lift
 at 800, 600 or 1000 steps, and goes on from its own weights and moments without dropout for 3000 steps, on the batches
 of another stream after the lift (`after_seed`; the run's own stream is `dropout_lifted`'s, which formed the circuit
@@ -22,10 +22,8 @@ from dataclasses import dataclass, replace
 
 from ..store import RunResult
 from ..validation import require
-from .dropout_lifted import checkpoint_regions
-from .dropout_route import scored_tables, training_fns
-from .early_noise import EarlyNoiseConfig, phase_key, state_at_lift
-from .induction import train_on_repeats
+from .dropout_route import training_fns
+from .early_noise import EarlyNoiseConfig, phase_key, state_at_lift, train_on_from
 from .registry import Experiment, RunContext, register
 
 
@@ -44,15 +42,10 @@ class StreamConfig(EarlyNoiseConfig):
 
 def run(config: StreamConfig, ctx: RunContext) -> RunResult:
     noisy = state_at_lift(phase_key(config), True)
-    batch_fn, _ = training_fns(replace(config, seed=config.after_seed), offset=config.lifted_at)
-    _, loss_fn = training_fns(config, offset=config.lifted_at)
-    result = train_on_repeats(config, ctx, batch_fn=batch_fn, loss_fn=loss_fn, initial_state=noisy.weights,
-                              initial_optimizer_state=noisy.optimizer)
-    tables = {**scored_tables(config, result, config.lifted_at),
-              "checkpoint_regions": checkpoint_regions(config, result, config.lifted_at)}
-    return RunResult(tables=tables, summary={**result.summary, "start_step": config.lifted_at,
-                                             "lifted_at": config.lifted_at, "after_seed": config.after_seed},
-                     seed=config.seed)
+    other_batches, _ = training_fns(replace(config, seed=config.after_seed), offset=config.lifted_at)
+    result = train_on_from(config, ctx, noisy.weights, noisy.optimizer, batch_fn=other_batches)
+    result.summary["after_seed"] = config.after_seed
+    return result
 
 
 def _configs(lifted_at: int, steps: int, **common) -> dict[str, StreamConfig]:
