@@ -2,8 +2,8 @@
 batches after its lift?
 
 `early_noise` found that the model of seed 0, with dropout of 0.05 on layers 1 and 2 lifted after 800 steps, forms the
-circuit when it is handed the clean run's AdamW moments at the lift, though those moments differ from its own by
-under a tenth in mean √v; and that it does not with its own. If a change that small tips the outcome, so may any other: the
+circuit when it is handed the clean run's AdamW moments at the lift, though those moments differ from its own by under
+a tenth in mean √v; and that it does not with its own. If a change that small tips the outcome, so may any other: the
 state at 800 may set the route, or only weigh the odds. This trains the noisy run (as `early_noise` does) to its lift
 at 800, 600 or 1000 steps, and goes on from its own weights and moments without dropout for 3000 steps, on the batches
 of another stream after the lift (`after_seed`; the run's own stream is `dropout_lifted`'s, which formed the circuit
