@@ -94,8 +94,9 @@ def test_the_cached_runs_at_the_lift_are_not_changed_by_training_on_from_them(tm
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"clean_weights": ("blocks.3.",)}, r"EarlyNoiseConfig\.clean_weights = \('blocks\.3\.',\) names \['blocks\.3\.'\], "
-                                        r"not a part of the model; use prefixes from"),
+    ({"clean_weights": ("blocks.3.",)},
+     r"EarlyNoiseConfig\.clean_weights = \('blocks\.3\.',\) names \['blocks\.3\.'\], not a part of the model; use "
+     r"prefixes from"),
     ({"fresh_optimizer": True, "clean_moments": ("",)}, r"clean_moments = \('',\) must be empty when fresh_optimizer"),
     ({"lifted_at": 50}, r"lifted_at = 50 is out of range; the lift must come after the warm-up \(warmup_steps = 100\)"),
 ])
