@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .device import lab_device, to_device
+from .device import lab_device, to_cpu, to_device
 from .errors import ResumeStateError, TrainingDivergedError, TrainingInterrupted
 from .validation import NONNEG_INT, POSITIVE, POSITIVE_INT, check_ranges, number_between, one_of, or_none, require
 
@@ -420,18 +420,7 @@ def _train(model, batch_fn, loss_fn, spec, eval_fn, work_dir, progress, desc, pa
         guard.restore()
         bar.close()
     return TrainLog(pd.DataFrame(step_rows), pd.DataFrame(eval_rows), checkpoints, pd.DataFrame(param_rows),
-                    pd.DataFrame(custom_rows), _cpu_copy(optimizer.state_dict()))
-
-
-def _cpu_copy(state: Any) -> Any:
-    """A state_dict with every tensor copied to the CPU, so later training cannot change it."""
-    if isinstance(state, torch.Tensor):
-        return state.detach().to("cpu", copy=True)
-    if isinstance(state, dict):
-        return {k: _cpu_copy(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_cpu_copy(v) for v in state)
-    return state
+                    pd.DataFrame(custom_rows), copy.deepcopy(to_cpu(optimizer.state_dict())))
 
 
 def _progress_disabled(progress: bool | None) -> bool | None:

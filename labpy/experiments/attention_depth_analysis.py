@@ -173,6 +173,21 @@ def best_by_step(entry: RunEntry) -> pd.DataFrame:
     return entry.table("scores").groupby("step")[["previous_token", "induction"]].max()
 
 
+def best_scores_by_step(scores: pd.DataFrame) -> pd.DataFrame:
+    """Stored head scores (a row per run, step and head) -> the best of any head per run, step and score, long (for
+    charts: columns run, step, score, best)."""
+    return (scores.groupby(["run", "step"])[["previous_token", "induction"]].max().reset_index()
+            .melt(id_vars=["run", "step"], var_name="score", value_name="best")
+            .replace({"score": {"previous_token": "previous-token", "induction": "induction"}}))
+
+
+def regions_by_step(entry: RunEntry) -> pd.DataFrame:
+    """A run's loss by region at every checkpoint (its `checkpoint_regions`), one row per step, and the ambiguity
+    cost: the loss on ambiguous repeat targets minus that on unambiguous ones."""
+    regions = entry.table("checkpoint_regions").pivot(index="step", columns="region", values="loss")
+    return regions.assign(cost=regions["repeat, ambiguous"] - regions["repeat, unambiguous"])
+
+
 def first_formed(best: pd.DataFrame, level: float = 0.5) -> float:
     """The first checkpoint (the index) at which every best score (column) is `level` or more; NaN if none is: where
     a run forms the induction circuit (a previous-token head and an induction head)."""
